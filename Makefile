@@ -1,0 +1,43 @@
+# `make run` sets up a virtualenv and starts the app on the simulated arm; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# A Python >= 3.12 from PATH, else from pyenv.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3; do \
+	  c=$$(command -v $$p 2>/dev/null) && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; exit 0; }; done; \
+	  r=$$(pyenv root 2>/dev/null) && for c in $$(ls -d $$r/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -V -r); do echo $$c; exit 0; done)
+
+.PHONY: run test venv lint bench clean
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "No Python >= 3.12 found on PATH or in pyenv. Install one (e.g. 'pyenv install 3.12') and retry."; exit 1; fi
+	@echo "Creating $(VENV) with $(PYTHON)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lepetpal --sim
+
+test: $(STAMP)
+	$(PY) -m ruff check lepetpal_tui tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check lepetpal_tui tests bench
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) bench/arm_cycle.py
+	$(PY) bench/control_loop.py
+	$(PY) bench/policy_latency.py
+	$(PY) bench/ui_figures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from lepetpal_tui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `lepetpal` subcommand (see lepetpal_tui.cli)."""
