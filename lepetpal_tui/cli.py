@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -39,20 +40,40 @@ def settings_flags_parser() -> argparse.ArgumentParser:
     s = argparse.SUPPRESS
     g.add_argument("--config", metavar="PATH", default=s, help="settings file (default ./lepetpal.toml)")
     hw = g.add_mutually_exclusive_group()
-    hw.add_argument("--sim", dest="use_hardware", action="store_false", default=s,
-                    help="use the simulated arm (USE_HARDWARE=0)")
-    hw.add_argument("--hardware", dest="use_hardware", action="store_true", default=s,
-                    help="use the real arm (USE_HARDWARE=1)")
+    hw.add_argument(
+        "--sim",
+        dest="use_hardware",
+        action="store_false",
+        default=s,
+        help="use the simulated arm (USE_HARDWARE=0)",
+    )
+    hw.add_argument(
+        "--hardware",
+        dest="use_hardware",
+        action="store_true",
+        default=s,
+        help="use the real arm (USE_HARDWARE=1)",
+    )
     g.add_argument("--port", default=s, help="arm serial port, 'auto' or 'sim' (ARM_PORT)")
     g.add_argument("--model-mode", choices=["smolvla", "scripted"], default=s, help="(MODEL_MODE)")
     g.add_argument("--model-path", default=s, help="hub repo id or local checkpoint (MODEL_PATH)")
     g.add_argument("--rate-hz", type=float, default=s, help="control rate (INFERENCE_RATE_HZ)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=s, help="(DEVICE)")
-    g.add_argument("--dry-run", dest="dry_run", action="store_true", default=s,
-                   help="run the policy without moving the arm (DRY_RUN)")
+    g.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        default=s,
+        help="run the policy without moving the arm (DRY_RUN)",
+    )
     g.add_argument("--no-dry-run", dest="dry_run", action="store_false", default=s)
-    g.add_argument("--hf-transfer", dest="hf_transfer", action="store_true", default=s,
-                   help="faster downloads with hf_transfer (HF_HUB_ENABLE_HF_TRANSFER)")
+    g.add_argument(
+        "--hf-transfer",
+        dest="hf_transfer",
+        action="store_true",
+        default=s,
+        help="faster downloads with hf_transfer (HF_HUB_ENABLE_HF_TRANSFER)",
+    )
     return p
 
 
@@ -122,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lepetpal: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `lepetpal config | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("lepetpal: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ file, the key, the value and what is accepted; the CLI prints it and exits with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -58,7 +59,9 @@ def _default_limits() -> dict[str, tuple[float, float]]:
 @dataclass(frozen=True)
 class ArmSettings:
     port: str = field(default="sim", metadata=_meta('serial port path, "auto" (first SO-101 found) or "sim"'))
-    robot_id: str = field(default="lepetpal_so101", metadata=_meta("calibration file name (LeRobot robot id)"))
+    robot_id: str = field(
+        default="lepetpal_so101", metadata=_meta("calibration file name (LeRobot robot id)")
+    )
     calibration_dir: str = field(
         default="", metadata=_meta('calibration folder; "" = LeRobot\'s default under ~/.cache/huggingface')
     )
@@ -133,15 +136,21 @@ class ControlSettings:
 
 @dataclass(frozen=True)
 class SafetySettings:
-    max_temperature_c: float = field(default=65.0, metadata=_meta("hold above this servo temperature", lo=20, hi=90))
+    max_temperature_c: float = field(
+        default=65.0, metadata=_meta("hold above this servo temperature", lo=20, hi=90)
+    )
     max_load_pct: float = field(default=90.0, metadata=_meta("hold above this servo load (%)", lo=1, hi=100))
     min_voltage_v: float = field(default=4.5, metadata=_meta("hold below this supply voltage", lo=0, hi=20))
     max_voltage_v: float = field(default=13.5, metadata=_meta("hold above this supply voltage", lo=0, hi=20))
     ui_lost_disconnect_s: float = field(
         default=5.0, metadata=_meta("after the UI vanishes: hold this long, then disconnect", lo=0, hi=3600)
     )
-    ui_lost_torque_off: bool = field(default=False, metadata=_meta("torque off when disconnecting after UI loss"))
-    bus_retries: int = field(default=3, metadata=_meta("consecutive failed ticks before holding", lo=0, hi=100))
+    ui_lost_torque_off: bool = field(
+        default=False, metadata=_meta("torque off when disconnecting after UI loss")
+    )
+    bus_retries: int = field(
+        default=3, metadata=_meta("consecutive failed ticks before holding", lo=0, hi=100)
+    )
     camera_fallback_synthetic: bool = field(
         default=True, metadata=_meta("on camera loss use the synthetic camera (else hold)")
     )
@@ -152,7 +161,9 @@ class MacroSettings:
     waypoints: list[list[float]] = field(
         default_factory=list, metadata=_meta("joint-space waypoints, six values each (JOINT_NAMES order)")
     )
-    seconds_per_waypoint: float = field(default=1.5, metadata=_meta("time to reach each waypoint", lo=0.1, hi=60))
+    seconds_per_waypoint: float = field(
+        default=1.5, metadata=_meta("time to reach each waypoint", lo=0.1, hi=60)
+    )
     start_pose: list[float] = field(
         default_factory=list, metadata=_meta("pose the arm must be near to start; [] = anywhere")
     )
@@ -235,7 +246,9 @@ def parse_bool_text(text: str, where: str) -> bool:
         return True
     if low in _FALSE:
         return False
-    raise ConfigError(f"{where} is {text!r}, which is not a yes/no value. Use 1/0, true/false, yes/no or on/off.")
+    raise ConfigError(
+        f"{where} is {text!r}, which is not a yes/no value. Use 1/0, true/false, yes/no or on/off."
+    )
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -256,7 +269,7 @@ class _Errors:
         hint = f' Did you mean "{close[0]}"?' if close else ""
         section = key.rsplit(".", 1)[0] if "." in key else "top level"
         self.items.append(
-            f"{self.source}: unknown setting \"{key}\".{hint} Known keys in {section}: {', '.join(known)}."
+            f'{self.source}: unknown setting "{key}".{hint} Known keys in {section}: {", ".join(known)}.'
         )
 
 
@@ -322,13 +335,15 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], errs: _Error
             return value
         if isinstance(value, str) and value:
             return value
-        errs.add(key, value, "a device index (0, 1, ...), a video file path, or \"synthetic\"")
+        errs.add(key, value, 'a device index (0, 1, ...), a video file path, or "synthetic"')
         return None
     if origin is tuple:  # joint limit [min, max]
         if (
             isinstance(value, list)
             and len(value) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            )
         ):
             if value[0] >= value[1]:
                 errs.add(key, value, "[min, max] with min smaller than max")
@@ -342,7 +357,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], errs: _Error
             errs.add(key, value, "a list")
             return None
         if inner is float:
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            if not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            ):
                 errs.add(key, value, "a list of numbers")
                 return None
             return [float(v) for v in value]
@@ -370,8 +387,18 @@ def _build(cls: type, raw: Any, prefix: str, errs: _Errors, origins: dict[str, s
         built = _build_value(tp, value, full, f.metadata, errs, origins, origin, f)
         if built is not None:
             kwargs[key] = built
-            origins.setdefault(full, origin)
+            if _is_leaf(tp) and full != "arm.limits":
+                origins.setdefault(full, origin)
     return cls(**kwargs)
+
+
+def _is_leaf(tp: Any) -> bool:
+    """A value whose origin is recorded as one (not a table of further settings)."""
+    if dataclasses.is_dataclass(tp):
+        return False
+    if typing.get_origin(tp) is dict:
+        return not dataclasses.is_dataclass(typing.get_args(tp)[1])
+    return True
 
 
 def _build_value(
@@ -387,13 +414,15 @@ def _build_value(
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, full, errs, origins, origin)  # type: ignore[arg-type]
     if typing.get_origin(tp) is dict:
-        key_tp, val_tp = typing.get_args(tp)
+        _key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             errs.add(full, value, "a table")
             return None
         if full == "arm.limits":
             return _build_limits(value, full, errs, origins, origin, meta)
-        out: dict[str, Any] = {}
+        # Macros merge over the built-in ones (a file that only tunes "home" keeps "throw");
+        # cameras replace them (the file lists the cameras that exist).
+        out: dict[str, Any] = _default_macros() if full == "macros" else {}
         for name, item in value.items():
             item_key = f"{full}.{name}"
             if dataclasses.is_dataclass(val_tp):
@@ -409,7 +438,12 @@ def _build_value(
 
 
 def _build_limits(
-    value: dict[str, Any], full: str, errs: _Errors, origins: dict[str, str], origin: str, meta: Mapping[str, Any]
+    value: dict[str, Any],
+    full: str,
+    errs: _Errors,
+    origins: dict[str, str],
+    origin: str,
+    meta: Mapping[str, Any],
 ) -> dict[str, tuple[float, float]]:
     limits = _default_limits()
     for name, item in value.items():
@@ -438,7 +472,11 @@ def _check_cross_field(s: Settings, errs: _Errors) -> None:
     for name, macro in s.macros.items():
         for i, wp in enumerate(macro.waypoints):
             if len(wp) != len(JOINT_NAMES):
-                errs.add(f"macros.{name}.waypoints[{i}]", wp, f"six numbers, one per joint ({', '.join(JOINT_NAMES)})")
+                errs.add(
+                    f"macros.{name}.waypoints[{i}]",
+                    wp,
+                    f"six numbers, one per joint ({', '.join(JOINT_NAMES)})",
+                )
         if macro.start_pose and len(macro.start_pose) != len(JOINT_NAMES):
             errs.add(f"macros.{name}.start_pose", macro.start_pose, "six numbers, or [] for anywhere")
     for src, dst in s.model.camera_map.items():
@@ -477,9 +515,13 @@ def parse_toml_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry.") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry."
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"Cannot read settings file {path}: {exc.strerror}. Check the path and permissions.") from None
+        raise ConfigError(
+            f"Cannot read settings file {path}: {exc.strerror}. Check the path and permissions."
+        ) from None
     try:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
@@ -518,10 +560,8 @@ def _parse_text_value(text: str, key: str, where: str, errs: _Errors) -> Any:
             return None
     value: Any = text
     if tp in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             value = int(text) if tp is int else float(text)
-        except ValueError:
-            pass
     sub = _Errors(where)
     out = _coerce(value, tp, key, meta, sub)
     errs.items.extend(sub.items)
@@ -565,8 +605,12 @@ def load_settings(
             origins[ov.key] = f"env {ov.env}"
     if use_hw_env not in (None, ""):
         try:
-            settings = _use_hardware(settings, parse_bool_text(use_hw_env, f"${USE_HARDWARE_ENV}"), origins,
-                                     f"env {USE_HARDWARE_ENV}")
+            settings = _use_hardware(
+                settings,
+                parse_bool_text(use_hw_env, f"${USE_HARDWARE_ENV}"),
+                origins,
+                f"env {USE_HARDWARE_ENV}",
+            )
         except ConfigError as exc:
             errs.items.append(str(exc))
 
@@ -586,7 +630,9 @@ def load_settings(
             origins[ov.key] = f"flag {ov.flag}"
     use_hw_flag = flags.get("use_hardware")
     if use_hw_flag is not None:
-        settings = _use_hardware(settings, bool(use_hw_flag), origins, "flag --hardware" if use_hw_flag else "flag --sim")
+        settings = _use_hardware(
+            settings, bool(use_hw_flag), origins, "flag --hardware" if use_hw_flag else "flag --sim"
+        )
     if errs.items:
         raise ConfigError(_join(errs.items))
     return dataclasses.replace(settings, origins=origins)
@@ -604,7 +650,12 @@ def _use_hardware(settings: Settings, on: bool, origins: dict[str, str], origin:
 
 def _join(items: list[str]) -> str:
     head = "Settings problem" if len(items) == 1 else f"{len(items)} settings problems"
-    return head + ":\n  " + "\n  ".join(items) + "\nFix the file (see the comments in the shipped lepetpal.toml) and retry."
+    return (
+        head
+        + ":\n  "
+        + "\n  ".join(items)
+        + "\nFix the file (see the comments in the shipped lepetpal.toml) and retry."
+    )
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -620,8 +671,10 @@ def flatten(settings: Settings) -> list[tuple[str, Any]]:
                 if f.name in ("source_path", "origins"):
                     continue
                 walk(getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name)
-        elif isinstance(obj, dict) and obj and (
-            prefix in ("cameras", "macros") or dataclasses.is_dataclass(next(iter(obj.values())))
+        elif (
+            isinstance(obj, dict)
+            and obj
+            and (prefix in ("cameras", "macros") or dataclasses.is_dataclass(next(iter(obj.values()))))
         ):
             for k, v in obj.items():
                 walk(v, f"{prefix}.{k}")
@@ -636,14 +689,8 @@ def flatten(settings: Settings) -> list[tuple[str, Any]]:
 
 
 def origin_of(settings: Settings, key: str) -> str:
-    """Where a value came from; nested keys inherit the origin of the table that set them."""
-    probe = key
-    while probe:
-        if probe in settings.origins:
-            return settings.origins[probe]
-        probe = probe.rpartition(".")[0]
-    # A key inside a table the file declared (e.g. cameras.front.width left at its default) is a default.
-    return "default"
+    """Where a value came from: "default", "file NAME", "env VAR" or "flag --x"."""
+    return settings.origins.get(key, "default")
 
 
 def joint_vector(values: Mapping[str, float]) -> list[float]:
