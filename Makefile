@@ -4,10 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-# A Python >= 3.12 from PATH, else from pyenv.
-PYTHON ?= $(shell for p in python3.13 python3.12 python3; do \
-	  c=$$(command -v $$p 2>/dev/null) && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; exit 0; }; done; \
-	  r=$$(pyenv root 2>/dev/null) && for c in $$(ls -d $$r/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -V -r); do echo $$c; exit 0; done)
+# A Python >= 3.12 from PATH, else from pyenv (scripts/find-python).
+PYTHON ?= $(shell scripts/find-python)
 
 .PHONY: run test venv lint bench clean
 
