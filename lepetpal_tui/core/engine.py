@@ -1,0 +1,828 @@
+"""The control engine: a fixed-rate actuator thread, an inference thread and the command handling.
+
+Threads (all in one process; the UI runs the engine in its own process through engine_process.py):
+- setup: connects the arm, opens the cameras, loads the policy (streaming ModelStatus).
+- actuator: one tick every 1/rate_hz on absolute deadlines. Read joints, take the action for this tick
+  from the chunk queue, safety filter, write the goal (not in dry-run). It is the only thread that uses the
+  bus, except the e-stop / halt path, which takes the bus lock itself so it does not wait for a tick.
+- inference: when the queue runs low, computes the next chunk from the latest joints and frames, and
+  splices it into the queue.
+- publisher: hands coalesced telemetry to `on_telemetry` at about 20 Hz.
+
+Every transition that stops the arm ("halt": stop, e-stop, fault, UI lost) bumps `epoch`. The actuator
+decides a goal under one epoch and writes it only if the epoch is unchanged *inside the bus lock*, so once
+a halt returns no policy or macro goal can reach the bus. Chunks computed under an old epoch are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue as queue_mod
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.chunks import ChunkQueue
+from lepetpal_tui.core.macros import macro_refusal, plan_macro
+from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
+from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
+from lepetpal_tui.core.types import (
+    ActionChunk,
+    ChunkSample,
+    Command,
+    EngineEvent,
+    EngineState,
+    ModelStatus,
+    Observation,
+    ServoHealth,
+    TelemetryBatch,
+    TickSample,
+)
+
+FloatArray = npt.NDArray[np.float64]
+Level = Literal["info", "warning", "error"]
+
+
+class ArmLike(Protocol):
+    """What the engine needs from `core.arm.Arm` (tests pass a fake)."""
+
+    def connect(self) -> None: ...
+    def read_joints(self) -> FloatArray: ...
+    def write_goals(self, goals: FloatArray) -> None: ...
+    def read_health(self) -> tuple[ServoHealth, ...]: ...
+    def hold(self) -> FloatArray: ...
+    def set_torque(self, on: bool) -> None: ...
+    def disconnect(self, torque_off: bool = True) -> None: ...
+
+
+class PolicyLike(Protocol):
+    """What the engine needs from `core.policy.ChunkPolicy`."""
+
+    chunk_length: int
+
+    def infer(self, obs: Observation) -> ActionChunk: ...
+    def reset(self) -> None: ...
+
+
+class FrameSourceLike(Protocol):
+    def latest(self) -> npt.NDArray[np.uint8] | None: ...
+    def close(self) -> None: ...
+
+
+ArmFactory = Callable[[], ArmLike]
+PolicyFactory = Callable[[Callable[[ModelStatus], None], threading.Event], PolicyLike]
+CameraFactory = Callable[[Callable[[str], None]], dict[str, FrameSourceLike]]
+
+_ACTIVE = (EngineState.RUNNING, EngineState.DRY_RUN)
+_CAMERA_TIMEOUT_S = 1.0
+
+
+@dataclass
+class _Macro:
+    name: str
+    goals: FloatArray
+    index: int = 0
+
+
+class Engine:
+    """Drive the arm from a chunked policy, safely. Plain Python; thread-safe `submit`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        arm_factory: ArmFactory,
+        policy_factory: PolicyFactory,
+        camera_factory: CameraFactory | None = None,
+        on_telemetry: Callable[[TelemetryBatch], None] | None = None,
+        session_log: SessionLog | None = None,
+        telemetry_hz: float = 20.0,
+    ) -> None:
+        self.settings = settings
+        self._arm_factory = arm_factory
+        self._policy_factory = policy_factory
+        self._camera_factory = camera_factory
+        self._on_telemetry = on_telemetry
+        self.log = session_log
+        self._telemetry_period = 1.0 / telemetry_hz
+        self.period = 1.0 / settings.control.rate_hz
+        self.filter = SafetyFilter(settings.arm)
+        self.queue = ChunkQueue()
+        self.coalescer = TelemetryCoalescer()
+
+        self._lock = threading.RLock()  # engine state
+        self._bus_lock = threading.Lock()  # the serial bus (actuator + halt path)
+        self._state_changed = threading.Condition(self._lock)
+        self._state = EngineState.DISCONNECTED
+        self._epoch = 0
+        self._estopped = False
+        self._dry_run = settings.control.dry_run
+        self._task = ""
+        self._hold_reason = ""
+        self._prev_goal: FloatArray | None = None
+        self._measured: FloatArray | None = None
+        self._measured_tick = -1
+        self._awaiting_first_chunk = False
+        self._reset_policy = False
+        self._macro: _Macro | None = None
+        self._bus_failures = 0
+        self._stopping = threading.Event()
+        self._finished = threading.Event()
+        self._cancel_load = threading.Event()
+        self._infer_wake = threading.Event()
+
+        self.arm: ArmLike | None = None
+        self.policy: PolicyLike | None = None
+        self.cameras: dict[str, FrameSourceLike] = {}
+        self._camera_missing_since: float | None = None
+        self._camera_fallback: set[str] = set()
+
+        self.tick_count = 0
+        self.starved_ticks = 0
+        self.clamp_count = 0
+        self.estop_count = 0
+        self.overruns = 0
+        self.write_count = 0
+        self.last_write_t = 0.0
+        self.chunk_count = 0
+        self._threads: list[threading.Thread] = []
+        self._commands: queue_mod.SimpleQueue[Command] = queue_mod.SimpleQueue()
+
+    # ------------------------------------------------------------------------------------- public API
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @property
+    def policy_ready(self) -> bool:
+        return self.policy is not None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def start(self) -> None:
+        """Connect, load and begin ticking, in background threads; returns at once."""
+        self._spawn("engine-setup", self._setup)
+        self._spawn("engine-telemetry", self._publish_loop)
+
+    def submit(self, cmd: Command) -> None:
+        """Apply a command. Halting commands act before returning; the rest are applied at once too,
+        except `quit`, which runs its sequence (hold, optional home, disconnect) in a background thread."""
+        if self.log is not None:
+            self.log.command(cmd, time.monotonic())
+        handler = getattr(self, f"_cmd_{cmd.kind}", None)
+        if handler is None:
+            self._event("warning", f'Unknown command "{cmd.kind}" ignored.')
+            return
+        handler(cmd)
+
+    def wait_for(self, states: tuple[EngineState, ...], timeout: float) -> bool:
+        """Block until the state is one of `states`; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._state_changed:
+            while self._state not in states:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._state_changed.wait(left)
+            return True
+
+    def wait_policy(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.policy is not None:
+                return True
+            if self._finished.is_set():
+                return False
+            time.sleep(0.02)
+        return False
+
+    def join(self, timeout: float) -> bool:
+        return self._finished.wait(timeout)
+
+    def close(self, go_home: bool = False, timeout: float = 10.0) -> None:
+        """Quit and wait: hold, optionally home, disconnect."""
+        if not self._finished.is_set():
+            self.submit(Command("quit", go_home=go_home, sent_at=time.monotonic()))
+            self._finished.wait(timeout)
+
+    def ui_lost(self) -> None:
+        """The controlling process disappeared: hold now, disconnect after safety.ui_lost_disconnect_s."""
+        delay = self.settings.safety.ui_lost_disconnect_s
+        self._halt(
+            EngineState.ERROR if self._state != EngineState.ESTOP else EngineState.ESTOP,
+            f"controlling process lost; holding, disconnecting in {delay:g} s",
+        )
+        self._event(
+            "error",
+            f"The controlling process disappeared. Holding the arm; disconnecting in {delay:g} s.",
+            "Restart lepetpal to take control again.",
+        )
+
+        def later() -> None:
+            if not self._stopping.wait(delay):
+                self._shutdown(go_home=False, torque_off=self.settings.safety.ui_lost_torque_off)
+
+        self._spawn("engine-ui-lost", later)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self._state,
+            "task": self._task,
+            "dry_run": self._dry_run,
+            "starved_ticks": self.starved_ticks,
+            "clamp_count": self.clamp_count,
+            "estop_count": self.estop_count,
+            "tick_count": self.tick_count,
+            "hold_reason": self._hold_reason,
+        }
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _event(self, level: Level, message: str, fix: str = "") -> None:
+        e = EngineEvent(time.monotonic(), level, message, fix)
+        self.coalescer.add_event(e)
+        if self.log is not None:
+            self.log.event(e)
+
+    def _set_state(self, state: EngineState, reason: str = "") -> None:
+        with self._state_changed:
+            self._state = state
+            self._hold_reason = reason
+            self._state_changed.notify_all()
+
+    def _model_status(self, status: ModelStatus) -> None:
+        self.coalescer.set_model(status)
+        if self.log is not None:
+            self.log.model(status)
+
+    def _halt(self, state: EngineState, reason: str, torque_off: bool = False) -> None:
+        """Stop policy/macro output now and hold the measured pose (torque off when asked)."""
+        with self._lock:
+            self._epoch += 1
+            self._macro = None
+            self.queue.clear()
+            if self._state not in (EngineState.DISCONNECTED,):
+                self._set_state(state, reason)
+        arm = self.arm
+        if arm is None:
+            return
+        # Taking the bus lock waits for a write in flight (it checked the old epoch) and then no further
+        # goal passes the epoch check: this write is the last one.
+        with self._bus_lock:
+            try:
+                if torque_off:
+                    arm.set_torque(False)
+                    pose = None
+                else:
+                    pose = arm.hold()
+                self.last_write_t = time.monotonic()
+            except Exception as exc:  # a bus fault must not keep the halt from completing
+                pose = None
+                self._event("error", f"Hold failed on the bus: {exc}", "Check the arm's power and USB cable.")
+        with self._lock:
+            if pose is not None:
+                self._prev_goal = np.asarray(pose, dtype=np.float64)
+
+    # --------------------------------------------------------------------------------------- commands
+
+    def _cmd_estop(self, cmd: Command) -> None:
+        with self._lock:
+            self._estopped = True
+            self.estop_count += 1
+        self._halt(EngineState.ESTOP, "e-stop (latched): re-arm to continue")
+        self._event("warning", "E-STOP: holding the measured pose, torque on.", "Re-arm to continue.")
+
+    def _cmd_estop_torque_off(self, cmd: Command) -> None:
+        with self._lock:
+            self._estopped = True
+            self.estop_count += 1
+        self._halt(EngineState.ESTOP, "e-stop with torque OFF: the arm is limp", torque_off=True)
+        self._event(
+            "warning",
+            "E-STOP, TORQUE OFF: the arm is limp and falls under its own weight.",
+            "Support the arm, then re-arm (torque comes back on at the measured pose).",
+        )
+
+    def _cmd_stop(self, cmd: Command) -> None:
+        if self._state in (EngineState.ESTOP, EngineState.DISCONNECTED):
+            return
+        self._halt(EngineState.READY if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
+        self._event("info", "Stopped: holding the measured pose.")
+
+    def _cmd_rearm(self, cmd: Command) -> None:
+        arm = self.arm
+        with self._lock:
+            if self._state not in (EngineState.ESTOP, EngineState.ERROR):
+                self._event("info", "Re-arm ignored: not e-stopped or faulted.")
+                return
+            was_torque_off = self._hold_reason.startswith("e-stop with torque OFF")
+        if arm is not None:
+            with self._bus_lock:
+                try:
+                    pose = arm.read_joints()
+                    if was_torque_off:
+                        # The goal register still holds the pre-fall goal: point it at the measured pose
+                        # before torque comes back, or the arm would jump.
+                        arm.write_goals(pose)
+                        arm.set_torque(True)
+                    pose = arm.hold()
+                except Exception as exc:
+                    self._event("error", f"Re-arm failed on the bus: {exc}", "Check power and cable, retry.")
+                    return
+        with self._lock:
+            self._estopped = False
+            self._bus_failures = 0
+            self._epoch += 1
+            self._prev_goal = None if arm is None else np.asarray(pose, dtype=np.float64)
+            self._set_state(EngineState.READY if arm is not None else EngineState.DISCONNECTED)
+        self._event("info", "Re-armed. The policy restarts from a fresh chunk when started.")
+        if cmd.flag and self._task:
+            self._cmd_start(Command("start", task=self._task))
+
+    def _cmd_start(self, cmd: Command) -> None:
+        with self._lock:
+            task = cmd.task.strip() or self._task
+            why = ""
+            if self._state == EngineState.ESTOP:
+                why = "the arm is e-stopped. Re-arm first."
+            elif self._state == EngineState.ERROR:
+                why = f"the engine is holding after a fault ({self._hold_reason}). Fix it, then re-arm."
+            elif self._state in (EngineState.DISCONNECTED, EngineState.CONNECTING):
+                why = "the arm is not connected yet."
+            elif self.policy is None:
+                why = "the policy is still loading (or failed to load: see the Model pane)."
+            elif not task:
+                why = "no task given. Type what the arm should do."
+            elif self._measured is None:
+                why = "the joints have not been read yet."
+            if why:
+                self._event("warning", f"Start refused: {why}")
+                return
+            self._epoch += 1
+            self._task = task
+            self._macro = None
+            self.queue.reset(self._measured_tick + 1)
+            self._prev_goal = None if self._measured is None else self._measured.copy()  # ramp from here
+            self._awaiting_first_chunk = True
+            self._reset_policy = True
+            self._set_state(EngineState.DRY_RUN if self._dry_run else EngineState.RUNNING)
+        self._infer_wake.set()
+        self._event("info", f'Running "{task}"' + (" in dry-run (no goal writes)." if self._dry_run else "."))
+
+    def _cmd_set_task(self, cmd: Command) -> None:
+        task = cmd.task.strip()
+        if not task:
+            self._event("warning", "Empty task ignored.")
+            return
+        with self._lock:
+            self._task = task
+        self._event("info", f'Task set to "{task}" (used from the next chunk).')
+
+    def _cmd_set_dry_run(self, cmd: Command) -> None:
+        with self._lock:
+            self._dry_run = cmd.flag
+            if cmd.flag and self._state == EngineState.RUNNING:
+                self._set_state(EngineState.DRY_RUN)
+                going = "dry"
+            elif not cmd.flag and self._state == EngineState.DRY_RUN:
+                # Going live: the would-be goals were never sent, so ramp from where the arm really is.
+                self._prev_goal = None if self._measured is None else self._measured.copy()
+                self._set_state(EngineState.RUNNING)
+                going = "live"
+            else:
+                going = ""
+        if going == "dry":
+            # Bump the epoch so a goal decided as RUNNING this tick is not written, then hold.
+            with self._lock:
+                self._epoch += 1
+            self._hold_only()
+        self._event("info", "Dry-run on: no goals are written." if cmd.flag else "Dry-run off: goals are written.")
+
+    def _hold_only(self) -> None:
+        arm = self.arm
+        if arm is None:
+            return
+        with self._bus_lock:
+            try:
+                pose = arm.hold()
+            except Exception as exc:
+                self._event("error", f"Hold failed on the bus: {exc}")
+                return
+        with self._lock:
+            self._prev_goal = np.asarray(pose, dtype=np.float64)
+
+    def _cmd_macro(self, cmd: Command) -> None:
+        with self._lock:
+            why = macro_refusal(cmd.name, self.settings.macros, self._measured, self._estopped)
+            if not why and self._state in (EngineState.ERROR, EngineState.DISCONNECTED, EngineState.CONNECTING):
+                why = f'Macro "{cmd.name}" refused: the engine is {self._state.value}.'
+            if not why and self._dry_run:
+                why = f'Macro "{cmd.name}" refused in dry-run: it would move the arm. Leave dry-run first.'
+            if why:
+                self._event("warning", why)
+                return
+            assert self._measured is not None
+            start = self._measured.copy()
+        # Stop the policy first (its chunk must not mix into the macro), then plan from the measured pose.
+        if self._state in _ACTIVE:
+            self._halt(EngineState.READY, "starting macro")
+        with self._lock:
+            self._epoch += 1
+            self._macro = _Macro(cmd.name, plan_macro(self.settings.macros[cmd.name], start, 1.0 / self.period))
+            self._prev_goal = start
+            self._set_state(EngineState.MACRO, f"macro {cmd.name}")
+        self._event("info", f'Macro "{cmd.name}" started.')
+
+    def _cmd_quit(self, cmd: Command) -> None:
+        go_home = cmd.go_home or self.settings.control.quit_go_home
+        self._spawn(
+            "engine-quit",
+            lambda: self._shutdown(go_home=go_home, torque_off=self.settings.control.quit_torque_off),
+        )
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        self._set_state(EngineState.CONNECTING if not self._estopped else EngineState.ESTOP)
+        try:
+            arm = self._arm_factory()
+            arm.connect()
+        except Exception as exc:
+            self._set_state(EngineState.ERROR, f"arm connection failed: {exc}")
+            self._event(
+                "error",
+                f"Cannot connect to the arm: {exc}",
+                "Check arm.port (`lepetpal ports`), the USB cable and the 12 V supply, or use --sim.",
+            )
+            self._stopping.set()
+            self._finished.set()
+            return
+        self.arm = arm
+        if self._stopping.is_set():
+            return
+        try:
+            pose = arm.read_joints()
+            with self._lock:
+                self._measured = np.asarray(pose, dtype=np.float64)
+                self._prev_goal = self._measured.copy()
+        except Exception as exc:
+            self._event("warning", f"First joint read failed: {exc}")
+        with self._lock:
+            # An e-stop that arrived while connecting stays latched.
+            self._set_state(EngineState.ESTOP if self._estopped else EngineState.READY,
+                            self._hold_reason if self._estopped else "")
+        self._event("info", "Arm connected; holding.")
+        self._spawn("engine-actuator", self._actuator_loop)
+        if self._camera_factory is not None:
+            try:
+                self.cameras = self._camera_factory(lambda msg: self._event("warning", msg))
+            except Exception as exc:
+                self._event("error", f"Cannot open the cameras: {exc}", "Check [cameras] in lepetpal.toml.")
+        try:
+            policy = self._policy_factory(self._model_status, self._cancel_load)
+        except Exception as exc:
+            if not self._stopping.is_set():
+                self._event("error", f"The policy failed to load: {exc}", "See the Model pane for what to fix.")
+            return
+        if self._stopping.is_set():
+            return
+        self.policy = policy
+        self._event("info", f"Policy ready (chunk of {policy.chunk_length} actions).")
+        self._spawn("engine-inference", self._inference_loop)
+
+    # --------------------------------------------------------------------------------------- actuator
+
+    def _actuator_loop(self) -> None:
+        period = self.period
+        t0 = time.monotonic()
+        k = 0
+        last_start = t0
+        health_every = max(1, round(1.0 / period))  # about once a second: it costs bus time
+        while not self._stopping.is_set():
+            deadline = t0 + k * period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            if now - deadline >= period:  # overran a whole period: skip to the current slot
+                k = int((now - t0) / period)
+                self.overruns += 1
+            try:
+                self._tick(k, now, now - last_start)
+            except Exception as exc:  # a bug must not leave the arm moving: hold and report
+                self._halt(EngineState.ERROR, f"internal error: {exc}")
+                self._event("error", f"Control loop error: {exc!r}", "Please report this with the session log.")
+            if k % health_every == health_every - 1:
+                self._check_health()
+            last_start = now
+            k += 1
+
+    def _tick(self, k: int, start: float, period_s: float) -> None:
+        arm = self.arm
+        assert arm is not None
+        measured: FloatArray | None = None
+        err: BaseException | None = None
+        with self._bus_lock:
+            try:
+                measured = np.asarray(arm.read_joints(), dtype=np.float64)
+            except Exception as exc:
+                err = exc
+        if measured is None:
+            self._bus_failure(err or RuntimeError("no reading"))
+            self._emit_tick(k, start, period_s, None, None, False, (False,) * 6, False)
+            return
+        self._bus_failures = 0
+        with self._lock:
+            self._measured = measured
+            self._measured_tick = k
+            state, epoch, prev, dry = self._state, self._epoch, self._prev_goal, self._dry_run
+            macro = self._macro
+        if prev is None:
+            prev = measured
+        proposed: FloatArray | None = None
+        starved = False
+        if state in _ACTIVE:
+            proposed = self.queue.pop(k)
+            if proposed is None:
+                starved = not self._awaiting_first_chunk
+            else:
+                self._awaiting_first_chunk = False
+            if self.queue.depth(k + 1) <= self.settings.control.chunk_threshold * self._chunk_len():
+                self._infer_wake.set()
+        elif state == EngineState.MACRO and macro is not None:
+            if macro.index < len(macro.goals):
+                proposed = macro.goals[macro.index]
+                macro.index += 1
+            else:
+                with self._lock:
+                    if self._epoch == epoch:
+                        self._macro = None
+                        self._set_state(EngineState.READY)
+                self._event("info", f'Macro "{macro.name}" done.')
+        goal: FloatArray | None = None
+        clamped: tuple[bool, ...] = (False,) * 6
+        if proposed is not None:
+            result = self.filter.apply(proposed, prev)
+            clamped = result.clamped
+            if result.goal is None:
+                self._halt(EngineState.ERROR, result.reason)
+                self._event("error", f"Holding: {result.reason}.", "Check the policy output; re-arm to retry.")
+                self._emit_tick(k, start, period_s, measured, None, False, clamped, starved)
+                return
+            goal = result.goal
+            self.clamp_count += result.clamp_count
+        written = False
+        if goal is not None and not (dry and state != EngineState.MACRO):
+            with self._bus_lock:
+                if self._epoch == epoch and not self._estopped:
+                    try:
+                        arm.write_goals(goal)
+                        written = True
+                        self.write_count += 1
+                        self.last_write_t = time.monotonic()
+                    except Exception as exc:
+                        err = exc
+            if err is not None:
+                self._bus_failure(err)
+        if goal is not None:
+            with self._lock:
+                if self._epoch == epoch:
+                    self._prev_goal = goal
+        if starved:
+            self.starved_ticks += 1
+        self._emit_tick(k, start, period_s, measured, goal, written, clamped, starved)
+
+    def _emit_tick(
+        self,
+        k: int,
+        start: float,
+        period_s: float,
+        measured: FloatArray | None,
+        goal: FloatArray | None,
+        written: bool,
+        clamped: tuple[bool, ...],
+        starved: bool,
+    ) -> None:
+        self.tick_count += 1
+        m = tuple(float(v) for v in measured) if measured is not None else (float("nan"),) * 6
+        sample = TickSample(
+            t=start,
+            period_s=period_s,
+            work_s=time.monotonic() - start,
+            measured=m,
+            goal=None if goal is None else tuple(float(v) for v in goal),
+            written=written,
+            clamped=clamped,
+            starved=starved,
+            queue_depth=self.queue.depth(k + 1),
+        )
+        self.coalescer.add_tick(sample)
+        if self.log is not None:
+            self.log.tick(sample, self._state)
+
+    def _bus_failure(self, exc: BaseException) -> None:
+        self._bus_failures += 1
+        limit = self.settings.safety.bus_retries
+        if self._bus_failures == limit + 1 and self._state != EngineState.ERROR:
+            self._halt(EngineState.ERROR, f"bus errors: {exc}")
+            self._event(
+                "error",
+                f"{self._bus_failures} bus errors in a row ({exc}). Holding.",
+                "Check the arm's 12 V supply and the USB cable, then re-arm.",
+            )
+
+    def _check_health(self) -> None:
+        arm = self.arm
+        if arm is None:
+            return
+        with self._bus_lock:
+            try:
+                health = arm.read_health()
+            except Exception:
+                return  # joint reads report bus trouble; health is best effort
+        self.coalescer.set_health(health)
+        problem = health_problem(health, self.settings.safety)
+        if problem and self._state in (*_ACTIVE, EngineState.MACRO):
+            self._halt(EngineState.ERROR, f"servo health: {problem}")
+            self._event("error", f"Holding: servo health: {problem}.", HEALTH_FIX)
+
+    def _chunk_len(self) -> int:
+        policy = self.policy
+        n = policy.chunk_length if policy is not None else 50
+        return min(n, self.settings.model.actions_per_chunk)
+
+    # -------------------------------------------------------------------------------------- inference
+
+    def _frames(self) -> dict[str, npt.NDArray[np.uint8]] | None:
+        images: dict[str, npt.NDArray[np.uint8]] = {}
+        missing: list[str] = []
+        for name, src in self.cameras.items():
+            frame = src.latest()
+            if frame is None:
+                missing.append(name)
+            else:
+                images[name] = frame
+        if not missing:
+            self._camera_missing_since = None
+            return images
+        now = time.monotonic()
+        if self._camera_missing_since is None:
+            self._camera_missing_since = now
+        if now - self._camera_missing_since < _CAMERA_TIMEOUT_S:
+            return None
+        if self.settings.safety.camera_fallback_synthetic:
+            for name in missing:
+                cs = self.settings.cameras.get(name)
+                h, w = (cs.height, cs.width) if cs is not None else (480, 640)
+                images[name] = np.full((h, w, 3), 127, dtype=np.uint8)
+                if name not in self._camera_fallback:
+                    self._camera_fallback.add(name)
+                    self._event("warning", f"Camera {name} gives no frames: using a synthetic grey frame.",
+                                "Check the camera cable, or set safety.camera_fallback_synthetic = false.")
+            return images
+        self._halt(EngineState.ERROR, f"camera lost: {', '.join(missing)}")
+        self._event("error", f"Camera {', '.join(missing)} gives no frames. Holding.",
+                    "Reconnect the camera, then re-arm.")
+        return None
+
+    def _inference_loop(self) -> None:
+        policy = self.policy
+        assert policy is not None
+        while not self._stopping.is_set():
+            self._infer_wake.wait(0.05)
+            self._infer_wake.clear()
+            with self._lock:
+                state, epoch, task = self._state, self._epoch, self._task
+                measured, obs_tick = self._measured, self._measured_tick
+                first = self._awaiting_first_chunk
+            if state not in _ACTIVE or measured is None:
+                continue
+            chunk_len = self._chunk_len()
+            depth = self.queue.depth(obs_tick + 1)
+            if not first and depth > self.settings.control.chunk_threshold * chunk_len:
+                continue
+            images = self._frames()
+            if images is None:
+                continue
+            if self._reset_policy:
+                self._reset_policy = False
+                policy.reset()
+            obs = Observation(joints=measured.copy(), images=images, task=task, timestamp=time.monotonic())
+            try:
+                chunk = policy.infer(obs)
+            except Exception as exc:
+                if self._epoch == epoch:
+                    self._halt(EngineState.ERROR, f"inference failed: {exc}")
+                    self._event("error", f"Inference failed: {exc}. Holding.", "See the log; re-arm to retry.")
+                continue
+            self._merge(chunk, epoch, obs_tick, task, chunk_len)
+
+    def _merge(self, chunk: ActionChunk, epoch: int, obs_tick: int, task: str, chunk_len: int) -> None:
+        actions = np.asarray(chunk.actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != 6 or len(actions) == 0:
+            reason = f"policy returned actions of shape {actions.shape}, expected (n, 6)"
+        elif not np.all(np.isfinite(actions)):
+            reason = "policy returned non-finite actions (NaN or inf)"
+        else:
+            reason = ""
+        with self._lock:
+            if self._epoch != epoch:
+                return  # stopped, e-stopped or restarted while inferring: this chunk is stale
+            if not reason:
+                info = self.queue.merge(actions[:chunk_len], obs_tick, self.settings.control.blend_steps)
+                self.chunk_count += 1
+        if reason:
+            self._halt(EngineState.ERROR, reason)
+            self._event("error", f"Holding: {reason}.", "Check the checkpoint and its statistics; re-arm to retry.")
+            return
+        sample = ChunkSample(
+            t=time.monotonic(),
+            timing=chunk.timing,
+            length=min(len(actions), chunk_len),
+            queue_depth_at_merge=info.depth_before,
+            task=task,
+        )
+        self.coalescer.add_chunk(sample)
+        if self.log is not None:
+            self.log.chunk(sample)
+
+    # ------------------------------------------------------------------------------------- telemetry
+
+    def _publish_loop(self) -> None:
+        last_state: EngineState | None = None
+        last_sent = 0.0
+        while not self._finished.is_set():
+            self._finished.wait(self._telemetry_period)
+            self._publish(force=False, last_state=last_state, last_sent=last_sent)
+            last_state = self._state
+            last_sent = time.monotonic()
+        self._publish(force=True, last_state=None, last_sent=0.0)
+
+    def _publish(self, force: bool, last_state: EngineState | None, last_sent: float) -> None:
+        sink = self._on_telemetry
+        if sink is None:
+            self.coalescer.take(**self.snapshot())  # drain so memory stays bounded
+            return
+        if force or self.coalescer.pending() or self._state != last_state or time.monotonic() - last_sent > 0.5:
+            with contextlib.suppress(Exception):  # the receiver is gone; the engine keeps holding
+                sink(self.coalescer.take(**self.snapshot()))
+
+    # -------------------------------------------------------------------------------------- shutdown
+
+    def _shutdown(self, go_home: bool, torque_off: bool) -> None:
+        if self._stopping.is_set():
+            return
+        self._cancel_load.set()
+        if self._state in (*_ACTIVE, EngineState.MACRO):
+            self._halt(EngineState.READY, "quitting")
+        if go_home and self.arm is not None and not self._estopped and self._state == EngineState.READY:
+            self._cmd_macro(Command("macro", name="home"))
+            if self.state == EngineState.MACRO:
+                self.wait_for((EngineState.READY, EngineState.ERROR, EngineState.ESTOP), timeout=30.0)
+        self._stopping.set()
+        for t in self._threads:
+            if t.name in ("engine-actuator", "engine-inference") and t is not threading.current_thread():
+                t.join(timeout=5.0)
+        arm = self.arm
+        if arm is not None:
+            with self._bus_lock:
+                try:
+                    arm.disconnect(torque_off=torque_off)
+                except Exception as exc:
+                    self._event("warning", f"Disconnect: {exc}")
+        for cam in self.cameras.values():
+            with contextlib.suppress(Exception):
+                cam.close()
+        self._set_state(EngineState.DISCONNECTED, "disconnected")
+        self._event("info", "Disconnected" + (" (torque off)." if torque_off else " (torque left on)."))
+        if self.log is not None:
+            self.log.close(
+                ticks=self.tick_count,
+                starved=self.starved_ticks,
+                clamps=self.clamp_count,
+                estops=self.estop_count,
+                overruns=self.overruns,
+            )
+        self._finished.set()
