@@ -1,0 +1,451 @@
+"""LePetPalApp: the operator's screen. It never blocks and never imports torch.
+
+One thread worker owns the engine link: it starts the simulated arm when asked, spawns the engine, polls
+telemetry into an inbox and posts a coalescing `TelemetryArrived`. The UI thread folds the inbox into a
+`TelemetryStore`; a timer redraws from the store at a bounded rate. Commands go straight to the link
+(`send` does not block), so an e-stop never waits for the screen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input
+from textual.worker import Worker, get_current_worker
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch
+from lepetpal_tui.ui.link import (
+    EngineLink,
+    LinkFactory,
+    PortLister,
+    SimFactory,
+    SimHandle,
+    list_serial_ports,
+    spawn_engine,
+    start_sim,
+)
+from lepetpal_tui.ui.messages import EngineClosed, EngineFailed, EngineStarted, PortsListed, TelemetryArrived
+from lepetpal_tui.ui.store import TelemetryStore
+from lepetpal_tui.ui.widgets.banner import StateBanner
+from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
+from lepetpal_tui.ui.widgets.joints import JointsPane
+from lepetpal_tui.ui.widgets.latency import LatencyPane
+from lepetpal_tui.ui.widgets.log import EventLog
+from lepetpal_tui.ui.widgets.model import ModelPane
+from lepetpal_tui.ui.widgets.ports import PortPane
+from lepetpal_tui.ui.widgets.task import TaskPane
+
+STATS_ENV = "LEPETPAL_UI_STATS"  # path: write first-paint time and redraw counts there (bench)
+POLL_S = 0.05
+
+
+def _engine_fix(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return "This build has no engine yet; reinstall lepetpal (pip install -e .) and retry."
+    if isinstance(exc, PermissionError):
+        return "Add yourself to the 'dialout' group (sudo usermod -aG dialout $USER), log in again, retry."
+    if isinstance(exc, FileNotFoundError):
+        return "Check the cable and the port name (lepetpal ports), or run with --sim."
+    return "Check the log above, fix the setting it names (lepetpal config), then press Connect."
+
+
+class LePetPalApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "LePetPal"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # Priority: they fire whatever has focus (dialogs, open select, command palette included).
+        Binding("f12", "estop", "E-STOP", priority=True, key_display="F12"),
+        Binding("space", "estop", "E-STOP", priority=True, show=False),
+        Binding("f11", "estop_torque_off", "Torque off (arm falls!)", priority=True, key_display="F11"),
+        Binding("f5", "start", "Start", priority=True, key_display="F5"),
+        Binding("f6", "stop", "Stop", priority=True, key_display="F6"),
+        Binding("d", "toggle_dry_run", "Dry-run"),
+        Binding("r", "rearm", "Re-arm"),
+        Binding("h", "macro('home')", "Home"),
+        Binding("t", "macro('throw')", "Throw"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
+        Binding("escape", "leave_field", "Leave field", show=False),
+        Binding("enter", "focus_task", "Task field", show=False),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        link_factory: LinkFactory = spawn_engine,
+        sim_factory: SimFactory | None = start_sim,
+        port_lister: PortLister = list_serial_ports,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_hz: float = 12.0,
+        autoconnect: bool = True,
+        animations: bool = True,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.link_factory = link_factory
+        self.sim_factory = sim_factory
+        self.port_lister = port_lister
+        self.clock = clock
+        self.refresh_hz = refresh_hz
+        self.autoconnect = autoconnect
+        self.animations = animations
+        self.t0 = clock()
+        self.store = TelemetryStore()
+        self.link: EngineLink | None = None
+        self.port = ""  # the port the current engine uses ("sim" for the simulated arm)
+        self.redraws = 0
+        self._inbox: list[TelemetryBatch] = []
+        self._inbox_lock = threading.Lock()
+        self._drawn_version = -1
+        self._engine_worker: Worker[None] | None = None
+        self._close_go_home = False
+        self._quitting = False
+        self._pending_connect: str | None = None
+        self._first_paint: float | None = None
+
+    # ------------------------------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield StateBanner(id="banner")
+        with Horizontal(id="top"):
+            with Vertical(id="left"):
+                yield PortPane(id="ports")
+                yield ModelPane(self.settings.model.path, id="model")
+            with Vertical(id="right"):
+                yield JointsPane(self.settings.arm.limits, self.settings.safety, id="joints")
+                yield LatencyPane(self.settings.control.rate_hz, id="latency")
+        yield TaskPane(id="task")
+        yield EventLog(self.t0, id="log")
+        yield Footer(id="footer")
+
+    def on_mount(self) -> None:
+        if not self.animations:
+            self.query_one("#task-input", Input).cursor_blink = False
+        self.store.set_state(EngineState.DISCONNECTED, "")
+        self.redraw()
+        self.log_ui("info", f"settings: {self.settings.source_path or 'built-in defaults'}")
+        self.set_interval(1.0 / self.refresh_hz, self.redraw)
+        self.scan_ports()
+        if self.autoconnect:
+            self.connect(self.settings.arm.port)
+        # Typing goes to the task field first: stray letters must not become macro keys.
+        self.query_one("#task-input", Input).focus()
+        self.call_after_refresh(self._painted)
+
+    def _painted(self) -> None:
+        self._first_paint = time.time()
+        self._write_stats()
+
+    def _write_stats(self) -> None:
+        path = os.environ.get(STATS_ENV)
+        if not path:
+            return
+        data = {
+            "first_paint_unix": self._first_paint,
+            "redraws": self.redraws,
+            "batches": self.store.batches,
+            "written_unix": time.time(),
+        }
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+
+    # ------------------------------------------------------------------------------------------ engine
+
+    def connect(self, port: str) -> None:
+        """(Re)start the engine on `port`; an engine already running is closed first."""
+        if self._engine_worker is not None and self._engine_worker.is_running:
+            self._pending_connect = port
+            self.log_ui("info", f"closing the engine on {self.port} to connect to {port}")
+            self._stop_engine(go_home=False)
+            return
+        self.port = port
+        self.store.set_state(EngineState.CONNECTING, "")
+        self.query_one(PortPane).set_connected("")
+        self.log_ui("info", f"starting the engine on {'the simulated arm' if port == 'sim' else port}")
+        self.redraw()
+        self._engine_worker = self._run_engine(port)
+
+    @work(thread=True, exclusive=True, group="engine", name="engine")
+    def _run_engine(self, port: str) -> None:
+        worker = get_current_worker()
+        sim: SimHandle | None = None
+        link: EngineLink | None = None
+        try:
+            settings = dataclasses.replace(
+                self.settings, arm=dataclasses.replace(self.settings.arm, port=port)
+            )
+            sim_port: str | None = None
+            if settings.is_sim and self.sim_factory is not None:
+                sim = self.sim_factory()
+                sim_port = sim.port
+            if worker.is_cancelled:
+                return
+            link = self.link_factory(settings, sim_port)
+        except Exception as exc:  # shown to the operator with a fix; the app keeps running
+            self.post_message(EngineFailed(f"{type(exc).__name__}: {exc}", _engine_fix(exc)))
+            if sim is not None:
+                sim.stop()
+            self.post_message(EngineClosed())
+            return
+        self.link = link
+        self.post_message(EngineStarted(sim_port or port))
+        try:
+            while not worker.is_cancelled:
+                batches = link.poll(POLL_S)
+                if batches:
+                    with self._inbox_lock:
+                        self._inbox.extend(batches)
+                    self.post_message(TelemetryArrived())
+                if not link.alive:
+                    self.post_message(
+                        EngineFailed(
+                            "The engine process exited.",
+                            "Read the last log lines for the reason, then press Connect to restart it.",
+                        )
+                    )
+                    break
+        finally:
+            self.link = None
+            try:
+                link.close(go_home=self._close_go_home, timeout=5.0)
+            except Exception as exc:
+                self.post_message(EngineFailed(f"closing the engine: {exc}", ""))
+            if sim is not None:
+                sim.stop()
+            self.post_message(EngineClosed())
+
+    def _stop_engine(self, go_home: bool) -> None:
+        self._close_go_home = go_home
+        if self._engine_worker is not None:
+            self._engine_worker.cancel()
+
+    @on(TelemetryArrived)
+    def _fold_telemetry(self) -> None:
+        with self._inbox_lock:
+            batches, self._inbox = self._inbox, []
+        for batch in batches:
+            self.store.apply(batch)
+
+    @on(EngineStarted)
+    def _engine_started(self, message: EngineStarted) -> None:
+        self.query_one(PortPane).set_connected(self.port)
+        where = "simulated arm on " + message.port if self.port == "sim" else message.port
+        self.log_ui("info", f"engine started ({where})")
+
+    @on(EngineFailed)
+    def _engine_failed(self, message: EngineFailed) -> None:
+        self.log_ui("error", message.reason, message.fix)
+        if not self._quitting:
+            self.store.set_state(EngineState.ERROR, message.reason)
+            self.notify(f"{message.reason}\n{message.fix}", title="Engine", severity="error", timeout=8)
+        self.redraw()
+
+    @on(EngineClosed)
+    def _engine_closed(self) -> None:
+        self.link = None
+        self.query_one(PortPane).set_connected("")
+        if self._quitting:
+            self._write_stats()
+            self.exit(0)
+            return
+        if self.store.state != EngineState.ERROR:
+            self.store.set_state(EngineState.DISCONNECTED, "engine closed")
+        if self._pending_connect is not None:
+            port, self._pending_connect = self._pending_connect, None
+            self._engine_worker = None
+            self.connect(port)
+        self.redraw()
+
+    # ------------------------------------------------------------------------------------------- ports
+
+    @work(thread=True, exclusive=True, group="ports", name="ports")
+    def scan_ports(self) -> None:
+        try:
+            ports = self.port_lister()
+            self.post_message(PortsListed(ports))
+        except Exception as exc:
+            self.post_message(PortsListed([], f"Port scan failed: {exc}"))
+
+    @on(PortsListed)
+    def _ports_listed(self, message: PortsListed) -> None:
+        self.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
+        if message.error:
+            self.log_ui("warning", message.error)
+
+    @on(PortPane.RefreshRequested)
+    def _refresh_ports(self) -> None:
+        self.scan_ports()
+
+    @on(PortPane.ConnectRequested)
+    def _connect_requested(self, message: PortPane.ConnectRequested) -> None:
+        if self.store.arm_moving:
+            self.notify("Stop the arm (F6) before switching ports.", severity="warning")
+            return
+        self.connect(message.device)
+
+    # ----------------------------------------------------------------------------------------- drawing
+
+    def redraw(self) -> None:
+        """Draw the store into the panes; cheap when nothing changed."""
+        store = self.store
+        for event in store.take_events():
+            self.query_one(EventLog).add_event(event)
+        if store.version == self._drawn_version:
+            return
+        self._drawn_version = store.version
+        self.redraws += 1
+        port = "" if store.state == EngineState.DISCONNECTED else self.port
+        self.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
+        self.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
+        self.query_one(LatencyPane).show(store)
+        self.query_one(ModelPane).show(store.model)
+
+    def log_ui(self, level: str, message: str, fix: str = "") -> None:
+        self.query_one(EventLog).add(self.clock(), level, message, fix)
+
+    # ---------------------------------------------------------------------------------------- commands
+
+    def send(self, kind: str, **fields: object) -> bool:
+        """Send a command to the engine; False (and a note) when there is none."""
+        link = self.link
+        if link is None:
+            self.notify("No engine is running: connect to an arm first.", severity="warning")
+            return False
+        command = Command(kind=kind, sent_at=self.clock(), **fields)  # type: ignore[arg-type]
+        link.send(command)
+        return True
+
+    def action_estop(self) -> None:
+        if self.send("estop"):
+            # Show it at once; the engine's next batch confirms it.
+            self.store.set_state(EngineState.ESTOP, "e-stop sent")
+            self.log_ui("warning", "E-STOP sent: the arm holds its pose")
+            self.redraw()
+
+    def action_estop_torque_off(self) -> None:
+        if self.send("estop_torque_off"):
+            self.store.set_state(EngineState.ESTOP, "e-stop, torque OFF")
+            self.log_ui("error", "TORQUE OFF sent: the arm is limp and falls under gravity", "support the arm")
+            self.notify("Torque is OFF: the arm falls. Support it.", title="E-STOP", severity="error")
+            self.redraw()
+
+    def _current_input(self) -> str:
+        return self.query_one("#task-input", Input).value.strip()
+
+    def action_start(self) -> None:
+        if self.store.state == EngineState.ESTOP:
+            self.notify("E-stop is latched: press r to re-arm first.", severity="warning")
+            return
+        task = self._current_input() or self.store.task
+        if not task:
+            self.notify("Type a task in the Task field first.", severity="warning")
+            self.query_one("#task-input", Input).focus()
+            return
+        if self.send("start", task=task):
+            self.log_ui("info", f"start: {task}")
+
+    def action_stop(self) -> None:
+        if self.send("stop"):
+            self.log_ui("info", "stop: the arm holds its pose")
+
+    def action_toggle_dry_run(self) -> None:
+        flag = not self.store.dry_run
+        if self.send("set_dry_run", flag=flag):
+            self.log_ui("info", f"dry-run {'on: nothing will be written to the arm' if flag else 'off'}")
+
+    def action_rearm(self) -> None:
+        if self.store.state != EngineState.ESTOP:
+            self.notify("Nothing to re-arm: the e-stop is not latched.")
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "rearm" and self.send("rearm"):
+                self.log_ui("info", "re-arm sent: the policy restarts from a fresh chunk")
+
+        self.push_screen(
+            ConfirmScreen(
+                "Re-arm the arm?",
+                "The policy restarts from a fresh chunk and ramps from the measured pose.\n"
+                "Check that the workspace is clear.",
+                [("rearm", "y", "Re-arm"), ("cancel", "n", "Cancel")],
+            ),
+            chosen,
+        )
+
+    def action_macro(self, name: str) -> None:
+        if name not in self.settings.macros:
+            self.notify(f"No macro named {name!r} in lepetpal.toml [macros].", severity="warning")
+            return
+        if self.send("macro", name=name):
+            self.log_ui("info", f"macro {name} requested")
+
+    def action_leave_field(self) -> None:
+        self.set_focus(None)
+
+    def action_focus_task(self) -> None:
+        self.query_one("#task-input", Input).focus()
+
+    @on(TaskPane.TaskSubmitted)
+    def _task_submitted(self, message: TaskPane.TaskSubmitted) -> None:
+        state = self.store.state
+        if state == EngineState.ESTOP:
+            self.notify("E-stop is latched: press r to re-arm, then Enter again.", severity="warning")
+        elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
+            if self.send("set_task", task=message.task):
+                self.log_ui("info", f"task changed: {message.task}")
+        elif self.send("start", task=message.task):
+            self.log_ui("info", f"start: {message.task}")
+        # Leave the field so Space is an e-stop again.
+        self.set_focus(None)
+
+    # -------------------------------------------------------------------------------------------- quit
+
+    async def action_quit(self) -> None:
+        if self._quitting:
+            return
+        if self.store.arm_moving:
+
+            def chosen(choice: str | None) -> None:
+                if choice in ("hold", "home"):
+                    self.shutdown(go_home=choice == "home")
+
+            self.push_screen(
+                ConfirmScreen(
+                    "The arm is moving. Quit?",
+                    "Quitting stops the policy first, then disconnects safely.",
+                    [("hold", "y", "Stop and quit"), ("home", "g", "Go home, then quit"), ("cancel", "n", "Cancel")],
+                ),
+                chosen,
+            )
+            return
+        self.shutdown(go_home=self.settings.control.quit_go_home)
+
+    def shutdown(self, go_home: bool) -> None:
+        """Stop the arm, close the engine in the worker (never blocks the screen), then exit."""
+        self._quitting = True
+        self._pending_connect = None
+        if self.link is not None and self.store.arm_moving:
+            self.send("stop")
+        self.log_ui("info", "shutting down: " + ("going home, then " if go_home else "") + "disconnecting")
+        self.redraw()
+        if self._engine_worker is None or not self._engine_worker.is_running:
+            self._write_stats()
+            self.exit(0)
+            return
+        self._stop_engine(go_home)
+        # If the engine does not close in time, leave anyway (the engine holds the arm on its own).
+        self.set_timer(20.0 if go_home else 8.0, lambda: self.exit(0))

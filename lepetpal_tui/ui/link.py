@@ -1,0 +1,67 @@
+"""The UI's view of the engine: an abstract link (spawn, send, poll, close) and the real implementation.
+
+The app only ever talks to an `EngineLink`. The real one is the engine process client; tests and the
+benchmark inject a scripted link with a fixed clock. Nothing here imports torch, lerobot or textual:
+the real client and the simulated arm are imported lazily, inside the worker thread that needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.types import Command, PortInfo, TelemetryBatch
+
+
+@runtime_checkable
+class EngineLink(Protocol):
+    """A running engine. `send` must not block; `poll` blocks at most `timeout` seconds."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def send(self, command: Command) -> None: ...
+
+    def poll(self, timeout: float) -> list[TelemetryBatch]: ...
+
+    def close(self, go_home: bool = False, timeout: float = 5.0) -> None: ...
+
+
+class SimHandle(Protocol):
+    """A running simulated arm (`lepetpal_tui.sim.process.SimArm`)."""
+
+    @property
+    def port(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+# (settings, sim_port or None) -> a started engine. Called from a worker thread: it may take seconds.
+LinkFactory = Callable[[Settings, str | None], EngineLink]
+SimFactory = Callable[[], SimHandle]
+PortLister = Callable[[], list[PortInfo]]
+
+
+def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
+    """Start the real engine process (it alone imports torch and lerobot)."""
+    from lepetpal_tui.core.engine_process import EngineClient
+
+    client: EngineLink = EngineClient.spawn(settings, sim_port=sim_port)
+    return client
+
+
+def start_sim() -> SimHandle:
+    """Start the simulated SO-101 in its own process and return it (its `.port` is the pty path)."""
+    from lepetpal_tui.sim.process import SimArm
+
+    sim: SimHandle = SimArm.start()
+    return sim
+
+
+def list_serial_ports() -> list[PortInfo]:
+    """Probe serial ports for an SO-101 (slow: run it in a thread worker)."""
+    from lepetpal_tui.core.ports import list_ports
+
+    ports: list[PortInfo] = list_ports()
+    return ports

@@ -1,0 +1,55 @@
+"""Latency pane: inference time per chunk and the control tick period, with current / p50 / p99."""
+
+from __future__ import annotations
+
+import math
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from lepetpal_tui.ui.store import Stats, TelemetryStore
+
+
+def fmt_ms(v: float) -> str:
+    return "--" if math.isnan(v) else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def stats_line(label: str, s: Stats) -> str:
+    return (
+        f"[b]{label}[/]  now [b]{fmt_ms(s.current)}[/] ms  p50 {fmt_ms(s.p50)}  p99 {fmt_ms(s.p99)}"
+    )
+
+
+class LatencyPane(Vertical):
+    def __init__(self, rate_hz: float, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rate_hz = rate_hz
+        self._version = -1
+
+    def compose(self) -> ComposeResult:
+        yield Static(stats_line("inference/chunk", Stats.of([])), id="latency-inference-stats")
+        yield Sparkline([], summary_function=max, id="latency-inference")
+        yield Static(stats_line("tick period", Stats.of([])), id="latency-tick-stats")
+        yield Sparkline([], summary_function=max, id="latency-tick")
+        yield Static("", id="latency-counters")
+
+    def on_mount(self) -> None:
+        self.border_title = "Latency"
+        self.border_subtitle = f"target tick {1000.0 / self.rate_hz:.1f} ms"
+
+    def show(self, store: TelemetryStore) -> None:
+        if store.version == self._version:
+            return
+        self._version = store.version
+        self.query_one("#latency-inference-stats", Static).update(
+            stats_line("inference/chunk", store.inference_stats())
+        )
+        self.query_one("#latency-tick-stats", Static).update(stats_line("tick period", store.tick_stats()))
+        self.query_one("#latency-inference", Sparkline).data = list(store.inference_ms)
+        self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
+        starved = f"[b red]{store.starved_ticks}[/]" if store.starved_ticks else "0"
+        self.query_one("#latency-counters", Static).update(
+            f"starved ticks {starved}   clamped {store.clamp_count}   e-stops {store.estop_count}"
+            f"   ticks {store.tick_count}"
+        )

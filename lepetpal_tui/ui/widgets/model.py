@@ -1,0 +1,102 @@
+"""Model pane: where the policy comes from, download progress, loading, device, preflight, errors."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, Static
+
+from lepetpal_tui.core.types import ModelStatus
+
+_PHASES = {
+    "idle": "not loaded",
+    "resolving": "resolving the checkpoint",
+    "downloading": "downloading",
+    "loading": "loading weights",
+    "warming_up": "warming up (first inference)",
+    "ready": "[green]ready[/]",
+    "failed": "[red]failed[/]",
+    "fallback": "[yellow]fallback: scripted policy[/]",
+}
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def human_count(n: int) -> str:
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.2f} B"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f} k"
+    return str(n)
+
+
+def describe(m: ModelStatus | None, configured: str) -> str:
+    """Markup lines for the pane; pure so it is easy to test."""
+    if m is None:
+        source = configured or "built-in demo checkpoint"
+        return f"[b]source[/]  {escape(source)}\n[b]phase[/]   waiting for the engine"
+    lines = [f"[b]source[/]  {escape(m.source or configured or '-')}"
+             + (f" @ {escape(m.revision)}" if m.revision else "")]
+    phase = _PHASES.get(m.phase, m.phase)
+    if m.phase == "downloading" and m.bytes_total:
+        phase += f"  {human_bytes(m.bytes_done)} / {human_bytes(m.bytes_total)}"
+        if m.current_file:
+            phase += f"  [dim]{escape(m.current_file)}[/]"
+    elif m.message and m.phase not in ("failed",):
+        phase += f"  [dim]{escape(m.message)}[/]"
+    lines.append(f"[b]phase[/]   {phase}")
+    if m.device or m.dtype or m.parameters:
+        bits = [b for b in (m.device, m.dtype) if b]
+        if m.parameters:
+            bits.append(f"{human_count(m.parameters)} params")
+        if m.warmup_s is not None:
+            bits.append(f"warm-up {m.warmup_s:.2f} s")
+        lines.append(f"[b]device[/]  {' · '.join(bits)}")
+    for check in m.preflight:
+        mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+        line = f"{mark} {escape(check.name)}: {escape(check.detail)}"
+        if not check.ok and check.fix:
+            line += f"  [yellow]→ {escape(check.fix)}[/]"
+        lines.append(line)
+    if m.error:
+        lines.append(f"[b red]error[/]   {escape(m.error)}")
+    if m.fix:
+        lines.append(f"[b yellow]fix[/]     {escape(m.fix)}")
+    return "\n".join(lines)
+
+
+class ModelPane(Vertical):
+    def __init__(self, configured_source: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.configured_source = configured_source
+        self._shown: ModelStatus | bool | None = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(describe(None, self.configured_source), id="model-info")
+        yield ProgressBar(total=100, show_eta=False, id="model-progress")
+
+    def on_mount(self) -> None:
+        self.border_title = "Model"
+        self.query_one(ProgressBar).display = False
+
+    def show(self, m: ModelStatus | None) -> None:
+        if m == self._shown:
+            return
+        self._shown = m
+        self.query_one("#model-info", Static).update(describe(m, self.configured_source))
+        bar = self.query_one(ProgressBar)
+        downloading = m is not None and m.phase == "downloading" and m.bytes_total > 0
+        bar.display = downloading
+        if m is not None and downloading:
+            bar.update(total=m.bytes_total, progress=m.bytes_done)
+        self.set_class(m is not None and m.phase == "failed", "-failed")
