@@ -71,17 +71,21 @@ class ChunkQueue:
     def merge(self, actions: FloatArray, obs_tick: int, blend_steps: int) -> MergeInfo:
         """Splice a chunk computed from the joints read at `obs_tick` into the queue.
 
-        The queue's cursor (the next tick the actuator pops) is "now": new actions for earlier ticks are
-        dropped, and the first `blend_steps` remaining ones are mixed with the old plan, weight rising
+        The queue's cursor (the next tick the actuator pops) is "now": when an old plan is still queued,
+        new actions for earlier ticks are dropped, and the first `blend_steps` remaining ones are mixed with the old plan, weight rising
         linearly from the old plan to the new one.
         """
         new = np.asarray(actions, dtype=np.float64).reshape(-1, 6)
         with self._lock:
             now_tick = self._start
-            dropped = min(len(new), max(0, now_tick - (obs_tick + 1)))
-            keep = new[dropped:]
             old = self._actions
             depth_before = len(old)
+            # With nothing queued the arm has been holding near the pose the chunk was computed from
+            # (first chunk, or starved): run the chunk from its start, as LeRobot's synchronous path
+            # does. Dropping its "past" actions would throw away motion, or all of it when inference
+            # is slower than a chunk.
+            dropped = 0 if depth_before == 0 else min(len(new), max(0, now_tick - (obs_tick + 1)))
+            keep = new[dropped:]
             if len(keep) == 0:
                 return MergeInfo(dropped, 0, depth_before, depth_before)
             # The engine reads joints before popping, so obs_tick + 1 <= now_tick + 1: at most the one

@@ -567,8 +567,6 @@ class Engine:
             proposed = self.queue.pop(k)
             if proposed is None:
                 starved = not self._awaiting_first_chunk
-            else:
-                self._awaiting_first_chunk = False
             if self.queue.depth(k + 1) <= self.settings.control.chunk_threshold * self._chunk_len():
                 self._infer_wake.set()
         elif state == EngineState.MACRO and macro is not None:
@@ -753,6 +751,7 @@ class Engine:
             if not reason:
                 info = self.queue.merge(actions[:chunk_len], obs_tick, self.settings.control.blend_steps)
                 self.chunk_count += 1
+                self._awaiting_first_chunk = False  # from now on an empty queue is starvation
         if reason:
             self._halt(EngineState.ERROR, reason)
             self._event("error", f"Holding: {reason}.", "Check the checkpoint and its statistics; re-arm to retry.")
