@@ -52,7 +52,7 @@ class PortPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Select[str](
-            [(port_label(SIM_PORT), "sim")], prompt="choose a port", allow_blank=True, compact=True,
+            [(port_label(SIM_PORT), "sim")], prompt="choose a port", allow_blank=True, compact=True, type_to_search=False,
             id="port-select",
         )
         yield Static("Scanning ports...", id="port-detail")

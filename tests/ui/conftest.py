@@ -1,0 +1,190 @@
+"""UI fixtures: the app on a scripted engine link, a fixed clock and fixed ports (no engine, no arm)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from lepetpal_tui.config import JOINT_NAMES, Settings
+from lepetpal_tui.core.types import (
+    ChunkSample,
+    EngineEvent,
+    EngineState,
+    InferenceTiming,
+    ModelStatus,
+    PortInfo,
+    PreflightCheck,
+    ServoHealth,
+    TelemetryBatch,
+    TickSample,
+)
+from lepetpal_tui.ui.app import LePetPalApp
+from lepetpal_tui.ui.scripted_link import ScriptedLink
+
+T0 = 1000.0
+SIZE = (120, 40)
+
+PORTS = [
+    PortInfo(
+        device="/dev/ttyACM0", description="USB Single Serial", vid_pid="1a86:55d3", probed=True,
+        is_so101=True, motor_ids=(1, 2, 3, 4, 5, 6), model_numbers=(777,) * 6, voltage_v=12.1,
+    ),
+    PortInfo(
+        device="/dev/ttyUSB0", description="FT232R USB UART", vid_pid="0403:6001", probed=True,
+        note="no Feetech servo answered",
+    ),
+]
+
+SOURCE = "lerobot/smolvla_base"
+MEASURED = (12.0, -35.5, 48.2, 20.0, -5.0, 30.0)
+GOAL = (14.0, -33.0, 50.0, 22.0, -5.0, 100.0)
+
+
+def fixed_clock() -> float:
+    return T0
+
+
+def ready_model(**overrides: Any) -> ModelStatus:
+    base: dict[str, Any] = {
+        "phase": "ready", "source": SOURCE, "revision": "main", "device": "cpu", "dtype": "bf16",
+        "parameters": 450_046_212, "warmup_s": 0.87,
+        "preflight": (
+            PreflightCheck("cameras", True, "front -> observation.images.top"),
+            PreflightCheck("state size", True, "6 == 6"),
+            PreflightCheck("statistics", True, "state and action statistics present"),
+        ),
+    }
+    base.update(overrides)
+    return ModelStatus(**base)
+
+
+def ticks(n: int, *, goal: bool, written: bool, clamp_gripper: bool = False) -> list[TickSample]:
+    out = []
+    for i in range(n):
+        period = 0.0333 + (0.004 if i % 7 == 3 else 0.0) + 0.0002 * (i % 3)
+        out.append(
+            TickSample(
+                t=T0 + i / 30, period_s=period, work_s=0.002, measured=MEASURED,
+                goal=GOAL if goal else None, written=written,
+                clamped=tuple(clamp_gripper and j == 5 for j in range(6)), starved=(i == 10 and goal),
+                queue_depth=30,
+            )
+        )
+    return out
+
+
+def chunks(n: int) -> list[ChunkSample]:
+    return [
+        ChunkSample(T0 + i, InferenceTiming(0.04, 0.80 + 0.05 * (i % 4), 0.01), 50, 15, "pick up the cube")
+        for i in range(n)
+    ]
+
+
+HEALTH = tuple(
+    ServoHealth(j, temperature_c=(61.0 if j == "elbow_flex" else 38.0), load_pct=(75.0 if j == "gripper" else 12.0),
+                voltage_v=12.1)
+    for j in JOINT_NAMES
+)
+
+
+def scenario(name: str) -> list[TelemetryBatch]:
+    """Telemetry that puts the UI in the named state."""
+    ev = [EngineEvent(T0 + 0.5, "info", "connected to the simulated arm (6 servos)")]
+    if name == "downloading":
+        m = ModelStatus(
+            phase="downloading", source=SOURCE, revision="main", bytes_done=312_400_000,
+            bytes_total=906_700_000, current_file="model.safetensors",
+        )
+        return [TelemetryBatch(EngineState.READY, model=m, events=ev, health=HEALTH,
+                               ticks=ticks(3, goal=False, written=False))]
+    if name == "loading":
+        m = ModelStatus(phase="loading", source=SOURCE, revision="main", message="building SmolVLA", device="cpu")
+        return [TelemetryBatch(EngineState.READY, model=m, events=ev, ticks=ticks(3, goal=False, written=False))]
+    if name == "ready":
+        return [TelemetryBatch(EngineState.READY, model=ready_model(), events=ev, health=HEALTH,
+                               ticks=ticks(40, goal=False, written=False), tick_count=40)]
+    if name in ("running", "dry-run"):
+        dry = name == "dry-run"
+        state = EngineState.DRY_RUN if dry else EngineState.RUNNING
+        evs = [*ev, EngineEvent(T0 + 2.0, "info", "started: pick up the cube"),
+               EngineEvent(T0 + 3.0, "warning", "gripper goal clamped to 100")]
+        return [
+            TelemetryBatch(EngineState.READY, model=ready_model(), events=ev),
+            TelemetryBatch(state, task="pick up the cube", dry_run=dry, model=None, events=evs[1:], health=HEALTH,
+                           ticks=ticks(90, goal=True, written=not dry, clamp_gripper=True), chunks=chunks(8),
+                           starved_ticks=1, clamp_count=12, tick_count=130),
+        ]
+    if name == "estop":
+        evs = [EngineEvent(T0 + 4.0, "warning", "E-STOP (key F12): holding the measured pose")]
+        return [
+            *scenario("running"),
+            TelemetryBatch(EngineState.ESTOP, task="pick up the cube", events=evs, hold_reason="e-stop (F12)",
+                           ticks=ticks(5, goal=False, written=False), estop_count=1, tick_count=135,
+                           starved_ticks=1, clamp_count=12),
+        ]
+    if name == "error":
+        m = ModelStatus(
+            phase="failed", source="me/my-policy", revision="main",
+            error="checkpoint expects camera 'wrist' but the arm has only 'front'",
+            fix="set [model.camera_map] front = \"wrist\" in lepetpal.toml",
+            preflight=(PreflightCheck("cameras", False, "ours: front / checkpoint: wrist",
+                                      "model.camera_map.front = \"wrist\""),),
+        )
+        evs = [EngineEvent(T0 + 1.0, "error", "policy failed to load: camera mismatch",
+                           "set [model.camera_map] front = \"wrist\"")]
+        return [TelemetryBatch(EngineState.ERROR, model=m, events=evs, hold_reason="policy failed to load")]
+    raise ValueError(name)
+
+
+AppMaker = Callable[..., tuple[LePetPalApp, ScriptedLink]]
+
+
+@pytest.fixture
+def make_app() -> AppMaker:
+    """make_app(scenario=None, ports=PORTS, autoconnect=True, settings=None) -> (app, link)."""
+
+    def make(
+        scenario_name: str | None = "ready",
+        *,
+        ports: Sequence[PortInfo] = PORTS,
+        autoconnect: bool = True,
+        settings: Settings | None = None,
+    ) -> tuple[LePetPalApp, ScriptedLink]:
+        link = ScriptedLink(scenario(scenario_name) if scenario_name else [], clock=fixed_clock)
+        app = LePetPalApp(
+            settings or Settings(),
+            link_factory=lambda _s, _p: link,
+            sim_factory=None,
+            port_lister=lambda: list(ports),
+            clock=fixed_clock,
+            autoconnect=autoconnect,
+            animations=False,
+        )
+        return app, link
+
+    return make
+
+
+Settle = Callable[..., Any]
+
+
+@pytest.fixture
+def settle() -> Settle:
+    """await settle(pilot, app, batches=N): wait until N batches and the port scan arrived, then redraw."""
+
+    async def wait(pilot: Any, app: LePetPalApp, batches: int = 0, tries: int = 200) -> None:
+        from lepetpal_tui.ui.widgets.ports import PortPane
+
+        for _ in range(tries):
+            await pilot.pause(0.01)
+            scanned = getattr(app.query_one(PortPane), "_summary", None) is not None
+            if app.store.batches >= batches and scanned and (not app.autoconnect or app.link is not None):
+                break
+        else:
+            raise AssertionError(f"UI did not settle: {app.store.batches} batches, want {batches}")
+        app.redraw()
+        await pilot.pause()
+
+    return wait

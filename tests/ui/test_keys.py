@@ -1,0 +1,304 @@
+"""Pilot tests: every key sends the right command, and the e-stop works whatever has focus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from textual.command import CommandPalette
+from textual.widgets import Input, Select
+from textual.widgets._select import SelectOverlay
+
+from lepetpal_tui.config import ArmSettings, Settings
+from lepetpal_tui.core.types import EngineState
+from lepetpal_tui.ui.app import LePetPalApp
+from lepetpal_tui.ui.scripted_link import ScriptedLink
+from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
+
+SIZE = (120, 40)
+Body = Callable[[Any, LePetPalApp, ScriptedLink], Awaitable[None]]
+
+
+def drive(make_app: Any, settle: Any, scenario: str | None, body: Body, batches: int = 1, **kw: Any) -> None:
+    async def go() -> None:
+        app, link = make_app(scenario, **kw)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app, batches)
+            await body(pilot, app, link)
+
+    asyncio.run(go())
+
+
+async def leave_field(pilot: Any, app: LePetPalApp) -> None:
+    await pilot.press("escape")
+    await pilot.pause()
+    assert app.focused is None
+
+
+# ------------------------------------------------------------------------------------------- e-stop
+
+
+def test_f12_estops_from_the_task_field(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        assert app.focused is not None and app.focused.id == "task-input"
+        await pilot.press("f12")
+        await pilot.pause()
+        assert link.kinds() == ["estop"]
+        assert link.sent[0].sent_at == 1000.0
+        assert app.store.state == EngineState.ESTOP
+        app.redraw()
+        assert "E-STOP" in str(app.query_one("#banner").render())
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_space_types_in_the_task_field_and_estops_outside_it(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("a", "space", "b")
+        assert app.query_one("#task-input", Input).value == "a b"
+        assert link.kinds() == []
+        await leave_field(pilot, app)
+        await pilot.press("space")
+        await pilot.pause()
+        assert link.kinds() == ["estop"]
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_f12_estops_with_the_port_select_open(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        select = app.query_one("#port-select", Select)
+        select.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert select.expanded
+        assert isinstance(app.focused, SelectOverlay)
+        await pilot.press("f12")
+        await pilot.pause()
+        assert link.kinds() == ["estop"]
+        # Space too: the overlay is not a text field.
+        await pilot.press("space")
+        await pilot.pause()
+        assert link.kinds() == ["estop", "estop"]
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_f12_and_space_estop_with_a_dialog_open(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("ctrl+q")  # arm moving: quit asks first
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("f12")
+        await pilot.pause()
+        assert link.kinds() == ["estop"]
+        await pilot.press("space")
+        await pilot.pause()
+        assert link.kinds() == ["estop", "estop"]
+        assert isinstance(app.screen, ConfirmScreen)  # the dialog stays; the arm is stopped already
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_f12_estops_with_the_command_palette_open(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press("f12")
+        await pilot.pause()
+        assert link.kinds() == ["estop"]
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_f11_is_the_torque_off_stop_with_a_warning(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("f11")
+        await pilot.pause()
+        assert link.kinds() == ["estop_torque_off"]
+        assert any("falls" in str(n.message) for n in app._notifications)
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_estop_without_an_engine_says_so(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("f12")
+        await pilot.pause()
+        assert link.kinds() == []
+        assert any("No engine" in str(n.message) for n in app._notifications)
+
+    drive(make_app, settle, None, body, 0, autoconnect=False)
+
+
+# ------------------------------------------------------------------------------------ other keys
+
+
+def test_enter_in_task_field_starts_then_changes_the_task(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press(*"pick up the cube", "enter")
+        await pilot.pause()
+        assert [(c.kind, c.task) for c in link.sent] == [("start", "pick up the cube")]
+        assert app.focused is None  # left the field: Space is an e-stop again
+        await settle(pilot, app, 2)
+        assert app.store.state == EngineState.RUNNING
+        await pilot.press("enter")  # back into the field
+        assert app.focused is not None and app.focused.id == "task-input"
+        field = app.query_one("#task-input", Input)
+        field.value = ""
+        await pilot.press(*"stack it", "enter")
+        await pilot.pause()
+        assert [(c.kind, c.task) for c in link.sent][-1] == ("set_task", "stack it")
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_f5_starts_with_the_typed_task_and_f6_stops(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("f5")  # no task yet: refused with a hint
+        await pilot.pause()
+        assert link.kinds() == []
+        await pilot.press(*"wave", "f5")
+        await pilot.pause()
+        assert [(c.kind, c.task) for c in link.sent] == [("start", "wave")]
+        await pilot.press("f6")
+        await pilot.pause()
+        assert link.kinds() == ["start", "stop"]
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_d_toggles_dry_run(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await leave_field(pilot, app)
+        await pilot.press("d")
+        await settle(pilot, app, 2)
+        assert [(c.kind, c.flag) for c in link.sent] == [("set_dry_run", True)]
+        assert app.store.dry_run and app.store.state == EngineState.DRY_RUN
+        await pilot.press("d")
+        await settle(pilot, app, 3)
+        assert [(c.kind, c.flag) for c in link.sent][-1] == ("set_dry_run", False)
+        assert app.store.state == EngineState.RUNNING
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_letters_in_the_task_field_are_text_not_commands(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("d", "h", "t", "r", "q")
+        await pilot.pause()
+        assert link.kinds() == []
+        assert app.query_one("#task-input", Input).value == "dhtrq"
+        assert app.is_running
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_h_and_t_run_macros(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await leave_field(pilot, app)
+        await pilot.press("h")
+        await pilot.pause()
+        await pilot.press("t")
+        await pilot.pause()
+        assert [(c.kind, c.name) for c in link.sent] == [("macro", "home"), ("macro", "throw")]
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_rearm_asks_first(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        assert app.store.state == EngineState.ESTOP
+        await leave_field(pilot, app)
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert link.kinds() == []
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(pilot, app, 4)
+        assert link.kinds() == ["rearm"]
+        assert app.store.state == EngineState.READY
+
+    drive(make_app, settle, "estop", body, 3)
+
+
+def test_rearm_when_not_stopped_does_nothing(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await leave_field(pilot, app)
+        await pilot.press("r")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert link.kinds() == []
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_q_quits_at_once_when_the_arm_is_still(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await leave_field(pilot, app)
+        await pilot.press("q")
+        for _ in range(100):
+            await pilot.pause(0.01)
+            if not app.is_running:
+                break
+        assert link.closed_with == (False, 5.0)
+        assert link.kinds() == []
+        assert not app.is_running
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_quit_while_moving_asks_then_stops_and_closes(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await leave_field(pilot, app)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.is_running and link.kinds() == []
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("g")  # go home, then quit
+        for _ in range(100):
+            await pilot.pause(0.01)
+            if not app.is_running:
+                break
+        assert link.kinds() == ["stop"]
+        assert link.closed_with == (True, 5.0)
+        assert not app.is_running
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_engine_that_dies_is_reported(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        link.die()
+        for _ in range(100):
+            await pilot.pause(0.01)
+            if app.store.state == EngineState.ERROR:
+                break
+        assert app.store.state == EngineState.ERROR
+        assert "exited" in app.store.hold_reason
+
+    drive(make_app, settle, "ready", body)
+
+
+def test_connect_switches_port(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        select = app.query_one("#port-select", Select)
+        assert select.value == "/dev/ttyACM0"  # the detected SO-101 is preselected
+        await pilot.click("#port-connect")
+        await settle(pilot, app, 1)
+        assert app.port == "/dev/ttyACM0"
+        assert app.link is link
+
+    auto = Settings(arm=ArmSettings(port="auto"))
+    drive(make_app, settle, "ready", body, 0, autoconnect=False, settings=auto)
