@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import heapq
 import os
 import select
 import signal
@@ -93,6 +94,10 @@ class SimServer:
         self.wire_time = wire_time
         self.parser = PacketParser()
         self.running = True
+        # Replies waiting for their time on the wire: (due, sequence, bytes). A late (slow_reply) answer
+        # must not hold up the other servos, so nothing here sleeps.
+        self.outbox: list[tuple[float, int, bytes]] = []
+        self._seq = 0
 
     # ---------------------------------------------------------------------------------------- main loop
 
@@ -103,9 +108,13 @@ class SimServer:
                 fds: list[Any] = [self.conn]
                 if self.port.is_open:
                     fds.append(self.port.master)
-                ready, _, _ = select.select(fds, [], [], IDLE_TICK_S)
+                timeout = IDLE_TICK_S
+                if self.outbox:
+                    timeout = max(0.0, min(timeout, self.outbox[0][0] - time.monotonic()))
+                ready, _, _ = select.select(fds, [], [], timeout)
                 if self.port.is_open and self.port.master in ready:
                     self._on_bytes()
+                self._flush_due()
                 if self.conn in ready:
                     self._on_command()
                 if not ready:
@@ -127,12 +136,18 @@ class SimServer:
 
     def _send(self, reply: Reply, arrived: float) -> None:
         delay = (reply.wire_s if self.wire_time else 0.0) + reply.extra_s
-        if delay > 0:
-            wait = arrived + delay - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        if self.port.is_open:
+        if delay <= 0 and not self.outbox:
             self.port.send(reply.data)
+            return
+        self._seq += 1
+        heapq.heappush(self.outbox, (arrived + delay, self._seq, reply.data))
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        while self.outbox and self.outbox[0][0] <= now:
+            _, _, data = heapq.heappop(self.outbox)
+            if self.port.is_open:
+                self.port.send(data)
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -174,6 +189,7 @@ class SimServer:
         self.bus.advance()
         if kind == "unplug":
             self.port.unplug()
+            self.outbox.clear()
             return self.port.path
         for s in self._servos(motor_id):
             f = s.faults
