@@ -1,0 +1,237 @@
+"""SmolVLA through LeRobot: load a local checkpoint folder and compute action chunks.
+
+Imports torch and lerobot; `policy.py` imports this module only when a SmolVLA policy is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lepetpal_tui.config import JOINT_NAMES, ModelSettings
+from lepetpal_tui.core.policy_errors import PolicyError
+from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
+
+IMAGE_PREFIX = "observation.images."
+# Below this size bf16 cannot pay for itself on a CPU: small matmuls are bound by overhead, not FLOPs.
+BF16_MIN_PARAMETERS = 5_000_000
+# auto dtype keeps the bf16 VLM only when it is this much faster than fp32 on the warm-up...
+BF16_MIN_SPEEDUP = 1.15
+# ...and its chunk stays within this many robot units (degrees) of fp32's with the same noise.
+BF16_TOLERANCE = 3.0
+
+
+def available_devices() -> dict[str, bool]:
+    mps = getattr(torch.backends, "mps", None)
+    return {
+        "cpu": True,
+        "cuda": bool(torch.cuda.is_available()),
+        "mps": bool(mps is not None and mps.is_available()),
+    }
+
+
+def resolve_device(setting: str) -> str:
+    """"auto" -> cuda, then mps, then cpu; an explicit device is returned as is (preflight checks it)."""
+    if setting != "auto":
+        return setting
+    avail = available_devices()
+    return "cuda" if avail["cuda"] else "mps" if avail["mps"] else "cpu"
+
+
+class SmolVLARunner:
+    """A loaded SmolVLA policy with its processors; implements the ChunkPolicy protocol."""
+
+    name = "smolvla"
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        policy: Any,
+        pre: Any,
+        post: Any,
+        device: str,
+        camera_map: Mapping[str, str],
+        chunk_length: int,
+    ) -> None:
+        self.source = source
+        self.policy = policy
+        self.pre = pre
+        self.post = post
+        self.device = device
+        self.dtype = "fp32"
+        self.camera_map = dict(camera_map)
+        self.chunk_length = chunk_length
+        self.parameters = int(sum(p.numel() for p in policy.parameters()))
+        self.image_keys: tuple[str, ...] = tuple(k for k in policy.config.image_features if k.startswith(IMAGE_PREFIX))
+        self.cameras = tuple(k[len(IMAGE_PREFIX):] for k in self.image_keys)
+
+    # --------------------------------------------------------------------------------------- inference
+
+    def _batch(self, obs: Observation) -> dict[str, Any]:
+        joints = np.asarray(obs.joints, dtype=np.float32).reshape(-1)
+        if joints.shape != (len(JOINT_NAMES),):
+            raise PolicyError(f"observation has {joints.shape[0]} joints, the policy needs {len(JOINT_NAMES)}.")
+        batch: dict[str, Any] = {"observation.state": torch.from_numpy(joints.copy()), "task": obs.task}
+        for ours, frame in obs.images.items():
+            key = IMAGE_PREFIX + self.camera_map.get(ours, ours)
+            if key not in self.image_keys:
+                continue
+            img = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+            batch[key] = img.to(torch.float32).div_(255.0)
+        missing = [k[len(IMAGE_PREFIX):] for k in self.image_keys if k not in batch]
+        if missing:
+            raise PolicyError(
+                f"no frame for the checkpoint camera(s) {', '.join(missing)}; frames came from "
+                f"{', '.join(obs.images) or 'no camera'}.",
+                "Map our camera names with [model.camera_map] (ours = \"theirs\").",
+            )
+        return batch
+
+    def raw_chunk(self, obs: Observation, noise: torch.Tensor | None = None) -> tuple[np.ndarray, InferenceTiming]:
+        t0 = time.perf_counter()
+        batch = self.pre(self._batch(obs))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            actions = self.policy.predict_action_chunk(batch, noise=noise)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        actions = self.post(actions[:, : self.chunk_length])
+        out = actions[0].to(torch.float64).cpu().numpy()
+        t3 = time.perf_counter()
+        return out, InferenceTiming(preprocess_s=t1 - t0, model_s=t2 - t1, postprocess_s=t3 - t2)
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        actions, timing = self.raw_chunk(obs)
+        return ActionChunk(actions=actions, timing=timing, task=obs.task, observed_at=obs.timestamp)
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def make_noise(self, seed: int = 0) -> torch.Tensor:
+        cfg = self.policy.config
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, cfg.chunk_size, cfg.max_action_dim), generator=gen, dtype=torch.float32)
+        return noise.to(self.device)
+
+    # ------------------------------------------------------------------------------------------ dtype
+
+    def to_bf16(self) -> None:
+        """bf16 for the VLM + action expert only; the projections stay fp32 (whole-policy bf16 breaks)."""
+        self.policy.model.vlm_with_expert.to(torch.bfloat16)
+        self.dtype = "bf16"
+
+
+def warmup_observation(cameras: Sequence[str], task: str = "warm up") -> Observation:
+    """A synthetic observation with one frame per configured camera (our names)."""
+    from lepetpal_tui.core.camera import SyntheticCamera
+
+    images = {name: SyntheticCamera(name, 640, 480).frame_at(0) for name in cameras}
+    return Observation(joints=np.zeros(len(JOINT_NAMES)), images=images, task=task, timestamp=0.0)
+
+
+def load_local(
+    dir: Path,
+    *,
+    model: ModelSettings,
+    device: str,
+    backbone: str,
+    chunk_length_hint: int | None = None,
+) -> SmolVLARunner:
+    """Load policy and processors from `dir` on `device`, with the backbone at `backbone` (local dir)."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    try:
+        cfg = PreTrainedConfig.from_pretrained(str(dir))
+    except Exception as exc:
+        raise PolicyError(
+            f"config.json in {dir} is not a LeRobot policy config ({type(exc).__name__}: {exc}).",
+            "Point [model] path at a LeRobot SmolVLA checkpoint folder (config.json, model.safetensors, ...).",
+        ) from exc
+    if getattr(cfg, "type", "") != "smolvla":
+        raise PolicyError(
+            f"{dir} holds a {getattr(cfg, 'type', '?')} policy, not SmolVLA.",
+            "Use a SmolVLA checkpoint (config.json \"type\": \"smolvla\"), or set [model] mode = \"scripted\".",
+        )
+    cfg.device = device
+    cfg.vlm_model_name = backbone
+    cfg.load_vlm_weights = False  # the checkpoint's weights are loaded on top
+    cfg.num_steps = int(model.flow_steps)
+    n = min(int(model.actions_per_chunk), int(cfg.chunk_size))
+    cfg.n_action_steps = n
+    try:
+        policy = SmolVLAPolicy.from_pretrained(str(dir), config=cfg)
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if "safetensor" in text.lower() or "header" in text.lower() or "deserializ" in text.lower():
+            raise PolicyError(
+                f"model.safetensors in {dir} is damaged or incomplete ({text}).",
+                "Copy or download the checkpoint again (for a hub model delete its folder under the "
+                "Hugging Face cache first).",
+            ) from exc
+        raise PolicyError(
+            f"LeRobot could not build the SmolVLA policy from {dir} ({text}).",
+            "Check that the checkpoint matches LeRobot 0.6.1 and that its VLM backbone files are complete.",
+        ) from exc
+    policy.to(device)
+    policy.eval()
+    try:
+        pre, post = make_pre_post_processors(
+            cfg,
+            pretrained_path=str(dir),
+            # A checkpoint saved on CUDA must load on CPU; the tokenizer lives with the backbone.
+            preprocessor_overrides={
+                "device_processor": {"device": device},
+                "tokenizer_processor": {"tokenizer_name": backbone},
+            },
+            postprocessor_overrides={"device_processor": {"device": "cpu"}},
+        )
+    except Exception as exc:
+        raise PolicyError(
+            f"the processor files in {dir} cannot be loaded ({type(exc).__name__}: {exc}).",
+            "Copy or download the complete checkpoint again (policy_*processor*.json and .safetensors).",
+        ) from exc
+    return SmolVLARunner(
+        source=str(dir), policy=policy, pre=pre, post=post, device=device,
+        camera_map=model.camera_map, chunk_length=n,
+    )
+
+
+def choose_dtype(
+    runner: SmolVLARunner, setting: str, obs: Observation, reload: Any
+) -> tuple[SmolVLARunner, str, float]:
+    """Apply the dtype setting; returns (runner, note, first-inference seconds).
+
+    "auto" on CPU measures: fp32 chunk, then bf16 chunk with the same noise; bf16 stays only when it is
+    faster and within BF16_TOLERANCE. `reload()` gives a fresh fp32 runner when bf16 is rejected.
+    """
+    if setting == "fp32" or runner.device == "mps":
+        _, timing = runner.raw_chunk(obs)
+        return runner, "fp32" + (" (bf16 is not used on mps)" if setting != "fp32" else ""), timing.total_s
+    if setting == "bf16" or runner.device == "cuda":
+        runner.to_bf16()
+        _, timing = runner.raw_chunk(obs)
+        return runner, "bf16 VLM", timing.total_s
+    if runner.parameters < BF16_MIN_PARAMETERS:
+        _, timing = runner.raw_chunk(obs)
+        return runner, f"fp32 (model too small for bf16 to help: {runner.parameters:,} parameters)", timing.total_s
+    noise = runner.make_noise()
+    ref, t32 = runner.raw_chunk(obs, noise=noise)
+    runner.to_bf16()
+    got, t16 = runner.raw_chunk(obs, noise=noise)
+    diff = float(np.max(np.abs(got - ref)))
+    speedup = t32.total_s / max(t16.total_s, 1e-9)
+    if speedup >= BF16_MIN_SPEEDUP and diff <= BF16_TOLERANCE:
+        return runner, f"bf16 VLM ({speedup:.1f}x faster than fp32, max diff {diff:.2f})", t16.total_s
+    why = f"speed-up {speedup:.2f}x" if speedup < BF16_MIN_SPEEDUP else f"max diff {diff:.2f} > {BF16_TOLERANCE}"
+    fresh: SmolVLARunner = reload()
+    _, timing = fresh.raw_chunk(obs)
+    return fresh, f"fp32 (bf16 rejected: {why})", timing.total_s
