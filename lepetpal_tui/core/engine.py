@@ -77,7 +77,7 @@ class FrameSourceLike(Protocol):
 
 ArmFactory = Callable[[], ArmLike]
 PolicyFactory = Callable[[Callable[[ModelStatus], None], threading.Event], PolicyLike]
-CameraFactory = Callable[[Callable[[str], None]], dict[str, FrameSourceLike]]
+CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceLike]]
 
 _ACTIVE = (EngineState.RUNNING, EngineState.DRY_RUN)
 _CAMERA_TIMEOUT_S = 1.0
@@ -262,6 +262,11 @@ class Engine:
 
     def _event(self, level: Level, message: str, fix: str = "") -> None:
         e = EngineEvent(time.monotonic(), level, message, fix)
+        self.coalescer.add_event(e)
+        if self.log is not None:
+            self.log.event(e)
+
+    def _event_obj(self, e: EngineEvent) -> None:
         self.coalescer.add_event(e)
         if self.log is not None:
             self.log.event(e)
@@ -497,7 +502,7 @@ class Engine:
         self._spawn("engine-actuator", self._actuator_loop)
         if self._camera_factory is not None:
             try:
-                self.cameras = self._camera_factory(lambda msg: self._event("warning", msg))
+                self.cameras = self._camera_factory(self._event_obj)
             except Exception as exc:
                 self._event("error", f"Cannot open the cameras: {exc}", "Check [cameras] in lepetpal.toml.")
         try:

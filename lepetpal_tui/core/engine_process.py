@@ -1,0 +1,228 @@
+"""Run the engine in its own process and talk to it from the UI (or `lepetpal run`).
+
+Why a process: a busy Textual UI in the same interpreter delays ticks by 8-17 ms at p99 (GIL). The child
+owns the arm, cameras and policy (torch and lerobot are imported only there); the parent sends `Command`s
+and receives `TelemetryBatch`es over one duplex pipe.
+
+Safety: the child reads commands on a dedicated thread, so an e-stop is applied even while the arm is
+connecting or the policy is loading. When the pipe reaches EOF (the parent exited or was killed, SSH
+dropped) or the parent pid changes, the child holds the arm at once and disconnects after
+`safety.ui_lost_disconnect_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.types import Command, EngineEvent, EngineState, TelemetryBatch
+
+if TYPE_CHECKING:
+    from lepetpal_tui.core.engine import Engine
+
+
+class EngineStartError(Exception):
+    """The engine process could not be started; the message says what to do."""
+
+
+def session_log_path(settings: Settings) -> Path:
+    folder = Path(settings.logging.dir).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return folder / f"session-{stamp}-{os.getpid()}-{int(time.time() * 1000) % 1000:03d}.jsonl"
+
+
+def build_engine(
+    settings: Settings,
+    sim_port: str | None,
+    on_telemetry: Any = None,
+    log_path: Path | None = None,
+) -> Engine:
+    """An Engine wired to the real parts: Arm (LeRobot), load_policy, open_camera. Imports them lazily."""
+    from lepetpal_tui.core.engine import Engine
+    from lepetpal_tui.core.telemetry import SessionLog
+
+    def arm_factory() -> Any:
+        from lepetpal_tui.core.arm import Arm
+
+        port = settings.arm.port
+        if port == "sim":
+            if not sim_port:
+                raise RuntimeError('arm.port is "sim" but no simulated arm was started (launcher bug)')
+            port = sim_port
+        elif port == "auto":
+            from lepetpal_tui.core.ports import find_so101_port
+
+            port = find_so101_port()
+        return Arm(settings.arm, port, settings.safety, is_sim=settings.is_sim)
+
+    def policy_factory(on_status: Any, cancel: threading.Event) -> Any:
+        from lepetpal_tui.core.policy import load_policy
+
+        return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
+                           rate_hz=settings.control.rate_hz)
+
+    def camera_factory(on_event: Any) -> dict[str, Any]:
+        from lepetpal_tui.core.camera import open_camera
+
+        fallback = settings.safety.camera_fallback_synthetic
+        return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback)
+                for name, cs in settings.cameras.items()}
+
+    log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
+    return Engine(
+        settings,
+        arm_factory=arm_factory,
+        policy_factory=policy_factory,
+        camera_factory=camera_factory,
+        on_telemetry=on_telemetry,
+        session_log=log,
+    )
+
+
+# ------------------------------------------------------------------------------------------ child side
+
+
+def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_path: str) -> None:
+    # A shorter GIL switch interval bounds how long Python work in other threads (pre/post-processing,
+    # telemetry) can delay a tick.
+    sys.setswitchinterval(0.001)
+    parent = os.getppid()
+    send_lock = threading.Lock()
+
+    def send(batch: TelemetryBatch) -> None:
+        with send_lock:
+            conn.send(batch)
+
+    engine = build_engine(settings, sim_port, send, Path(log_path))
+    engine.start()
+
+    lost = threading.Event()
+
+    def read_commands() -> None:
+        while True:
+            try:
+                cmd = conn.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(cmd, Command):
+                engine.submit(cmd)
+        if not engine.finished:
+            lost.set()
+            engine.ui_lost()
+
+    threading.Thread(target=read_commands, name="engine-commands", daemon=True).start()
+    while not engine.join(0.05):
+        # Belt and braces: a parent that died without closing the pipe (it was inherited elsewhere).
+        if not lost.is_set() and os.getppid() != parent:
+            lost.set()
+            engine.ui_lost()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+# ----------------------------------------------------------------------------------------- parent side
+
+
+class EngineClient:
+    """Handle on an engine process. Use from one thread (the UI's worker); `send` is thread-safe."""
+
+    def __init__(self, process: BaseProcess, conn: Connection, log_path: Path) -> None:
+        self._process = process
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self.log_path = log_path
+        self._closed = False
+
+    @classmethod
+    def spawn(cls, settings: Settings, sim_port: str | None = None) -> EngineClient:
+        """Start the engine process; returns at once (state and model progress arrive via `poll`)."""
+        if settings.is_sim and not sim_port:
+            raise EngineStartError(
+                'arm.port is "sim" but no simulated arm port was given. Start one with '
+                "`SimArm.start()` (the UI and `lepetpal run` do this for you) and pass its port."
+            )
+        ctx = mp.get_context("spawn")  # torch/lerobot load in the child only; no forked threads
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        log_path = session_log_path(settings)
+        proc = ctx.Process(
+            target=_child_main,
+            args=(child_conn, settings, sim_port, str(log_path)),
+            name="lepetpal-engine",
+            daemon=False,  # must outlive a killed parent long enough to hold and disconnect
+        )
+        proc.start()
+        child_conn.close()  # else our copy keeps the pipe open and the child never sees EOF
+        return cls(proc, parent_conn, log_path)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def send(self, cmd: Command) -> None:
+        """Queue a command for the engine; never blocks on the engine's work."""
+        if cmd.sent_at == 0.0:
+            cmd = Command(cmd.kind, cmd.task, cmd.flag, cmd.name, cmd.go_home, time.monotonic())
+        with self._send_lock:
+            try:
+                self._conn.send(cmd)
+            except (OSError, ValueError) as exc:
+                raise EngineStartError(
+                    f"The engine process is gone ({exc}); restart lepetpal. The session log is {self.log_path}."
+                ) from None
+
+    def poll(self, timeout: float = 0.0) -> list[TelemetryBatch]:
+        """Every batch received so far, waiting up to `timeout` for the first."""
+        out: list[TelemetryBatch] = []
+        try:
+            if not self._conn.poll(timeout):
+                return out
+            while True:
+                item = self._conn.recv()
+                if isinstance(item, TelemetryBatch):
+                    out.append(item)
+                if not self._conn.poll(0):
+                    break
+        except (EOFError, OSError):
+            pass
+        return out
+
+    def close(self, go_home: bool = False, timeout: float = 5.0) -> list[TelemetryBatch]:
+        """Ask the engine to quit (hold, optionally home, disconnect) and wait; returns the last batches.
+
+        After `timeout` (plus the home motion when asked) the process is terminated."""
+        if self._closed:
+            return []
+        self._closed = True
+        batches: list[TelemetryBatch] = []
+        with contextlib.suppress(EngineStartError):
+            self.send(Command("quit", go_home=go_home))
+        deadline = time.monotonic() + timeout + (30.0 if go_home else 0.0)
+        while self._process.is_alive() and time.monotonic() < deadline:
+            batches.extend(self.poll(0.05))
+        batches.extend(self.poll(0))
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(2.0)
+            batches.append(
+                TelemetryBatch(
+                    state=EngineState.ERROR,
+                    events=[EngineEvent(time.monotonic(), "error", "The engine did not stop in time; terminated.")],
+                )
+            )
+        self._process.join(1.0)
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        return batches
