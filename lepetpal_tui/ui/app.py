@@ -69,7 +69,8 @@ class LePetPalApp(App[int]):
         # Priority: they fire whatever has focus (dialogs, open select, command palette included).
         Binding("f12", "estop", "E-STOP", priority=True, key_display="F12"),
         Binding("space", "estop", "E-STOP", priority=True, show=False),
-        Binding("f11", "estop_torque_off", "Torque off (arm falls!)", priority=True, key_display="F11"),
+        Binding("f11", "estop_torque_off", "Torque off!", priority=True, key_display="F11",
+                tooltip="Stronger stop: torque off, the arm falls under gravity"),
         Binding("f5", "start", "Start", priority=True, key_display="F5"),
         Binding("f6", "stop", "Stop", priority=True, key_display="F6"),
         Binding("d", "toggle_dry_run", "Dry-run"),
@@ -130,7 +131,7 @@ class LePetPalApp(App[int]):
                 yield LatencyPane(self.settings.control.rate_hz, id="latency")
         yield TaskPane(id="task")
         yield EventLog(self.t0, id="log")
-        yield Footer(id="footer")
+        yield Footer(id="footer", compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         if not self.animations:
@@ -145,6 +146,9 @@ class LePetPalApp(App[int]):
         # Typing goes to the task field first: stray letters must not become macro keys.
         self.query_one("#task-input", Input).focus()
         self.call_after_refresh(self._painted)
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < 36, "-short")
 
     def _painted(self) -> None:
         self._first_paint = time.time()

@@ -56,7 +56,7 @@ class JointsPane(Widget):
 
     def on_mount(self) -> None:
         self.border_title = "Joints"
-        self.border_subtitle = "● measured  ◆ target  ! clamped"
+        self.border_subtitle = "● measured  ◆ target  ! clamped  °C load"
 
     def show(self, tick: TickSample | None, health: tuple[ServoHealth, ...], dry_run: bool) -> None:
         self.tick = tick
