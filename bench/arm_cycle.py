@@ -1,0 +1,104 @@
+"""Read-plus-write cycle time of LeRobot's Feetech bus against the simulated SO-101.
+
+One cycle = sync_read Present_Position (6 servos) + sync_write Goal_Position (6 servos), normalised to
+degrees as SO101Follower does. Runs with and without 1 Mbps wire-time emulation; prints median / p99
+and writes bench/results/arm_cycle.json.
+
+    .venv/bin/python bench/arm_cycle.py [--cycles 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from lepetpal_tui.config import JOINT_NAMES
+from lepetpal_tui.sim.process import SimArm
+
+RESULTS = Path(__file__).resolve().parent / "results" / "arm_cycle.json"
+
+
+def _bus(port: str) -> Any:
+    from lerobot.motors import Motor, MotorCalibration, MotorNormMode
+    from lerobot.motors.feetech import FeetechMotorsBus
+
+    motors = {n: Motor(i + 1, "sts3215", MotorNormMode.DEGREES if n != "gripper" else MotorNormMode.RANGE_0_100)
+              for i, n in enumerate(JOINT_NAMES)}
+    calib = {n: MotorCalibration(id=m.id, drive_mode=0, homing_offset=0, range_min=0, range_max=4095)
+             for n, m in motors.items()}
+    return FeetechMotorsBus(port, motors, calib)
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def measure(wire_time: bool, cycles: int) -> dict[str, Any]:
+    with SimArm.start(wire_time=wire_time) as sim:
+        bus = _bus(sim.port)
+        bus.connect()
+        bus.write_calibration(bus.calibration)
+        for motor in bus.motors:
+            bus.write("Return_Delay_Time", motor, 0)  # as LeRobot's configure() does
+        bus.enable_torque()
+        reads, writes, totals = [], [], []
+        failures = 0
+        for i in range(cycles + 50):
+            t0 = time.perf_counter()
+            try:
+                pos = bus.sync_read("Present_Position")
+            except ConnectionError:
+                failures += 1
+                continue
+            t1 = time.perf_counter()
+            goal = {k: v + (1.0 if i % 2 else -1.0) for k, v in pos.items() if k != "gripper"}
+            bus.sync_write("Goal_Position", goal)
+            t2 = time.perf_counter()
+            if i >= 50:  # warm-up
+                reads.append((t1 - t0) * 1e3)
+                writes.append((t2 - t1) * 1e3)
+                totals.append((t2 - t0) * 1e3)
+        bus.disable_torque()
+        bus.port_handler.closePort()
+    return {
+        "wire_time": wire_time,
+        "cycles": len(totals),
+        "read_failures": failures,
+        "cycle_ms": {"median": statistics.median(totals), "p99": _pct(totals, 0.99), "max": max(totals)},
+        "sync_read_ms": {"median": statistics.median(reads), "p99": _pct(reads, 0.99)},
+        "sync_write_ms": {"median": statistics.median(writes), "p99": _pct(writes, 0.99)},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cycles", type=int, default=1000)
+    args = p.parse_args()
+    runs = [measure(False, args.cycles), measure(True, args.cycles)]
+    print(f"arm cycle (sync_read 6 positions + sync_write 6 goals via FeetechMotorsBus), {args.cycles} cycles")
+    for r in runs:
+        c, rd, wr = r["cycle_ms"], r["sync_read_ms"], r["sync_write_ms"]
+        label = "wire-time 1 Mbps" if r["wire_time"] else "no wire-time    "
+        print(f"  {label}: cycle median {c['median']:.3f} ms, p99 {c['p99']:.3f} ms, max {c['max']:.2f} ms | "
+              f"read median {rd['median']:.3f} / p99 {rd['p99']:.3f} ms | "
+              f"write median {wr['median']:.3f} / p99 {wr['p99']:.3f} ms | read failures {r['read_failures']}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "arm_cycle",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "runs": runs,
+    }, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
