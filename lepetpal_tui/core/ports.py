@@ -63,7 +63,7 @@ def is_pty(device: str) -> bool:
 def open_error_note(device: str, exc: OSError) -> str:
     """What to do about a port that cannot be opened, from its errno."""
     code = exc.errno
-    if code == errno.ENOENT or not os.path.exists(device):
+    if code == errno.ENOENT or (code is None and not os.path.exists(device)):
         return (
             f"{device} does not exist. Plug the arm's USB cable into this computer, then run "
             "`lepetpal ports` to see which port it appears as and set arm.port (or use --port auto)."
@@ -432,10 +432,12 @@ def list_ports(
     return out
 
 
-def find_so101_port(skip: set[str] | None = None) -> str:
-    """The one real SO-101 on this computer, for arm.port = "auto". Raises LookupError with a message
-    that says what to do when there is none or more than one (a leader arm is an SO-101 too)."""
-    ports = list_ports(probe=True, skip=skip)
+def find_so101_port(skip: set[str] | None = None, ports: list[PortInfo] | None = None) -> str:
+    """The one real SO-101 on this computer, for arm.port = "auto" (from `ports` when already probed).
+    Raises LookupError with a message that says what to do when there is none or more than one (a leader
+    arm is an SO-101 too)."""
+    if ports is None:
+        ports = list_ports(probe=True, skip=skip)
     arms = [p for p in ports if p.is_so101 and not p.is_sim]
     if len(arms) == 1:
         return arms[0].device
