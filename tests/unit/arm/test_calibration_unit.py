@@ -31,7 +31,7 @@ def test_round_trip_and_lerobot_reads_our_file(tmp_path: Path) -> None:
     from lerobot.motors import MotorCalibration
 
     with open(path) as fh, draccus.config_type("json"):
-        theirs = draccus.load(dict[str, MotorCalibration], fh)
+        theirs = draccus.load(dict[str, MotorCalibration], fh)  # type: ignore[type-var]
     assert theirs["gripper"] == MotorCalibration(id=6, drive_mode=0, homing_offset=0, range_min=2048, range_max=3400)
 
 
@@ -94,5 +94,5 @@ def test_arm_refuses_non_finite_goals_before_touching_the_bus() -> None:
 
 def test_missing_port_is_explained(tmp_path: Path) -> None:
     arm = Arm(ArmSettings(calibration_dir=str(tmp_path)), "/dev/ttyNOPE7", SafetySettings(), is_sim=True)
-    with pytest.raises(ArmError, match="does not exist.*lepetpal ports"):
+    with pytest.raises(ArmError, match=r"does not exist.*lepetpal ports"):
         arm.connect()
