@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
     if args.seconds is not None and args.seconds <= 0:
         return _fail(f"--seconds must be more than 0, not {args.seconds:g}.", 2)
-    interactive = sys.stdin.isatty()
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     if args.seconds is None and not interactive:
         return _fail("stdin is not a terminal, so Enter cannot end the recording: pass --seconds S.", 2)
     is_sim = P.is_pty(port)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from lepetpal_tui.core.arm import ArmError, close_robot, open_robot, to_motor_calibration
 
     lines = _Lines() if interactive else None
-    tty_out = sys.stdout.isatty()
+    tty_out = sys.stdout is not None and sys.stdout.isatty()
     with tempfile.TemporaryDirectory() as scratch:  # no file there: SO101Follower loads nothing stale
         try:
             robot, lock_fd = open_robot(
@@ -125,9 +125,13 @@ def run(args: argparse.Namespace) -> int:
                     print(f"Recording {how}: move every joint except wrist_roll through its whole range.")
                 return time.monotonic() >= deadline[0] or (lines is not None and lines.pressed())
 
+            last_draw = [0.0]
+
             def on_sample(sample: dict[str, tuple[int, int, int]]) -> None:
-                if not tty_out:
+                now = time.monotonic()
+                if not tty_out or now - last_draw[0] < 0.1:  # 10 redraws/s is plenty over SSH
                     return
+                last_draw[0] = now
                 if shown[0]:
                     print(f"\x1b[{len(sample) + 1}A", end="")
                 shown[0] = True
