@@ -5,6 +5,8 @@ Imports torch and lerobot; `policy.py` imports this module only when a SmolVLA p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -168,7 +170,9 @@ def load_local(
     n = min(int(model.actions_per_chunk), int(cfg.chunk_size))
     cfg.n_action_steps = n
     try:
-        policy = SmolVLAPolicy.from_pretrained(str(dir), config=cfg)
+        # LeRobot prints progress to stdout, which would scribble over a full-screen UI.
+        with contextlib.redirect_stdout(io.StringIO()):
+            policy = SmolVLAPolicy.from_pretrained(str(dir), config=cfg)
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         if "safetensor" in text.lower() or "header" in text.lower() or "deserializ" in text.lower():

@@ -9,6 +9,8 @@ Heavy imports (torch, transformers, lerobot) happen inside the functions.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -174,7 +176,8 @@ def build_test_policy(
     rng_state = torch.get_rng_state()
     try:
         torch.manual_seed(seed)
-        policy = SmolVLAPolicy(cfg)
+        with contextlib.redirect_stdout(io.StringIO()):  # LeRobot prints while building
+            policy = SmolVLAPolicy(cfg)
     finally:
         torch.set_rng_state(rng_state)
     pre, post = make_pre_post_processors(cfg, dataset_stats=_stats(action_std=action_std))  # type: ignore[arg-type]
