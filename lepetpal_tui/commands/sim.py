@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                         print(_format(rec))
                     sys.stdout.flush()
         except KeyboardInterrupt:
-            pass
+            # A second Ctrl-C (or a group-wide signal) must not cut the shutdown short and leave the link.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     print("Simulated arm stopped.")
     return 0

@@ -227,3 +227,13 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_reg_write_then_action_through_scservo_sdk(sim_arm: SimArm, bus: Any) -> None:
+    import scservo_sdk as scs
+
+    ph, port = bus.packet_handler, bus.port_handler
+    assert ph.regWriteTxRx(port, 2, 41, 1, [99]) == (scs.COMM_SUCCESS, 0)
+    assert bus.read("Acceleration", "shoulder_lift") == 0  # registered, not applied yet
+    assert ph.action(port, scs.BROADCAST_ID) == scs.COMM_SUCCESS
+    assert bus.read("Acceleration", "shoulder_lift") == 99
