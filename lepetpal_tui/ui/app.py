@@ -96,6 +96,11 @@ class LePetPalApp(App[int]):
         animations: bool = True,
     ) -> None:
         super().__init__()
+        # multiprocessing's resource tracker passes sys.stderr.fileno() to its child; under Textual that is
+        # -1 ("bad value(s) in fds_to_keep"), so start it now, while stderr is still the real one.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
         self.settings = settings
         self.link_factory = link_factory
         self.sim_factory = sim_factory
@@ -225,7 +230,11 @@ class LePetPalApp(App[int]):
         finally:
             self.link = None
             try:
-                link.close(go_home=self._close_go_home, timeout=5.0)
+                last = link.close(go_home=self._close_go_home, timeout=5.0)
+                if last:
+                    with self._inbox_lock:
+                        self._inbox.extend(last)
+                    self.post_message(TelemetryArrived())
             except Exception as exc:
                 self.post_message(EngineFailed(f"closing the engine: {exc}", ""))
             if sim is not None:
@@ -330,7 +339,12 @@ class LePetPalApp(App[int]):
             self.notify("No engine is running: connect to an arm first.", severity="warning")
             return False
         command = Command(kind=kind, sent_at=self.clock(), **fields)  # type: ignore[arg-type]
-        link.send(command)
+        try:
+            link.send(command)
+        except Exception as exc:  # the engine is gone: say so, never crash the screen
+            self.log_ui("error", f"{kind} not delivered: {exc}", "press Connect to restart the engine")
+            self.notify(str(exc), title=f"{kind} not delivered", severity="error")
+            return False
         return True
 
     def action_estop(self) -> None:
@@ -452,4 +466,5 @@ class LePetPalApp(App[int]):
             return
         self._stop_engine(go_home)
         # If the engine does not close in time, leave anyway (the engine holds the arm on its own).
-        self.set_timer(20.0 if go_home else 8.0, lambda: self.exit(0))
+        # The engine client itself gives up after 5 s (plus 30 s for the home motion) and terminates.
+        self.set_timer(45.0 if go_home else 12.0, lambda: self.exit(0))

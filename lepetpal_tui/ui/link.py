@@ -25,7 +25,9 @@ class EngineLink(Protocol):
 
     def poll(self, timeout: float) -> list[TelemetryBatch]: ...
 
-    def close(self, go_home: bool = False, timeout: float = 5.0) -> None: ...
+    def close(self, go_home: bool = False, timeout: float = 5.0) -> list[TelemetryBatch] | None:
+        """Stop the engine safely; may return the last batches it sent."""
+        ...
 
 
 class SimHandle(Protocol):

@@ -176,7 +176,8 @@ def test_d_toggles_dry_run(make_app: Any, settle: Any) -> None:
         await pilot.press("d")
         await settle(pilot, app, 2)
         assert [(c.kind, c.flag) for c in link.sent] == [("set_dry_run", True)]
-        assert app.store.dry_run and app.store.state == EngineState.DRY_RUN
+        assert app.store.dry_run
+        assert app.store.state.value == "DRY-RUN"
         await pilot.press("d")
         await settle(pilot, app, 3)
         assert [(c.kind, c.flag) for c in link.sent][-1] == ("set_dry_run", False)

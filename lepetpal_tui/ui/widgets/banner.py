@@ -61,8 +61,12 @@ class StateBanner(Static):
         if task:
             text.append(f"  task: {task}", style="italic")
         hint = _HINTS.get(state, "")
-        if reason and state in (EngineState.ESTOP, EngineState.ERROR, EngineState.DISCONNECTED):
-            hint = f"{reason}. {hint}" if state != EngineState.DISCONNECTED else reason
+        if reason and state == EngineState.ESTOP:
+            hint = f"{reason.rstrip('.')}.  r = re-arm (asks first)"
+        elif reason and state == EngineState.ERROR:
+            hint = f"{reason.rstrip('.')}.  The arm holds; see the log for the fix."
+        elif reason and state == EngineState.DISCONNECTED:
+            hint = f"{reason.rstrip('.')}.  {hint}"
         text.append("\n")
         text.append(f" {hint}")
         self.update(text)

@@ -62,10 +62,14 @@ def describe(m: ModelStatus | None, configured: str) -> str:
         if m.warmup_s is not None:
             bits.append(f"warm-up {m.warmup_s:.2f} s")
         lines.append(f"[b]device[/]  {' · '.join(bits)}")
+    passed = [c for c in m.preflight if c.ok]
+    if passed:  # one line for what passed; details only for what failed
+        lines.append("[b]checks[/]  " + "  ".join(f"[green]✓[/] {escape(c.name)}" for c in passed))
     for check in m.preflight:
-        mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
-        line = f"{mark} {escape(check.name)}: {escape(check.detail)}"
-        if not check.ok and check.fix:
+        if check.ok:
+            continue
+        line = f"[red]✗ {escape(check.name)}[/]: {escape(check.detail)}"
+        if check.fix:
             line += f"  [yellow]→ {escape(check.fix)}[/]"
         lines.append(line)
     if m.error:
