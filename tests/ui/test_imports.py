@@ -1,0 +1,48 @@
+"""The UI process must never import torch or lerobot: the first screen cannot wait for them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("torch", "lerobot", "transformers", "cv2")
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import lepetpal_tui.cli, lepetpal_tui.commands.ui
+    from lepetpal_tui.config import Settings
+    from lepetpal_tui.ui.app import LePetPalApp
+    from lepetpal_tui.ui.link import list_serial_ports
+    from lepetpal_tui.ui.scripted_link import SyntheticLink
+
+    async def main():
+        # The real port scan, a synthetic engine: everything the UI process itself runs.
+        app = LePetPalApp(Settings(), link_factory=lambda s, p: SyntheticLink(), sim_factory=None,
+                          port_lister=list_serial_ports)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(40):
+                await pilot.pause(0.025)
+            await pilot.press("f12")
+            await pilot.pause(0.1)
+            batches = app.store.batches
+        return batches
+
+    batches = asyncio.run(main())
+    print(json.dumps({"batches": batches, "modules": sorted(sys.modules)}))
+    """
+)
+
+
+def test_ui_process_imports_no_torch_or_lerobot() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["batches"] > 0  # the app really ran and drew telemetry
+    heavy = [m for m in result["modules"] if m.split(".")[0] in HEAVY]
+    assert heavy == [], f"the UI process imported {heavy[:10]}"
+    assert "textual" in result["modules"]
