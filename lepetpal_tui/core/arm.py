@@ -53,6 +53,8 @@ class ArmError(Exception):
 
 
 def _joint_list(ids: list[int]) -> str:
+    if sorted(ids) == _IDS:
+        return "(all six)"
     return ", ".join(f"{i} ({JOINT_NAMES[i - 1]})" if 1 <= i <= _N else str(i) for i in ids)
 
 
@@ -126,7 +128,7 @@ def diagnose_probe(port: str, probe: P.BusProbe, safety: SafetySettings) -> str 
     by_bit = lambda bit: sorted(i for i, e in flagged.items() if e & bit)  # noqa: E731
     if by_bit(P.ERR_VOLTAGE):
         ids = by_bit(P.ERR_VOLTAGE)
-        shown = ", ".join(f"{probe.voltages[i]:.1f} V" for i in ids if i in probe.voltages) or "unknown"
+        shown = ", ".join(sorted({f"{probe.voltages[i]:.1f} V" for i in ids if i in probe.voltages})) or "unknown"
         return (
             f"Servos {_joint_list(ids)} report an input-voltage error (they measure {shown}). Check the "
             "power supply's voltage and its plug, then power-cycle the arm."
