@@ -109,11 +109,17 @@ def download_snapshot(
         "cache_dir": cache_dir or None,
         "endpoint": os.environ.get("HF_ENDPOINT") or None,
         "allow_patterns": list(allow_patterns) if allow_patterns else None,
+        # No terminal progress bars: they would scribble over the UI. Progress goes through on_progress.
+        "tqdm_class": _silent_tqdm(),
     }
     try:
         try:
             plan = snapshot_download(revision=revision, dry_run=True, **kwargs)
         except DryRunError as exc:
+            cause = exc.__cause__
+            if _is_answer_from_hub(cause):
+                # The hub answered (404, 401, gated, bad revision): that is the error to show.
+                raise explain_hub_error(cause, repo_id, revision, what) from cause  # type: ignore[arg-type]
             # Hub unreachable or offline mode: a complete cached snapshot is still fine.
             try:
                 return Path(snapshot_download(revision=revision, local_files_only=True, **kwargs))
@@ -139,7 +145,7 @@ def download_snapshot(
                 filename=info.filename,
                 revision=commit,
                 tqdm_class=progress.tqdm_class(info.filename),
-                **{k: v for k, v in kwargs.items() if k != "allow_patterns"},
+                **{k: v for k, v in kwargs.items() if k not in ("allow_patterns", "tqdm_class")},
             )
             # Small files may arrive without progress callbacks: account for their size exactly once.
             expected = int(info.file_size or 0)
@@ -150,6 +156,24 @@ def download_snapshot(
         raise
     except Exception as exc:
         raise explain_hub_error(exc, repo_id, revision, what) from exc
+
+
+def _silent_tqdm() -> type:
+    from tqdm.auto import tqdm
+
+    class SilentTqdm(tqdm):  # type: ignore[misc,type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return SilentTqdm
+
+
+def _is_answer_from_hub(exc: BaseException | None) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    return isinstance(exc, HfHubHTTPError) and not isinstance(exc, OfflineModeIsEnabled)
 
 
 def _unreachable(repo_id: str, revision: str, what: str, exc: BaseException) -> PolicyError:
