@@ -1,0 +1,200 @@
+"""SmolVLA chunk latency on this machine: our default CPU path vs LeRobot's default path.
+
+Builds the real SmolVLA architecture offline (SmolVLM2-500M dimensions, random weights, backbone config
+in a temp dir, one 640x480 camera, 6 joints), then times in the same run:
+  - LeRobot's default: fp32, `select_action` with an empty queue (computes a whole chunk), 10 flow steps;
+  - our path: what `load_policy` does on a CPU with default settings (bf16 VLM + action expert,
+    `predict_action_chunk` under inference_mode, our flow steps), through the same processors.
+Both use the same seeded noise, so the actions can be compared: the max abs difference (robot units,
+degrees) is printed against the tolerance `load_policy` uses to accept bf16 (BF16_TOLERANCE).
+
+Usage: .venv/bin/python bench/policy_latency.py [--reps 3] [--flow-steps N] [--threads N]
+Writes bench/results/policy_latency.json. Takes a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "policy_latency.json"
+
+TEXT = {
+    "vocab_size": 49280, "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+    "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64, "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0, "max_position_embeddings": 8192,
+}
+VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+          "image_size": 512, "patch_size": 16, "layer_norm_eps": 1e-6}
+
+
+def build_backbone(out: Path) -> None:
+    """SmolVLM2-500M-shaped config + processor; tokenizer trained locally (ids stay below the vocab)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    special = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
+               "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        ["pick up the cube and throw it", "grab the red ball", "put the block in the box"],
+        trainer=trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<pad>", *special.values()],
+                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                   eos_token=special["end_of_utterance_token"], pad_token="<pad>",
+                                   extra_special_tokens=special)
+    size = {"longest_edge": 512}
+    SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
+        tokenizer=fast, video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size), image_seq_len=64,
+    ).save_pretrained(out)
+    kwargs: dict[str, Any] = dict(
+        image_token_id=fast.convert_tokens_to_ids(special["image_token"]), scale_factor=4,
+        vocab_size=TEXT["vocab_size"], text_config={"model_type": "llama", **TEXT,
+                                                     "pad_token_id": fast.pad_token_id},
+        vision_config=VISION,
+    )
+    SmolVLMConfig(**kwargs).save_pretrained(out)
+
+
+def build_policy(backbone: Path, seed: int) -> tuple[Any, Any, Any]:
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    cfg = SmolVLAConfig(
+        vlm_model_name=str(backbone), load_vlm_weights=False, device="cpu", push_to_hub=False,
+        input_features={
+            "observation.images.front": PolicyFeature(type=FeatureType.VISUAL, shape=(3, 480, 640)),
+            "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(6,)),
+        },
+        output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(6,))},
+    )
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        policy = SmolVLAPolicy(cfg)
+    policy.eval()
+    stats = {k: {"mean": torch.zeros(6), "std": torch.full((6,), 30.0), "min": torch.full((6,), -150.0),
+                 "max": torch.full((6,), 150.0)} for k in ("observation.state", "action")}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)  # type: ignore[arg-type]
+    return policy, pre, post
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=3, help="timed chunks per path (after one warm-up each)")
+    ap.add_argument("--flow-steps", type=int, default=None, help="our flow steps (default: ModelSettings default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+
+    from lepetpal_tui.config import ModelSettings
+    from lepetpal_tui.core.camera import SyntheticCamera
+    from lepetpal_tui.core.policy_smolvla import BF16_TOLERANCE, SmolVLARunner
+    from lepetpal_tui.core.types import Observation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = ModelSettings()
+    our_steps = args.flow_steps or defaults.flow_steps
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
+        build_backbone(Path(tmp))
+        policy, pre, post = build_policy(Path(tmp), args.seed)
+    n_params = sum(p.numel() for p in policy.parameters())
+    print(f"built SmolVLA: {n_params / 1e6:.0f} M parameters in {time.perf_counter() - t0:.1f} s; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+
+    frame = SyntheticCamera("front", 640, 480).frame_at(0)
+    obs = Observation(joints=np.array([0.0, 10.0, -10.0, 20.0, 0.0, 30.0]), images={"front": frame},
+                      task="pick up the red ball", timestamp=0.0)
+    ref = SmolVLARunner(source="bench", policy=policy, pre=pre, post=post, device="cpu", camera_map={},
+                        chunk_length=policy.config.chunk_size)
+    # Ours runs on its own copy (bf16 VLM), so the two paths can be interleaved: on a shared machine
+    # both then suffer the same background load.
+    ours_runner = SmolVLARunner(source="bench", policy=copy.deepcopy(policy), pre=pre, post=post, device="cpu",
+                                camera_map={}, chunk_length=policy.config.chunk_size)
+    ours_runner.to_bf16()
+    ours_runner.policy.config.num_steps = our_steps
+    noise = ref.make_noise(args.seed)
+
+    def lerobot_chunk() -> float:
+        """LeRobot's default synchronous path: select_action with an empty queue computes a whole chunk."""
+        policy.reset()
+        t = time.perf_counter()
+        batch = pre(ref._batch(obs))
+        post(policy.select_action(batch, noise=noise))
+        return time.perf_counter() - t
+
+    def our_chunk() -> tuple[float, np.ndarray]:
+        t = time.perf_counter()
+        actions, _ = ours_runner.raw_chunk(obs, noise=noise)
+        return time.perf_counter() - t, actions
+
+    ref_actions, _ = ref.raw_chunk(obs, noise=noise)  # warm-up + fp32 reference actions (10 steps)
+    our_chunk()  # warm-up
+    lerobot_s: list[float] = []
+    our_s: list[float] = []
+    last = ref_actions
+    for i in range(args.reps):
+        lerobot_s.append(lerobot_chunk())
+        t, last = our_chunk()
+        our_s.append(t)
+        print(f"  rep {i + 1}: LeRobot {lerobot_s[-1]:.3f} s, ours {t:.3f} s", flush=True)
+    diff = float(np.max(np.abs(last - ref_actions)))
+    print(f"LeRobot default (fp32, select_action, 10 steps): {[round(x, 3) for x in lerobot_s]} s")
+    print(f"ours (bf16 VLM, predict_action_chunk, {our_steps} steps): {[round(x, 3) for x in our_s]} s")
+
+    lr, us = statistics.median(lerobot_s), statistics.median(our_s)
+    ratio = us / lr
+    best_ratio = min(our_s) / min(lerobot_s)  # the fastest run of each is the least disturbed by other load
+    print(f"\nmedian chunk latency: LeRobot default {lr:.3f} s, ours {us:.3f} s, ratio {ratio:.2f}; "
+          f"best-of ratio {best_ratio:.2f} (goal <= 0.33: {'met' if best_ratio <= 1 / 3 else 'NOT met'})")
+    print(f"max |action difference| vs fp32 with the same noise: {diff:.3f} degrees "
+          f"(tolerance {BF16_TOLERANCE} degrees: {'within' if diff <= BF16_TOLERANCE else 'OUTSIDE'})")
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "parameters": n_params,
+        "lerobot_default": {"dtype": "fp32", "method": "select_action (empty queue)", "flow_steps": 10,
+                            "chunk_s": lerobot_s, "median_s": lr},
+        "ours": {"dtype": "bf16 vlm_with_expert", "method": "predict_action_chunk + inference_mode",
+                 "flow_steps": our_steps, "chunk_s": our_s, "median_s": us},
+        "ratio": ratio,
+        "best_of_ratio": best_ratio,
+        "load_average_1min": os.getloadavg()[0],
+        "goal_ratio": 1 / 3,
+        "max_abs_action_diff_deg": diff,
+        "tolerance_deg": BF16_TOLERANCE,
+        "chunk_size": int(policy.config.chunk_size),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
