@@ -21,6 +21,7 @@ FloatArray = npt.NDArray[np.float64]
 @dataclass(frozen=True)
 class MergeInfo:
     dropped: int  # actions of the new chunk already in the past
+    late: int  # past actions kept anyway (ticks the new plan runs late), see `merge`
     blended: int  # actions mixed with the previous plan
     depth_before: int  # queued actions left when the chunk arrived
     depth_after: int
@@ -68,7 +69,9 @@ class ChunkQueue:
         with self._lock:
             return self._start
 
-    def merge(self, actions: FloatArray, obs_tick: int, blend_steps: int) -> MergeInfo:
+    def merge(
+        self, actions: FloatArray, obs_tick: int, blend_steps: int, min_keep: int = 0, max_lag: int = 0
+    ) -> MergeInfo:
         """Splice a chunk computed from the joints read at `obs_tick` into the queue.
 
         The queue's cursor (the next tick the actuator pops) is "now": when an old plan is still queued,
@@ -84,10 +87,15 @@ class ChunkQueue:
             # (first chunk, or starved): run the chunk from its start, as LeRobot's synchronous path
             # does. Dropping its "past" actions would throw away motion, or all of it when inference
             # is slower than a chunk.
-            dropped = 0 if depth_before == 0 else min(len(new), max(0, now_tick - (obs_tick + 1)))
+            past = min(len(new), max(0, now_tick - (obs_tick + 1)))
+            # When inference takes about half a chunk, strict alignment leaves exactly enough actions to
+            # last until the next chunk and any overhead starves a tick. Keeping up to `max_lag` past
+            # actions (running the plan that many ticks late) buys `min_keep` actions of margin.
+            dropped = 0 if depth_before == 0 else max(past - max_lag, min(past, len(new) - min_keep))
+            dropped = max(0, dropped)
             keep = new[dropped:]
             if len(keep) == 0:
-                return MergeInfo(dropped, 0, depth_before, depth_before)
+                return MergeInfo(dropped, 0, 0, depth_before, depth_before)
             # The engine reads joints before popping, so obs_tick + 1 <= now_tick + 1: at most the one
             # tick being executed separates them; that gap keeps the old plan.
             gap = max(0, obs_tick + 1 - now_tick)
@@ -101,4 +109,5 @@ class ChunkQueue:
                 w = (j + 1) / (blend_steps + 1)
                 out[j] = (1.0 - w) * old_tail[j] + w * keep[j]
             self._actions = np.concatenate([lead, out]) if len(lead) else out
-            return MergeInfo(dropped, blended, depth_before, len(self._actions))
+            late = past - dropped
+            return MergeInfo(dropped, late, blended, depth_before, len(self._actions))

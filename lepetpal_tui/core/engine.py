@@ -20,6 +20,7 @@ import contextlib
 import queue as queue_mod
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -81,6 +82,8 @@ CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceL
 
 _ACTIVE = (EngineState.RUNNING, EngineState.DRY_RUN)
 _CAMERA_TIMEOUT_S = 1.0
+_MARGIN_TICKS = 2
+_MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
 
 
 @dataclass
@@ -132,6 +135,8 @@ class Engine:
         self._reset_policy = False
         self._macro: _Macro | None = None
         self._bus_failures = 0
+        self._latency_ticks: deque[int] = deque(maxlen=3)
+        self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._cancel_load = threading.Event()
@@ -713,9 +718,14 @@ class Engine:
     def _inference_loop(self) -> None:
         policy = self.policy
         assert policy is not None
+        merged = False
         while not self._stopping.is_set():
-            self._infer_wake.wait(0.05)
-            self._infer_wake.clear()
+            if not merged:
+                # Right after a merge, look again at once: waiting for the next tick would add up to a
+                # period to every chunk's latency, which is what starves a policy as slow as half a chunk.
+                self._infer_wake.wait(0.05)
+                self._infer_wake.clear()
+            merged = False
             with self._lock:
                 state, epoch, task = self._state, self._epoch, self._task
                 measured, obs_tick = self._measured, self._measured_tick
@@ -723,7 +733,7 @@ class Engine:
             if state not in _ACTIVE or measured is None:
                 continue
             chunk_len = self._chunk_len()
-            depth = self.queue.depth(obs_tick + 1)
+            depth = self.queue.depth(self.queue.next_tick)
             if not first and depth > self.settings.control.chunk_threshold * chunk_len:
                 continue
             images = self._frames()
@@ -740,9 +750,9 @@ class Engine:
                     self._halt(EngineState.ERROR, f"inference failed: {exc}")
                     self._event("error", f"Inference failed: {exc}. Holding.", "See the log; re-arm to retry.")
                 continue
-            self._merge(chunk, epoch, obs_tick, task, chunk_len)
+            merged = self._merge(chunk, epoch, obs_tick, task, chunk_len)
 
-    def _merge(self, chunk: ActionChunk, epoch: int, obs_tick: int, task: str, chunk_len: int) -> None:
+    def _merge(self, chunk: ActionChunk, epoch: int, obs_tick: int, task: str, chunk_len: int) -> bool:
         actions = np.asarray(chunk.actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != 6 or len(actions) == 0:
             reason = f"policy returned actions of shape {actions.shape}, expected (n, 6)"
@@ -752,15 +762,24 @@ class Engine:
             reason = ""
         with self._lock:
             if self._epoch != epoch:
-                return  # stopped, e-stopped or restarted while inferring: this chunk is stale
+                return False  # stopped, e-stopped or restarted while inferring: this chunk is stale
             if not reason:
-                info = self.queue.merge(actions[:chunk_len], obs_tick, self.settings.control.blend_steps)
+                # Latency in ticks of the last few chunks: keep that many actions (+2) when allowed to
+                # run a little late, so the next chunk lands before the queue runs dry.
+                self._latency_ticks.append(max(0, self.queue.next_tick - obs_tick - 1))
+                info = self.queue.merge(
+                    actions[:chunk_len],
+                    obs_tick,
+                    self.settings.control.blend_steps,
+                    min_keep=max(self._latency_ticks) + _MARGIN_TICKS,
+                    max_lag=self._max_lag_ticks,
+                )
                 self.chunk_count += 1
                 self._awaiting_first_chunk = False  # from now on an empty queue is starvation
         if reason:
             self._halt(EngineState.ERROR, reason)
             self._event("error", f"Holding: {reason}.", "Check the checkpoint and its statistics; re-arm to retry.")
-            return
+            return False
         sample = ChunkSample(
             t=time.monotonic(),
             timing=chunk.timing,
@@ -771,6 +790,7 @@ class Engine:
         self.coalescer.add_chunk(sample)
         if self.log is not None:
             self.log.chunk(sample)
+        return True
 
     # ------------------------------------------------------------------------------------- telemetry
 

@@ -152,3 +152,23 @@ def test_merge_into_empty_queue_keeps_whole_chunk() -> None:
     assert info.dropped == 0 and info.depth_after == 10
     a = q.pop(40)
     assert a is not None and a[0] == 0.0
+
+
+def test_merge_runs_slightly_late_rather_than_starve() -> None:
+    """Latency of half a chunk: strict alignment would leave 25 actions for a 25-tick inference."""
+    q = ChunkQueue()
+    q.reset(0)
+    q.merge(np.zeros((50, 6)), obs_tick=-1, blend_steps=0)
+    for k in range(35):
+        q.pop(k)
+    new = np.tile(np.arange(50, dtype=float)[:, None], (1, 6))
+    info = q.merge(new, obs_tick=9, blend_steps=0, min_keep=27, max_lag=4)  # 25 ticks late
+    assert info.late == 2 and info.dropped == 23 and info.depth_after == 27
+    # max_lag bounds it: a slower policy still drops all but max_lag of its past actions.
+    q2 = ChunkQueue()
+    q2.reset(0)
+    q2.merge(np.zeros((50, 6)), obs_tick=-1, blend_steps=0)
+    for k in range(45):
+        q2.pop(k)
+    info = q2.merge(new, obs_tick=4, blend_steps=0, min_keep=45, max_lag=4)
+    assert info.late == 4 and info.dropped == 36
