@@ -144,6 +144,7 @@ class Engine:
 
         self.arm: ArmLike | None = None
         self.policy: PolicyLike | None = None
+        self._final_status: ModelStatus | None = None
         self.cameras: dict[str, FrameSourceLike] = {}
         self._camera_missing_since: float | None = None
         self._camera_fallback: set[str] = set()
@@ -221,6 +222,12 @@ class Engine:
     def join(self, timeout: float) -> bool:
         return self._finished.wait(timeout)
 
+    def flush_telemetry(self, timeout: float = 1.0) -> None:
+        """After `join`: wait until the last batch (state DISCONNECTED) has been handed to on_telemetry."""
+        for t in self._threads:
+            if t.name == "engine-telemetry":
+                t.join(timeout)
+
     def close(self, go_home: bool = False, timeout: float = 10.0) -> None:
         """Quit and wait: hold, optionally home, disconnect."""
         if not self._finished.is_set():
@@ -283,9 +290,13 @@ class Engine:
             self._state_changed.notify_all()
 
     def _model_status(self, status: ModelStatus) -> None:
-        self.coalescer.set_model(status)
         if self.log is not None:
             self.log.model(status)
+        if status.phase in ("ready", "fallback") and self.policy is None:
+            # Published once the policy is installed, so "ready" always means `start` is accepted.
+            self._final_status = status
+            return
+        self.coalescer.set_model(status)
 
     def _halt(self, state: EngineState, reason: str, torque_off: bool = False) -> None:
         """Stop policy/macro output now and hold the measured pose (torque off when asked)."""
@@ -520,6 +531,7 @@ class Engine:
             return
         self.policy = policy
         self._event("info", f"Policy ready (chunk of {policy.chunk_length} actions).")
+        self.coalescer.set_model(self._final_status or ModelStatus("ready", message="policy ready"))
         self._spawn("engine-inference", self._inference_loop)
 
     # --------------------------------------------------------------------------------------- actuator

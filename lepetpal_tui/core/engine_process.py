@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -95,6 +96,12 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
     # A shorter GIL switch interval bounds how long Python work in other threads (pre/post-processing,
     # telemetry) can delay a tick.
     sys.setswitchinterval(0.001)
+    # Ctrl-C in the terminal signals the whole process group: the parent decides how to stop (it sends
+    # quit); the engine must not die mid-tick with the arm under torque and its log half written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (a service manager, `kill`): stop like quit does: hold, then disconnect.
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.set())
     parent = os.getppid()
     send_lock = threading.Lock()
 
@@ -121,10 +128,14 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
 
     threading.Thread(target=read_commands, name="engine-commands", daemon=True).start()
     while not engine.join(0.05):
+        if terminated.is_set():
+            terminated.clear()
+            engine.submit(Command("quit"))
         # Belt and braces: a parent that died without closing the pipe (it was inherited elsewhere).
         if not lost.is_set() and os.getppid() != parent:
             lost.set()
             engine.ui_lost()
+    engine.flush_telemetry()
     with contextlib.suppress(Exception):
         conn.close()
 

@@ -106,7 +106,11 @@ class SessionLog:
                 "lepetpal": __version__,
                 "lerobot": _package_version("lerobot"),
                 "python": platform.python_version(),
-                "checkpoint": checkpoint_identity(settings.model.path, settings.model.revision),
+                "checkpoint": (
+                    {"source": "scripted", "revision": ""}
+                    if settings.model.mode == "scripted"
+                    else checkpoint_identity(settings.model.path, settings.model.revision)
+                ),
                 "settings": settings_dict,
             }
         )
@@ -220,7 +224,7 @@ class LogSummary:
         ck = self.header.get("checkpoint", {})
         return [
             f"lepetpal {self.header.get('lepetpal', '?')}, lerobot {self.header.get('lerobot', '?')}, "
-            f"checkpoint {ck.get('source', '?')} @ {ck.get('sha256', ck.get('revision', '?'))}",
+            f"checkpoint {ck.get('source', '?')}" + (f" @ {rev}" if (rev := ck.get('sha256') or ck.get('revision')) else ""),
             f"duration        {self.duration_s:.1f} s",
             f"ticks           {self.ticks} ({self.written_ticks} wrote a goal)",
             f"starved ticks   {self.starved_ticks}",

@@ -1,0 +1,162 @@
+"""`lepetpal run --headless --task "..."`: run the policy on the arm without the TUI, printing progress.
+
+The engine runs in its own process (as under the TUI); this process prints what it reports. Ctrl-C stops
+safely: the engine holds the arm and disconnects (torque per control.quit_torque_off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any
+
+HELP = "run the policy headless (no TUI) with printed progress; Ctrl-C stops safely"
+EXIT_FAILED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--headless", action="store_true", help="no TUI (the only mode of this command)")
+    parser.add_argument("--task", required=True, help='what the arm should do, e.g. "pick up the ball"')
+    parser.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after S seconds of running (default: until Ctrl-C)")
+    parser.add_argument("--load-timeout", type=float, default=600.0, metavar="S",
+                        help="give up if the arm and policy are not ready after S seconds (default 600)")
+    parser.add_argument("--go-home", action="store_true", help="run the home macro before disconnecting")
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Progress:
+    """Folds telemetry batches into what the operator sees."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.state = ""
+        self.ready = False
+        self.failed = ""
+        self.tick_count = 0
+        self.starved = 0
+        self.clamps = 0
+        self.last_chunk_ms: float | None = None
+        self.phase = ""
+        self.errors = 0
+
+    def feed(self, batch: Any) -> None:
+        stamp = f"[{time.monotonic() - self.t0:6.1f} s]"
+        if batch.state != self.state:
+            self.state = str(batch.state)
+            _print(f"{stamp} state {self.state}" + (f" ({batch.hold_reason})" if batch.hold_reason else ""))
+        m = batch.model
+        if m is not None and m.phase != self.phase:
+            self.phase = m.phase
+            detail = m.message or m.error
+            _print(f"{stamp} model {m.phase}" + (f": {detail}" if detail else ""))
+            if m.phase in ("ready", "fallback"):
+                self.ready = True
+            if m.phase == "failed":
+                self.failed = f"{m.error} {m.fix}".strip()
+        for e in batch.events:
+            _print(f"{stamp} {e.level}: {e.message}" + (f" Fix: {e.fix}" if e.fix else ""))
+            if e.level == "error":
+                self.errors += 1
+                if "failed to load" in e.message or "Cannot connect" in e.message:
+                    self.failed = e.message + (f" {e.fix}" if e.fix else "")
+        for c in batch.chunks:
+            self.last_chunk_ms = c.timing.total_s * 1000
+        self.tick_count = batch.tick_count
+        self.starved = batch.starved_ticks
+        self.clamps = batch.clamp_count
+
+    def line(self) -> str:
+        chunk = "n/a" if self.last_chunk_ms is None else f"{self.last_chunk_ms:.0f} ms"
+        return (f"[{time.monotonic() - self.t0:6.1f} s] {self.state:<8} ticks {self.tick_count}  "
+                f"starved {self.starved}  clamps {self.clamps}  last chunk {chunk}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lepetpal_tui.cli import settings_from_args
+    from lepetpal_tui.core.engine_process import EngineClient, EngineStartError
+    from lepetpal_tui.core.telemetry import LogError, summarize
+    from lepetpal_tui.core.types import Command, EngineState
+
+    settings = settings_from_args(args)
+    task = args.task.strip()
+    if not task:
+        print("lepetpal run: --task is empty. Say what the arm should do, e.g. --task \"pick up the ball\".",
+              file=sys.stderr)
+        return 2
+    if args.duration is not None and args.duration <= 0:
+        print("lepetpal run: --duration must be a positive number of seconds.", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    progress = _Progress(t0)
+    code = 0
+    with ExitStack() as stack:
+        sim_port = None
+        if settings.is_sim:
+            from lepetpal_tui.sim.process import SimArm, SimError
+
+            try:
+                sim = stack.enter_context(SimArm.start())
+            except SimError as exc:
+                print(f"lepetpal run: the simulated arm did not start: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            sim_port = sim.port
+            _print(f"simulated arm on {sim_port}")
+        try:
+            client = EngineClient.spawn(settings, sim_port=sim_port)
+        except EngineStartError as exc:
+            print(f"lepetpal run: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        _print(f"session log: {client.log_path}")
+        started_at: float | None = None
+        last_line = 0.0
+        try:
+            while True:
+                for batch in client.poll(0.1):
+                    progress.feed(batch)
+                now = time.monotonic()
+                if progress.failed or not client.alive:
+                    code = EXIT_FAILED
+                    break
+                if started_at is None:
+                    if progress.ready and progress.state == EngineState.READY.value:
+                        client.send(Command("start", task=task))
+                        started_at = now
+                    elif progress.state in (EngineState.ERROR.value,):
+                        code = EXIT_FAILED
+                        break
+                    elif now - t0 > args.load_timeout:
+                        _print(f"gave up: not ready after {args.load_timeout:g} s (raise --load-timeout)")
+                        code = EXIT_FAILED
+                        break
+                    continue
+                if now - last_line >= 1.0:
+                    _print(progress.line())
+                    last_line = now
+                if progress.state == EngineState.ERROR.value:
+                    code = EXIT_FAILED
+                    break
+                if args.duration is not None and now - started_at >= args.duration:
+                    break
+        except KeyboardInterrupt:
+            _print("Ctrl-C: holding the arm and disconnecting ...")
+        finally:
+            for batch in client.close(go_home=args.go_home, timeout=10.0):
+                progress.feed(batch)
+    _print(progress.line())
+    try:
+        summary = summarize(client.log_path)
+    except LogError as exc:
+        print(f"lepetpal run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print("summary:")
+    for line in summary.lines():
+        _print("  " + line)
+    if progress.failed:
+        print(f"lepetpal run: {progress.failed}", file=sys.stderr)
+    return code
