@@ -14,12 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
 from textual.widgets import Footer, Input
 from textual.worker import Worker, get_current_worker
 
@@ -125,6 +126,12 @@ class LePetPalApp(App[int]):
 
     # ------------------------------------------------------------------------------------------ layout
 
+    @property
+    def main(self) -> Screen[Any]:
+        """The operator screen. `App.query_one` searches the *active* screen, which is a dialog, the
+        command palette or an open select while those show; telemetry must still reach the panes."""
+        return self.screen_stack[0]
+
     def compose(self) -> ComposeResult:
         yield StateBanner(id="banner")
         with Horizontal(id="top"):
@@ -140,16 +147,16 @@ class LePetPalApp(App[int]):
 
     def on_mount(self) -> None:
         if not self.animations:
-            self.query_one("#task-input", Input).cursor_blink = False
+            self.main.query_one("#task-input", Input).cursor_blink = False
         self.store.set_state(EngineState.DISCONNECTED, "")
         self.redraw()
         self.log_ui("info", f"settings: {self.settings.source_path or 'built-in defaults'}")
-        self.set_interval(1.0 / self.refresh_hz, self.redraw)
+        self.set_interval(1.0 / self.refresh_hz, lambda: self.redraw(throttled=True))
         self.scan_ports()
         if self.autoconnect:
             self.connect(self.settings.arm.port)
         # Typing goes to the task field first: stray letters must not become macro keys.
-        self.query_one("#task-input", Input).focus()
+        self.main.query_one("#task-input", Input).focus()
         self.call_after_refresh(self._painted)
 
     def on_resize(self) -> None:
@@ -183,7 +190,7 @@ class LePetPalApp(App[int]):
             return
         self.port = port
         self.store.set_state(EngineState.CONNECTING, "")
-        self.query_one(PortPane).set_connected("")
+        self.main.query_one(PortPane).set_connected("")
         self.log_ui("info", f"starting the engine on {'the simulated arm' if port == 'sim' else port}")
         self.redraw()
         self._engine_worker = self._run_engine(port)
@@ -255,7 +262,7 @@ class LePetPalApp(App[int]):
 
     @on(EngineStarted)
     def _engine_started(self, message: EngineStarted) -> None:
-        self.query_one(PortPane).set_connected(self.port)
+        self.main.query_one(PortPane).set_connected(self.port)
         where = "simulated arm on " + message.port if self.port == "sim" else message.port
         self.log_ui("info", f"engine started ({where})")
 
@@ -270,7 +277,7 @@ class LePetPalApp(App[int]):
     @on(EngineClosed)
     def _engine_closed(self) -> None:
         self.link = None
-        self.query_one(PortPane).set_connected("")
+        self.main.query_one(PortPane).set_connected("")
         if self._quitting:
             self._write_stats()
             self.exit(0)
@@ -295,7 +302,7 @@ class LePetPalApp(App[int]):
 
     @on(PortsListed)
     def _ports_listed(self, message: PortsListed) -> None:
-        self.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
+        self.main.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
         if message.error:
             self.log_ui("warning", message.error)
 
@@ -312,23 +319,25 @@ class LePetPalApp(App[int]):
 
     # ----------------------------------------------------------------------------------------- drawing
 
-    def redraw(self) -> None:
-        """Draw the store into the panes; cheap when nothing changed."""
+    def redraw(self, throttled: bool = False) -> None:
+        """Draw the store into the panes; cheap when nothing changed. The refresh timer passes
+        `throttled=True` so the latency sparklines repaint at a lower rate than the joints."""
         store = self.store
         for event in store.take_events():
-            self.query_one(EventLog).add_event(event)
+            self.main.query_one(EventLog).add_event(event)
+        # Outside the version check: a throttled latency pane catches up once telemetry goes quiet.
+        self.main.query_one(LatencyPane).show(store, time.monotonic() if throttled else None)
         if store.version == self._drawn_version:
             return
         self._drawn_version = store.version
         self.redraws += 1
         port = "" if store.state == EngineState.DISCONNECTED else self.port
-        self.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
-        self.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
-        self.query_one(LatencyPane).show(store)
-        self.query_one(ModelPane).show(store.model)
+        self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
+        self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
+        self.main.query_one(ModelPane).show(store.model)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
-        self.query_one(EventLog).add(self.clock(), level, message, fix)
+        self.main.query_one(EventLog).add(self.clock(), level, message, fix)
 
     # ---------------------------------------------------------------------------------------- commands
 
@@ -362,7 +371,7 @@ class LePetPalApp(App[int]):
             self.redraw()
 
     def _current_input(self) -> str:
-        return self.query_one("#task-input", Input).value.strip()
+        return self.main.query_one("#task-input", Input).value.strip()
 
     def action_start(self) -> None:
         if self.store.state == EngineState.ESTOP:
@@ -371,7 +380,7 @@ class LePetPalApp(App[int]):
         task = self._current_input() or self.store.task
         if not task:
             self.notify("Type a task in the Task field first.", severity="warning")
-            self.query_one("#task-input", Input).focus()
+            self.main.query_one("#task-input", Input).focus()
             return
         if self.send("start", task=task):
             self.log_ui("info", f"start: {task}")
@@ -415,7 +424,7 @@ class LePetPalApp(App[int]):
         self.set_focus(None)
 
     def action_focus_task(self) -> None:
-        self.query_one("#task-input", Input).focus()
+        self.main.query_one("#task-input", Input).focus()
 
     @on(TaskPane.TaskSubmitted)
     def _task_submitted(self, message: TaskPane.TaskSubmitted) -> None:

@@ -23,8 +23,10 @@ SCRIPT = textwrap.dedent(
         app = LePetPalApp(Settings(), link_factory=lambda s, p: SyntheticLink(), sim_factory=None,
                           port_lister=list_serial_ports)
         async with app.run_test(size=(120, 40)) as pilot:
-            for _ in range(40):
+            for _ in range(400):  # up to 10 s on a busy machine
                 await pilot.pause(0.025)
+                if app.store.batches > 2:
+                    break
             await pilot.press("f12")
             await pilot.pause(0.1)
             batches = app.store.batches
@@ -40,7 +42,7 @@ def test_ui_process_imports_no_torch_or_lerobot() -> None:
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=False
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["batches"] > 0  # the app really ran and drew telemetry
     heavy = [m for m in result["modules"] if m.split(".")[0] in HEAVY]

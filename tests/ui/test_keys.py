@@ -303,3 +303,25 @@ def test_connect_switches_port(make_app: Any, settle: Any) -> None:
 
     auto = Settings(arm=ArmSettings(port="auto"))
     drive(make_app, settle, "ready", body, 0, autoconnect=False, settings=auto)
+
+
+def test_telemetry_keeps_flowing_under_a_dialog(make_app: Any, settle: Any) -> None:
+    """Panes live on the main screen: a dialog on top must not break the redraw."""
+
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        from dataclasses import replace
+
+        await leave_field(pilot, app)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        last = link._last
+        link.push(replace(last, events=[type(last.events[0])(1001.0, "info", "under the dialog")] if last.events
+                          else [], tick_count=999))
+        await settle(pilot, app, 3)
+        app.redraw(throttled=True)
+        app.redraw()
+        assert app.store.tick_count == 999
+        assert "999" in str(app.main.query_one("#latency-counters").render())
+
+    drive(make_app, settle, "running", body, 2)

@@ -10,6 +10,8 @@ from textual.widgets import Sparkline, Static
 
 from lepetpal_tui.ui.store import Stats, TelemetryStore
 
+MIN_INTERVAL_S = 0.25  # 4 Hz is plenty for latency history; joints and banner redraw faster
+
 
 def fmt_ms(v: float) -> str:
     return "--" if math.isnan(v) else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
@@ -26,6 +28,7 @@ class LatencyPane(Vertical):
         super().__init__(id=id)
         self.rate_hz = rate_hz
         self._version = -1
+        self._drawn_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(stats_line("inference/chunk", Stats.of([])), id="latency-inference-stats")
@@ -38,9 +41,13 @@ class LatencyPane(Vertical):
         self.border_title = "Latency"
         self.border_subtitle = f"target tick {1000.0 / self.rate_hz:.1f} ms"
 
-    def show(self, store: TelemetryStore) -> None:
+    def show(self, store: TelemetryStore, now: float | None = None) -> None:
+        """Redraw from the store; with `now`, at most every MIN_INTERVAL_S (sparklines are costly to paint)."""
         if store.version == self._version:
             return
+        if now is not None and now - self._drawn_at < MIN_INTERVAL_S:
+            return
+        self._drawn_at = now if now is not None else 0.0
         self._version = store.version
         self.query_one("#latency-inference-stats", Static).update(
             stats_line("inference/chunk", store.inference_stats())

@@ -1,0 +1,161 @@
+"""UI figures: time to first screen, UI-process CPU with 30 Hz telemetry, redraw rate.
+
+Runs the real `lepetpal` command in a pseudo-terminal (120x40), as an operator would:
+  1. time to first screen: from spawning `lepetpal --sim` to the app's first paint (the app writes the
+     time to $LEPETPAL_UI_STATS), several runs, median; the engine keeps loading behind it.
+  2. CPU of the UI process while RUNNING with synthetic telemetry at 30 Hz ticks / 20 Hz batches
+     (`--fake-telemetry 30`: no engine process, so only the UI is measured), over a fixed window.
+  3. redraw rate and bytes written to the terminal per second over the same window.
+Prints the figures and writes bench/results/ui_figures.json.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "ui_figures.json"
+LEPETPAL = [sys.executable, "-m", "lepetpal_tui"]
+COLS, ROWS = 120, 40
+F6 = b"\x1b[17~"
+
+
+class PtyApp:
+    """`lepetpal ...` on a pty whose output is drained (and counted) by a thread."""
+
+    def __init__(self, args: list[str], stats_path: Path) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+        env = dict(os.environ, TERM="xterm-256color", COLORTERM="truecolor", LEPETPAL_UI_STATS=str(stats_path))
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [*LEPETPAL, *args], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True
+        )
+        os.close(slave)
+        self.stats_path = stats_path
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.bytes += len(data)
+
+    def out_bytes(self) -> int:
+        with self._lock:
+            return self.bytes
+
+    def keys(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def stats(self, timeout: float = 60.0, key: str = "first_paint_unix") -> dict[str, Any]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                data: dict[str, Any] = json.loads(self.stats_path.read_text())
+                if data.get(key):
+                    return data
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"the app wrote no {key} within {timeout:.0f} s")
+
+    def finish(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            os.close(self.master)
+
+
+def first_screen(runs: int, tmp: Path) -> list[float]:
+    times = []
+    for i in range(runs):
+        app = PtyApp(["--sim"], tmp / f"first{i}.json")
+        data = app.stats()
+        times.append(data["first_paint_unix"] - app.started)
+        time.sleep(0.5)
+        app.keys(b"q")  # still, so it quits without asking (and closes the engine it started)
+        app.finish()
+    return times
+
+
+def running_load(window_s: float, tmp: Path) -> dict[str, float]:
+    app = PtyApp(["ui", "--fake-telemetry", "30"], tmp / "run.json")
+    app.stats()
+    time.sleep(1.0)
+    app.keys(b"bench the ui\r")  # the task field has focus at start: Enter starts RUNNING
+    time.sleep(1.5)
+    proc = psutil.Process(app.proc.pid)
+    cpu0 = proc.cpu_times()
+    t0, b0 = time.monotonic(), app.out_bytes()
+    before = app.stats()  # written at first paint; redraws are counted again at exit
+    time.sleep(window_s)
+    cpu1 = proc.cpu_times()
+    t1, b1 = time.monotonic(), app.out_bytes()
+    app.keys(F6)
+    time.sleep(0.5)
+    app.keys(b"q")
+    rc = app.finish()
+    after = app.stats(key="written_unix")
+    span = after["written_unix"] - before["first_paint_unix"]
+    busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return {
+        "cpu_percent_of_one_core": 100.0 * busy / (t1 - t0),
+        "terminal_kib_per_s": (b1 - b0) / 1024 / (t1 - t0),
+        "redraws_per_s": after["redraws"] / span,
+        "telemetry_batches_per_s": after["batches"] / span,
+        "window_s": t1 - t0,
+        "exit_code": rc,
+    }
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        firsts = first_screen(3, tmp)
+        load = running_load(10.0, tmp)
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "terminal": f"{COLS}x{ROWS}",
+        "first_screen_s": {"runs": firsts, "median": statistics.median(firsts)},
+        "running_30hz_fake_telemetry": load,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"time to first screen (lepetpal --sim): median {result['first_screen_s']['median']:.2f} s "
+          f"(runs {', '.join(f'{t:.2f}' for t in firsts)})")
+    print(f"UI process CPU while RUNNING, 30 Hz telemetry: {load['cpu_percent_of_one_core']:.1f} % of one core")
+    print(f"redraw rate: {load['redraws_per_s']:.1f} /s (telemetry batches {load['telemetry_batches_per_s']:.1f} /s), "
+          f"terminal output {load['terminal_kib_per_s']:.1f} KiB/s")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
