@@ -8,18 +8,20 @@ telemetry into an inbox and posts a coalescing `TelemetryArrived`. The UI thread
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 from textual.worker import Worker, get_current_worker
@@ -159,6 +161,19 @@ class LePetPalApp(App[int]):
         self.main.query_one("#task-input", Input).focus()
         self.call_after_refresh(self._painted)
 
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The operator's actions in the command palette (ctrl+p), next to Textual's own."""
+        yield SystemCommand("E-stop", "Latch a hold: nothing is written to the arm (F12)", self.action_estop)
+        yield SystemCommand("Start", "Start the policy with the typed task (F5)", self.action_start)
+        yield SystemCommand("Stop", "Stop the policy; the arm holds its pose (F6)", self.action_stop)
+        yield SystemCommand("Dry-run on/off", "Run the policy without moving the arm (d)", self.action_toggle_dry_run)
+        yield SystemCommand("Re-arm", "Leave e-stop, after a confirmation (r)", self.action_rearm)
+        for name in self.settings.macros:
+            yield SystemCommand(f"Macro: {name}", f"Run the {name} macro from lepetpal.toml",
+                                lambda n=name: self.action_macro(n))
+        yield SystemCommand("Refresh ports", "Scan serial ports for an SO-101", self.scan_ports)
+        yield from super().get_system_commands(screen)
+
     def on_resize(self) -> None:
         self.set_class(self.size.height < 36, "-short")
 
@@ -190,7 +205,7 @@ class LePetPalApp(App[int]):
             return
         self.port = port
         self.store.set_state(EngineState.CONNECTING, "")
-        self.main.query_one(PortPane).set_connected("")
+        self._set_connected("")
         self.log_ui("info", f"starting the engine on {'the simulated arm' if port == 'sim' else port}")
         self.redraw()
         self._engine_worker = self._run_engine(port)
@@ -262,7 +277,7 @@ class LePetPalApp(App[int]):
 
     @on(EngineStarted)
     def _engine_started(self, message: EngineStarted) -> None:
-        self.main.query_one(PortPane).set_connected(self.port)
+        self._set_connected(self.port)
         where = "simulated arm on " + message.port if self.port == "sim" else message.port
         self.log_ui("info", f"engine started ({where})")
 
@@ -277,7 +292,7 @@ class LePetPalApp(App[int]):
     @on(EngineClosed)
     def _engine_closed(self) -> None:
         self.link = None
-        self.main.query_one(PortPane).set_connected("")
+        self._set_connected("")
         if self._quitting:
             self._write_stats()
             self.exit(0)
@@ -302,7 +317,8 @@ class LePetPalApp(App[int]):
 
     @on(PortsListed)
     def _ports_listed(self, message: PortsListed) -> None:
-        self.main.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
         if message.error:
             self.log_ui("warning", message.error)
 
@@ -322,6 +338,11 @@ class LePetPalApp(App[int]):
     def redraw(self, throttled: bool = False) -> None:
         """Draw the store into the panes; cheap when nothing changed. The refresh timer passes
         `throttled=True` so the latency sparklines repaint at a lower rate than the joints."""
+        # While the app exits, the timer and late messages can still fire after the panes are gone.
+        with contextlib.suppress(NoMatches):
+            self._redraw(throttled)
+
+    def _redraw(self, throttled: bool) -> None:
         store = self.store
         for event in store.take_events():
             self.main.query_one(EventLog).add_event(event)
@@ -337,7 +358,12 @@ class LePetPalApp(App[int]):
         self.main.query_one(ModelPane).show(store.model)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
-        self.main.query_one(EventLog).add(self.clock(), level, message, fix)
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(EventLog).add(self.clock(), level, message, fix)
+
+    def _set_connected(self, port: str) -> None:
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(PortPane).set_connected(port)
 
     # ---------------------------------------------------------------------------------------- commands
 

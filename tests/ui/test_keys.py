@@ -30,6 +30,15 @@ def drive(make_app: Any, settle: Any, scenario: str | None, body: Body, batches:
     asyncio.run(go())
 
 
+async def until(pilot: Any, pred: Callable[[], bool], what: str, tries: int = 200) -> None:
+    """Wait for the UI (screens open asynchronously; the machine may be busy)."""
+    for _ in range(tries):
+        if pred():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
 async def leave_field(pilot: Any, app: LePetPalApp) -> None:
     await pilot.press("escape")
     await pilot.pause()
@@ -71,8 +80,7 @@ def test_f12_estops_with_the_port_select_open(make_app: Any, settle: Any) -> Non
         select = app.query_one("#port-select", Select)
         select.focus()
         await pilot.press("enter")
-        await pilot.pause()
-        assert select.expanded
+        await until(pilot, lambda: select.expanded, "select open")
         assert isinstance(app.focused, SelectOverlay)
         await pilot.press("f12")
         await pilot.pause()
@@ -88,8 +96,7 @@ def test_f12_estops_with_the_port_select_open(make_app: Any, settle: Any) -> Non
 def test_f12_and_space_estop_with_a_dialog_open(make_app: Any, settle: Any) -> None:
     async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
         await pilot.press("ctrl+q")  # arm moving: quit asks first
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog open")
         await pilot.press("f12")
         await pilot.pause()
         assert link.kinds() == ["estop"]
@@ -104,8 +111,7 @@ def test_f12_and_space_estop_with_a_dialog_open(make_app: Any, settle: Any) -> N
 def test_f12_estops_with_the_command_palette_open(make_app: Any, settle: Any) -> None:
     async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
         await pilot.press("ctrl+p")
-        await pilot.pause()
-        assert isinstance(app.screen, CommandPalette)
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "palette open")
         await pilot.press("f12")
         await pilot.pause()
         assert link.kinds() == ["estop"]
@@ -313,8 +319,7 @@ def test_telemetry_keeps_flowing_under_a_dialog(make_app: Any, settle: Any) -> N
 
         await leave_field(pilot, app)
         await pilot.press("q")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog open")
         last = link._last
         link.push(replace(last, events=[type(last.events[0])(1001.0, "info", "under the dialog")] if last.events
                           else [], tick_count=999))
@@ -325,3 +330,20 @@ def test_telemetry_keeps_flowing_under_a_dialog(make_app: Any, settle: Any) -> N
         assert "999" in str(app.main.query_one("#latency-counters").render())
 
     drive(make_app, settle, "running", body, 2)
+
+
+def test_command_palette_offers_the_operator_actions(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "palette open")
+        await pilot.press(*"Macro: home")
+        for _ in range(50):
+            await pilot.pause(0.02)
+        await pilot.press("enter")
+        for _ in range(50):
+            await pilot.pause(0.02)
+            if link.kinds():
+                break
+        assert [(c.kind, c.name) for c in link.sent] == [("macro", "home")]
+
+    drive(make_app, settle, "ready", body)
