@@ -17,6 +17,7 @@ a halt returns no policy or macro goal can reach the bus. Chunks computed under 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue as queue_mod
 import threading
 import time
@@ -83,7 +84,22 @@ CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceL
 _ACTIVE = (EngineState.RUNNING, EngineState.DRY_RUN)
 _CAMERA_TIMEOUT_S = 1.0
 _MARGIN_TICKS = 2
+_ACTUATOR_NICE = -10
 _MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
+
+
+def raise_thread_priority() -> bool:
+    """Ask the kernel to favour the calling thread (nice -10) when the CPU is contended.
+
+    Only a CFS weight, not SCHED_FIFO: LeRobot's bus client spins while it waits for a reply, and a
+    real-time spinner could starve the USB stack (or the simulator) it is waiting for. Needs root or
+    CAP_SYS_NICE (or a nice limit in /etc/security/limits.conf); without it, nothing changes.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _ACTUATOR_NICE)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 @dataclass
@@ -298,19 +314,20 @@ class Engine:
             return
         self.coalescer.set_model(status)
 
-    def _halt(self, state: EngineState, reason: str, torque_off: bool = False) -> None:
-        """Stop policy/macro output now and hold the measured pose (torque off when asked)."""
+    def _halt(self, state: EngineState, reason: str, torque_off: bool = False, hold: bool = True) -> None:
+        """Stop policy/macro output now; then hold the measured pose, or cut torque, or (hold=False) just
+        write nothing more, so the servos stay at the last goal they were given."""
         with self._lock:
             self._epoch += 1
             self._macro = None
             self.queue.clear()
             if self._state not in (EngineState.DISCONNECTED,):
                 self._set_state(state, reason)
+        # From here no goal decided before can pass the actuator's epoch check (made inside the bus lock),
+        # so at most a write already in flight (about a millisecond) still reaches the bus.
         arm = self.arm
-        if arm is None:
+        if arm is None or not (hold or torque_off):
             return
-        # Taking the bus lock waits for a write in flight (it checked the old epoch) and then no further
-        # goal passes the epoch check: this write is the last one.
         with self._bus_lock:
             try:
                 if torque_off:
@@ -332,8 +349,18 @@ class Engine:
         with self._lock:
             self._estopped = True
             self.estop_count += 1
-        self._halt(EngineState.ESTOP, "e-stop (latched): re-arm to continue")
-        self._event("warning", "E-STOP: holding the measured pose, torque on.", "Re-arm to continue.")
+        # No bus transaction in the e-stop path: it must not wait behind a slow or failing bus, and
+        # nothing is written after it. The servos hold the last goal, at most max_step_per_tick beyond
+        # the previous one, with torque on.
+        self._halt(EngineState.ESTOP, "e-stop (latched): re-arm to continue", hold=False)
+        with self._lock:
+            gap = (
+                float(np.max(np.abs(self._prev_goal - self._measured)))
+                if self._prev_goal is not None and self._measured is not None
+                else 0.0
+            )
+        self._event("warning", f"E-STOP: holding at the last goal ({gap:.1f} from the last measured pose), "
+                    "torque on.", "Re-arm to continue.")
 
     def _cmd_estop_torque_off(self, cmd: Command) -> None:
         with self._lock:
@@ -537,6 +564,9 @@ class Engine:
     # --------------------------------------------------------------------------------------- actuator
 
     def _actuator_loop(self) -> None:
+        if not raise_thread_priority():
+            self._event("info", "Control thread runs at normal priority (no permission to raise it).",
+                        "Allow a negative nice (CAP_SYS_NICE or limits.conf) for steadier ticks on a busy CPU.")
         period = self.period
         t0 = time.monotonic()
         k = 0
@@ -848,6 +878,10 @@ class Engine:
                     arm.disconnect(torque_off=torque_off)
                 except Exception as exc:
                     self._event("warning", f"Disconnect: {exc}")
+        closer = getattr(self.policy, "close", None)  # a policy in its own process
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                closer()
         for cam in self.cameras.values():
             with contextlib.suppress(Exception):
                 cam.close()
