@@ -250,7 +250,7 @@ def summarize(path: Path) -> LogSummary:
         kind = rec.get("type")
         if kind == "header" and header is None:
             header = rec
-        elif kind == "tick":
+        elif kind == "tick" and isinstance(rec.get("t"), int | float):
             ticks += 1
             first_t = rec["t"] if first_t is None else first_t
             last_t = rec["t"]

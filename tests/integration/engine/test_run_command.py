@@ -1,0 +1,31 @@
+"""`lepetpal run --headless` end to end on the simulated arm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lepetpal_tui.cli import main
+from lepetpal_tui.core.telemetry import summarize
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_headless_on_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "--headless", "--sim", "--model-mode", "scripted", "--task", "pick up the ball",
+                 "--duration", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "state RUNNING" in out and "summary:" in out and "ended cleanly   yes" in out
+    logs = list((tmp_path / "logs").glob("session-*.jsonl"))
+    assert len(logs) == 1
+    s = summarize(logs[0])
+    assert s.ticks >= 80 and s.written_ticks >= 80 and s.starved_ticks == 0 and s.chunks >= 2
+
+
+def test_run_rejects_empty_task(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--headless", "--sim", "--task", "  "]) == 2
+    err = capsys.readouterr().err
+    assert "--task is empty" in err

@@ -1,0 +1,82 @@
+"""Session log, its summary (also through `lepetpal log summary`) and telemetry coalescing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lepetpal_tui.cli import main
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer, read_log, summarize
+from lepetpal_tui.core.types import (
+    ChunkSample,
+    Command,
+    EngineEvent,
+    EngineState,
+    InferenceTiming,
+    TickSample,
+)
+
+
+def _tick(t: float, starved: bool = False, clamped: int = 0) -> TickSample:
+    return TickSample(t, 1 / 30, 0.001, (0.0,) * 6, (1.0,) * 6, True,
+                      tuple(i < clamped for i in range(6)), starved, 10)
+
+
+def _write_log(path: Path, torn: bool) -> None:
+    log = SessionLog(path, Settings())
+    for i in range(100):
+        log.tick(_tick(i / 30, starved=(i == 50), clamped=2 if i < 3 else 0), EngineState.RUNNING)
+    for ms in (100, 200, 900):
+        log.chunk(ChunkSample(1.0, InferenceTiming(model_s=ms / 1000), 50, 20, "task"))
+    log.command(Command("estop"), 2.0)
+    log.event(EngineEvent(2.0, "error", "boom", "fix it"))
+    if torn:
+        log.tick(_tick(100 / 30), EngineState.RUNNING)  # then a torn line, as after kill -9
+        assert log._fh is not None
+        log._fh.write('{"type":"tick","t":9')
+        log._fh.flush()
+    else:
+        log.close(ticks=100)
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_summary_figures(tmp_path: Path, torn: bool) -> None:
+    path = tmp_path / "s.jsonl"
+    _write_log(path, torn)
+    s = summarize(path)
+    assert s.ticks == (101 if torn else 100)
+    assert s.starved_ticks == 1 and s.clamps == 6 and s.estops == 1 and s.errors == 1
+    assert s.chunks == 3 and s.chunk_latency_p50_s == pytest.approx(0.2) and s.chunk_latency_p99_s == pytest.approx(0.9)
+    assert s.tick_period_p50_s == pytest.approx(1 / 30, abs=1e-5)
+    assert s.ended_cleanly is (not torn)
+    header = next(read_log(path))
+    assert header["settings"]["control"]["rate_hz"] == 30.0 and header["lerobot"] == "0.6.1"
+
+
+def test_log_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_log(tmp_path / "session-1.jsonl", torn=False)
+    assert main(["log", "summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "starved ticks   1" in out and "p50 200.0 ms  p99 900.0 ms" in out
+    assert main(["log", "summary", str(tmp_path / "session-1.jsonl"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ticks"] == 100 and "settings" not in data["header"]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello\n")
+    assert main(["log", "summary", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a lepetpal session log" in err and "Traceback" not in err
+
+
+def test_coalescer_batches_and_bounds_history() -> None:
+    c = TelemetryCoalescer(max_ticks=50)
+    for i in range(120):
+        c.add_tick(_tick(i))
+    c.add_event(EngineEvent(0.0, "info", "hi"))
+    b = c.take(state=EngineState.RUNNING, tick_count=120)
+    assert len(b.ticks) == 50 and b.ticks[-1].t == 119 and b.tick_count == 120 and len(b.events) == 1
+    assert not c.pending()
+    assert c.take(state=EngineState.RUNNING).ticks == []
