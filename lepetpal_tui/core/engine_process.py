@@ -272,6 +272,7 @@ class EngineClient:
         self._send_lock = threading.Lock()
         self.log_path = log_path
         self._closed = False
+        self._pending: list[TelemetryBatch] = []
 
     @classmethod
     def spawn(cls, settings: Settings, sim_port: str | None = None) -> EngineClient:
@@ -310,13 +311,22 @@ class EngineClient:
             try:
                 self._conn.send(cmd)
             except (OSError, ValueError) as exc:
-                raise EngineStartError(
-                    f"The engine process is gone ({exc}); restart lepetpal. The session log is {self.log_path}."
-                ) from None
+                # Never raise into the UI: the next poll reports it.
+                self._pending.append(
+                    TelemetryBatch(
+                        state=EngineState.ERROR,
+                        hold_reason="engine process gone",
+                        events=[EngineEvent(time.monotonic(), "error",
+                                            f'The engine process is gone ({exc}); "{cmd.kind}" was not delivered.',
+                                            f"Restart lepetpal. The session log is {self.log_path}.")],
+                    )
+                )
 
     def poll(self, timeout: float = 0.0) -> list[TelemetryBatch]:
         """Every batch received so far, waiting up to `timeout` for the first."""
-        out: list[TelemetryBatch] = []
+        out, self._pending = self._pending, []
+        if out:
+            return out
         try:
             if not self._conn.poll(timeout):
                 return out
@@ -338,8 +348,7 @@ class EngineClient:
             return []
         self._closed = True
         batches: list[TelemetryBatch] = []
-        with contextlib.suppress(EngineStartError):
-            self.send(Command("quit", go_home=go_home))
+        self.send(Command("quit", go_home=go_home))
         deadline = time.monotonic() + timeout + (30.0 if go_home else 0.0)
         while self._process.is_alive() and time.monotonic() < deadline:
             batches.extend(self.poll(0.05))

@@ -251,3 +251,32 @@ def test_kill_9_of_engine_keeps_log_up_to_last_tick(sim_arm: Any, tmp_path: Path
     ticks = [r for r in recs if r["type"] == "tick"]
     assert ticks and t_kill - ticks[-1]["t"] < 2.0 / settings.control.rate_hz
     assert summarize(client.log_path).ticks == len(ticks)
+
+
+def test_estop_answered_while_policy_loads(sim_arm: Any, tmp_path: Path, tiny_policy_dir: Path) -> None:
+    """The real SmolVLA loads in the policy process; the engine answers an e-stop meanwhile and keeps it."""
+    settings = sim_settings(tmp_path, model={"path": str(tiny_policy_dir), "fallback_to_scripted": False})
+    client = EngineClient.spawn(settings, sim_port=sim_arm.port)
+    seen: list[Any] = []
+    try:
+        t_cmd = time.monotonic()
+        client.send(Command("estop", sent_at=t_cmd))
+        assert _wait_client(client, lambda b: seen.append(b) or b.state == EngineState.ESTOP, 30.0)
+        assert not any(b.model is not None and b.model.phase == "ready" for b in seen), "loaded before e-stop"
+        assert _wait_client(client, lambda b: b.model is not None and b.model.phase == "ready", 120.0)
+        sim_arm.clear_trace()
+        client.send(Command("start", task="x"))
+        assert _wait_client(client, lambda b: any("Start refused" in e.message for e in b.events), 5.0)
+        time.sleep(0.3)
+        assert goal_writes(sim_arm.trace()) == []
+        client.send(Command("rearm"))
+        client.send(Command("start", task="pick up the ball"))
+        assert _wait_client(client, lambda b: b.state == EngineState.RUNNING, 5.0)
+        time.sleep(2.0)
+        assert goal_writes(sim_arm.trace()), "the real policy never moved the arm after re-arm"
+    finally:
+        client.close()
+    # A command to an engine that is gone comes back as an error batch, never as an exception.
+    client.send(Command("estop"))
+    batches = client.poll(0.0)
+    assert batches and batches[0].state == EngineState.ERROR and "not delivered" in batches[0].events[0].message
