@@ -280,3 +280,57 @@ def test_estop_answered_while_policy_loads(sim_arm: Any, tmp_path: Path, tiny_po
     client.send(Command("estop"))
     batches = client.poll(0.0)
     assert batches and batches[0].state == EngineState.ERROR and "not delivered" in batches[0].events[0].message
+
+
+def test_dry_run_writes_no_goal_on_the_bus(sim_arm: Any, tmp_path: Path) -> None:
+    settings = sim_settings(tmp_path, model={"mode": "scripted"}, control={"dry_run": True})
+    engine = _engine(settings, sim_arm, _scripted(settings), tmp_path / "dry.jsonl")
+    try:
+        sim_arm.clear_trace()
+        engine.submit(Command("start", task="wave"))
+        assert engine.state == EngineState.DRY_RUN
+        time.sleep(2.0)
+        assert goal_writes(sim_arm.trace()) == []
+        reads = [r for r in sim_arm.trace() if r.register == "Present_Position"]
+        assert len(reads) > 6 * 40  # joints still read every tick
+    finally:
+        engine.close()
+    ticks = [r for r in read_log(tmp_path / "dry.jsonl") if r["type"] == "tick" and r["state"] == "DRY-RUN"]
+    assert len(ticks) > 40 and all(not r["written"] for r in ticks)
+    assert sum(r["goal"] is not None for r in ticks) > 40  # the would-be goals are logged
+
+
+@pytest.mark.parametrize("fault", ["overheat", "silent"])
+def test_servo_faults_hold_with_a_reason(sim_arm: Any, tmp_path: Path, fault: str) -> None:
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    engine = _engine(settings, sim_arm, _scripted(settings))
+    try:
+        engine.submit(Command("start", task="wave"))
+        time.sleep(0.5)
+        sim_arm.set_fault(fault, motor_id=3)
+        assert engine.wait_for((EngineState.ERROR,), 5.0), f"no hold after {fault}"
+        reason = engine.snapshot()["hold_reason"]
+        assert ("elbow_flex" in reason) if fault == "overheat" else ("bus errors" in reason)
+        time.sleep(0.2)
+        sim_arm.clear_trace()
+        time.sleep(0.5)
+        assert goal_writes(sim_arm.trace()) == []
+    finally:
+        sim_arm.clear_faults()
+        engine.close()
+
+
+def test_home_macro_on_the_sim(sim_arm: Any, tmp_path: Path) -> None:
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    engine = _engine(settings, sim_arm, _scripted(settings))
+    try:
+        engine.submit(Command("start", task="wave"))
+        time.sleep(2.0)
+        engine.submit(Command("macro", name="home"))
+        assert engine.state == EngineState.MACRO
+        assert engine.wait_for((EngineState.READY,), 10.0)
+        time.sleep(0.5)
+        assert engine._measured is not None
+        assert np.max(np.abs(engine._measured)) < 2.0
+    finally:
+        engine.close()
