@@ -353,7 +353,10 @@ class LePetPalApp(App[int]):
         self._drawn_version = store.version
         self.redraws += 1
         port = "" if store.state == EngineState.DISCONNECTED else self.port
-        self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
+        loading = store.model is not None and store.model.phase not in ("ready", "fallback", "failed")
+        self.main.query_one(StateBanner).show(
+            store.state, task=store.task, reason=store.hold_reason, port=port, policy_loading=loading
+        )
         self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
         self.main.query_one(ModelPane).show(store.model)
 
@@ -399,7 +402,17 @@ class LePetPalApp(App[int]):
     def _current_input(self) -> str:
         return self.main.query_one("#task-input", Input).value.strip()
 
+    def _policy_loading(self) -> bool:
+        """True while the engine reports the policy is still on its way (start would be refused)."""
+        m = self.store.model
+        loading = m is not None and m.phase in ("idle", "resolving", "downloading", "loading", "warming_up")
+        if loading:
+            self.notify("The policy is still loading: start when the Model pane says ready.", severity="warning")
+        return loading
+
     def action_start(self) -> None:
+        if self._policy_loading():
+            return
         if self.store.state == EngineState.ESTOP:
             self.notify("E-stop is latched: press r to re-arm first.", severity="warning")
             return
@@ -460,7 +473,7 @@ class LePetPalApp(App[int]):
         elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
             if self.send("set_task", task=message.task):
                 self.log_ui("info", f"task changed: {message.task}")
-        elif self.send("start", task=message.task):
+        elif not self._policy_loading() and self.send("start", task=message.task):
             self.log_ui("info", f"start: {message.task}")
         # Leave the field so Space is an e-stop again.
         self.set_focus(None)

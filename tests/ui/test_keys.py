@@ -347,3 +347,16 @@ def test_command_palette_offers_the_operator_actions(make_app: Any, settle: Any)
         assert [(c.kind, c.name) for c in link.sent] == [("macro", "home")]
 
     drive(make_app, settle, "ready", body)
+
+
+def test_start_waits_for_the_policy(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        await pilot.press(*"wave", "enter")
+        await pilot.pause()
+        await pilot.press("f5")
+        await pilot.pause()
+        assert link.kinds() == []
+        assert any("still loading" in str(n.message) for n in app._notifications)
+        assert "policy is loading" in str(app.main.query_one("#banner").render())
+
+    drive(make_app, settle, "loading", body)

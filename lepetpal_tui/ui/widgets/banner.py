@@ -45,8 +45,10 @@ class StateBanner(Static):
         super().__init__("", id=id)
         self._shown: tuple[str, ...] = ()
 
-    def show(self, state: EngineState, *, task: str = "", reason: str = "", port: str = "") -> None:
-        key = (state.value, task, reason, port)
+    def show(
+        self, state: EngineState, *, task: str = "", reason: str = "", port: str = "", policy_loading: bool = False
+    ) -> None:
+        key = (state.value, task, reason, port, str(policy_loading))
         if key == self._shown:
             return
         self._shown = key
@@ -61,6 +63,8 @@ class StateBanner(Static):
         if task:
             text.append(f"  task: {task}", style="italic")
         hint = _HINTS.get(state, "")
+        if state == EngineState.READY and policy_loading:
+            hint = "Holding its pose. The policy is loading (see the Model pane); start when it is ready."
         if reason and state == EngineState.ESTOP:
             hint = f"{reason.rstrip('.')}.  r = re-arm (asks first)"
         elif reason and state == EngineState.ERROR:
