@@ -525,6 +525,8 @@ class Engine:
                 "Check arm.port (`lepetpal ports`), the USB cable and the 12 V supply, or use --sim.",
             )
             self._stopping.set()
+            if self.log is not None:
+                self.log.close(ticks=0, error=f"arm connection failed: {exc}")
             self._finished.set()
             return
         self.arm = arm

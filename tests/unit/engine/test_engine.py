@@ -255,3 +255,26 @@ def test_estop_while_connecting_is_latched(fakes: ModuleType, tmp_path: Path) ->
     time.sleep(0.2)
     assert arm.writes == []
     engine.close()
+
+
+def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path) -> None:
+    from lepetpal_tui.config import Settings
+    from lepetpal_tui.core.telemetry import SessionLog
+
+    arm = fakes.FakeArm()
+
+    def refuse() -> None:
+        raise OSError("port /dev/ttyACM0 busy")
+
+    arm.connect = refuse
+    log = SessionLog(tmp_path / "s.jsonl", Settings())
+    batches: list[Any] = []
+    engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=fakes.policy_factory(fakes.FakePolicy()),
+                    on_telemetry=batches.append, session_log=log)
+    engine.start()
+    assert engine.join(5.0)
+    engine.flush_telemetry()
+    assert engine.state == EngineState.ERROR
+    events = [e for b in batches for e in b.events]
+    assert any("Cannot connect" in e.message and "lepetpal ports" in e.fix for e in events)
+    assert summarize(tmp_path / "s.jsonl").ended_cleanly
