@@ -1,15 +1,17 @@
 """SmolVLA chunk latency on this machine: our default CPU path vs LeRobot's default path.
 
 Builds the real SmolVLA architecture offline (SmolVLM2-500M dimensions, random weights, backbone config
-in a temp dir, one 640x480 camera, 6 joints), then times in the same run:
+in a temp dir, one 640x480 camera, 6 joints), then times in the same run, interleaved:
   - LeRobot's default: fp32, `select_action` with an empty queue (computes a whole chunk), 10 flow steps;
-  - our path: what `load_policy` does on a CPU with default settings (bf16 VLM + action expert,
-    `predict_action_chunk` under inference_mode, our flow steps), through the same processors.
-Both use the same seeded noise, so the actions can be compared: the max abs difference (robot units,
-degrees) is printed against the tolerance `load_policy` uses to accept bf16 (BF16_TOLERANCE).
+  - our path: what `load_policy` does on a CPU with default settings (dtype "auto" = int8 linears in the
+    VLM + action expert, `predict_action_chunk` under inference_mode, our flow steps), same processors.
+Accuracy: on several observations (different frames, joints, tasks and noise seeds) our chunk is compared
+with LeRobot's fp32 chunk for the same noise; the max abs difference (robot units, degrees) is printed
+against the tolerance `load_policy` uses to accept int8/bf16 (ACTION_TOLERANCE).
 
-Usage: .venv/bin/python bench/policy_latency.py [--reps 3] [--flow-steps N] [--threads N]
-Writes bench/results/policy_latency.json. Takes a few minutes on a 2-core CPU.
+Usage: .venv/bin/python bench/policy_latency.py [--reps 5] [--dtype int8|bf16|fp32] [--flow-steps N]
+Writes bench/results/policy_latency.json (or policy_latency_<dtype>.json for a non-default --dtype).
+Takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -99,10 +101,25 @@ def build_policy(backbone: Path, seed: int) -> tuple[Any, Any, Any]:
     return policy, pre, post
 
 
+def observations(n: int) -> list[Any]:
+    """n different observations: frames of the synthetic camera, joint vectors and tasks."""
+    from lepetpal_tui.core.camera import SyntheticCamera
+    from lepetpal_tui.core.types import Observation
+
+    cam = SyntheticCamera("front", 640, 480)
+    rng = np.random.default_rng(1)
+    tasks = ["pick up the red ball", "put the block in the box", "grab the red ball", "throw it"]
+    return [Observation(joints=np.round(rng.uniform(-60, 60, 6), 1), images={"front": cam.frame_at(17 * k)},
+                        task=tasks[k % len(tasks)], timestamp=0.0) for k in range(n)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=3, help="timed chunks per path (after one warm-up each)")
+    ap.add_argument("--reps", type=int, default=5, help="timed chunks per path (after one warm-up each)")
+    ap.add_argument("--dtype", choices=["int8", "bf16", "fp32"], default=None,
+                    help="our path's dtype (default: what dtype \"auto\" picks on this CPU)")
     ap.add_argument("--flow-steps", type=int, default=None, help="our flow steps (default: ModelSettings default)")
+    ap.add_argument("--observations", type=int, default=4, help="observations for the accuracy check")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -110,34 +127,37 @@ def main() -> int:
     import torch
 
     from lepetpal_tui.config import ModelSettings
-    from lepetpal_tui.core.camera import SyntheticCamera
-    from lepetpal_tui.core.policy_smolvla import BF16_TOLERANCE, SmolVLARunner
-    from lepetpal_tui.core.types import Observation
+    from lepetpal_tui.core import policy_speed
+    from lepetpal_tui.core.policy_smolvla import ACTION_TOLERANCE, SmolVLARunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
     defaults = ModelSettings()
     our_steps = args.flow_steps or defaults.flow_steps
+    auto_dtype = "int8" if policy_speed.int8_supported() else "bf16"
+    dtype = args.dtype or auto_dtype
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         build_backbone(Path(tmp))
         policy, pre, post = build_policy(Path(tmp), args.seed)
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"built SmolVLA: {n_params / 1e6:.0f} M parameters in {time.perf_counter() - t0:.1f} s; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+          f"torch threads {torch.get_num_threads()}; load average {load_start[0]:.2f}", flush=True)
 
-    frame = SyntheticCamera("front", 640, 480).frame_at(0)
-    obs = Observation(joints=np.array([0.0, 10.0, -10.0, 20.0, 0.0, 30.0]), images={"front": frame},
-                      task="pick up the red ball", timestamp=0.0)
+    obs_list = observations(max(1, args.observations))
     ref = SmolVLARunner(source="bench", policy=policy, pre=pre, post=post, device="cpu", camera_map={},
                         chunk_length=policy.config.chunk_size)
-    # Ours runs on its own copy (bf16 VLM), so the two paths can be interleaved: on a shared machine
-    # both then suffer the same background load.
+    # Ours runs on its own copy, so the two paths can be interleaved: on a shared machine both then
+    # suffer the same background load.
     ours_runner = SmolVLARunner(source="bench", policy=copy.deepcopy(policy), pre=pre, post=post, device="cpu",
                                 camera_map={}, chunk_length=policy.config.chunk_size)
-    ours_runner.to_bf16()
+    t0 = time.perf_counter()
+    {"int8": ours_runner.to_int8, "bf16": ours_runner.to_bf16, "fp32": lambda: None}[dtype]()
+    convert_s = time.perf_counter() - t0
     ours_runner.policy.config.num_steps = our_steps
-    noise = ref.make_noise(args.seed)
+    noises = [ref.make_noise(args.seed + k) for k in range(len(obs_list))]
+    obs, noise = obs_list[0], noises[0]
 
     def lerobot_chunk() -> float:
         """LeRobot's default synchronous path: select_action with an empty queue computes a whole chunk."""
@@ -147,52 +167,69 @@ def main() -> int:
         post(policy.select_action(batch, noise=noise))
         return time.perf_counter() - t
 
-    def our_chunk() -> tuple[float, np.ndarray]:
+    def our_chunk() -> float:
         t = time.perf_counter()
-        actions, _ = ours_runner.raw_chunk(obs, noise=noise)
-        return time.perf_counter() - t, actions
+        ours_runner.raw_chunk(obs, noise=noise)
+        return time.perf_counter() - t
 
-    ref_actions, _ = ref.raw_chunk(obs, noise=noise)  # warm-up + fp32 reference actions (10 steps)
-    our_chunk()  # warm-up
+    lerobot_chunk()  # warm-ups
+    our_chunk()
     lerobot_s: list[float] = []
     our_s: list[float] = []
-    last = ref_actions
     for i in range(args.reps):
         lerobot_s.append(lerobot_chunk())
-        t, last = our_chunk()
-        our_s.append(t)
-        print(f"  rep {i + 1}: LeRobot {lerobot_s[-1]:.3f} s, ours {t:.3f} s", flush=True)
-    diff = float(np.max(np.abs(last - ref_actions)))
-    print(f"LeRobot default (fp32, select_action, 10 steps): {[round(x, 3) for x in lerobot_s]} s")
-    print(f"ours (bf16 VLM, predict_action_chunk, {our_steps} steps): {[round(x, 3) for x in our_s]} s")
+        our_s.append(our_chunk())
+        print(f"  rep {i + 1}: LeRobot {lerobot_s[-1]:.3f} s, ours {our_s[-1]:.3f} s "
+              f"(load {os.getloadavg()[0]:.2f})", flush=True)
 
+    diffs: list[float] = []
+    for o, n in zip(obs_list, noises, strict=True):
+        want, _ = ref.raw_chunk(o, noise=n)  # fp32, LeRobot's default flow steps
+        got, _ = ours_runner.raw_chunk(o, noise=n)
+        diffs.append(float(np.max(np.abs(got - want))))
+    diff = max(diffs)
+    load_end = os.getloadavg()
+
+    label = {"int8": "int8 linears", "bf16": "bf16", "fp32": "fp32"}[dtype]
+    print(f"LeRobot default (fp32, select_action, 10 steps): {[round(x, 3) for x in lerobot_s]} s")
+    print(f"ours ({label} VLM + expert, predict_action_chunk, {our_steps} steps; converted in {convert_s:.1f} s): "
+          f"{[round(x, 3) for x in our_s]} s")
     lr, us = statistics.median(lerobot_s), statistics.median(our_s)
     ratio = us / lr
+    pair_ratios = [o / lr_ for o, lr_ in zip(our_s, lerobot_s, strict=True)]
     best_ratio = min(our_s) / min(lerobot_s)  # the fastest run of each is the least disturbed by other load
-    print(f"\nmedian chunk latency: LeRobot default {lr:.3f} s, ours {us:.3f} s, ratio {ratio:.2f}; "
-          f"best-of ratio {best_ratio:.2f} (goal <= 0.33: {'met' if best_ratio <= 1 / 3 else 'NOT met'})")
-    print(f"max |action difference| vs fp32 with the same noise: {diff:.3f} degrees "
-          f"(tolerance {BF16_TOLERANCE} degrees: {'within' if diff <= BF16_TOLERANCE else 'OUTSIDE'})")
+    verdict = "met" if ratio <= 1 / 3 else "NOT met"
+    print(f"\nmedian chunk latency: LeRobot default {lr:.3f} s, ours {us:.3f} s, ratio {ratio:.2f} "
+          f"(goal <= 0.33: {verdict}); median of paired ratios {statistics.median(pair_ratios):.2f}; "
+          f"best-of ratio {best_ratio:.2f}")
+    print(f"max |action difference| vs LeRobot fp32 with the same noise, over {len(diffs)} observations: "
+          f"{diff:.3f} degrees (per observation {[round(d, 3) for d in diffs]}; tolerance {ACTION_TOLERANCE} "
+          f"degrees: {'within' if diff <= ACTION_TOLERANCE else 'OUTSIDE'})")
+    print(f"load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs")
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "parameters": n_params,
         "lerobot_default": {"dtype": "fp32", "method": "select_action (empty queue)", "flow_steps": 10,
                             "chunk_s": lerobot_s, "median_s": lr},
-        "ours": {"dtype": "bf16 vlm_with_expert", "method": "predict_action_chunk + inference_mode",
-                 "flow_steps": our_steps, "chunk_s": our_s, "median_s": us},
+        "ours": {"dtype": dtype, "what": f"{label} in vlm_with_expert", "convert_s": convert_s,
+                 "method": "predict_action_chunk + inference_mode", "flow_steps": our_steps, "chunk_s": our_s,
+                 "median_s": us},
         "ratio": ratio,
+        "median_paired_ratio": statistics.median(pair_ratios),
         "best_of_ratio": best_ratio,
-        "load_average_1min": os.getloadavg()[0],
+        "load_average_1min": {"start": load_start[0], "end": load_end[0]},
         "goal_ratio": 1 / 3,
         "max_abs_action_diff_deg": diff,
-        "tolerance_deg": BF16_TOLERANCE,
+        "action_diff_per_observation_deg": diffs,
+        "tolerance_deg": ACTION_TOLERANCE,
         "chunk_size": int(policy.config.chunk_size),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    out = RESULTS if dtype == auto_dtype else RESULTS.with_name(f"policy_latency_{dtype}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

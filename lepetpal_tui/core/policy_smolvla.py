@@ -16,16 +16,19 @@ import numpy as np
 import torch
 
 from lepetpal_tui.config import JOINT_NAMES, ModelSettings
+from lepetpal_tui.core import policy_speed
 from lepetpal_tui.core.policy_errors import PolicyError
 from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
 
 IMAGE_PREFIX = "observation.images."
-# Below this size bf16 cannot pay for itself on a CPU: small matmuls are bound by overhead, not FLOPs.
+# Below this size int8/bf16 cannot pay for themselves on a CPU: small matmuls are bound by overhead.
 BF16_MIN_PARAMETERS = 5_000_000
-# auto dtype keeps the bf16 VLM only when it is this much faster than fp32 on the warm-up...
+# auto dtype keeps int8/bf16 only when it is this much faster than fp32 on the warm-up...
 BF16_MIN_SPEEDUP = 1.15
-# ...and its chunk stays within this many robot units (degrees) of fp32's with the same noise.
-BF16_TOLERANCE = 3.0
+# ...and its chunk stays within this many robot units (degrees) of fp32's with the same noise
+# (max abs difference over all joints and chunk steps).
+ACTION_TOLERANCE = 3.0
+BF16_TOLERANCE = ACTION_TOLERANCE  # the older name
 
 
 def available_devices() -> dict[str, bool]:
@@ -126,8 +129,13 @@ class SmolVLARunner:
 
     def to_bf16(self) -> None:
         """bf16 for the VLM + action expert only; the projections stay fp32 (whole-policy bf16 breaks)."""
-        self.policy.model.vlm_with_expert.to(torch.bfloat16)
+        policy_speed.to_bf16(self.policy)
         self.dtype = "bf16"
+
+    def to_int8(self) -> None:
+        """int8 linears (dynamic quantization) in the VLM + action expert; CPU only."""
+        policy_speed.to_int8(self.policy)
+        self.dtype = "int8"
 
 
 def warmup_observation(cameras: Sequence[str], task: str = "warm up") -> Observation:
@@ -209,33 +217,49 @@ def load_local(
     )
 
 
+def _compare(
+    runner: SmolVLARunner, obs: Observation, noise: torch.Tensor, ref: np.ndarray, t_ref: float
+) -> tuple[float, float, float]:
+    """(max abs diff vs ref, speed-up vs t_ref, chunk seconds) of the runner's current dtype."""
+    got, timing = runner.raw_chunk(obs, noise=noise)
+    return float(np.max(np.abs(got - ref))), t_ref / max(timing.total_s, 1e-9), timing.total_s
+
+
 def choose_dtype(
     runner: SmolVLARunner, setting: str, obs: Observation, reload: Any
 ) -> tuple[SmolVLARunner, str, float]:
     """Apply the dtype setting; returns (runner, note, first-inference seconds).
 
-    "auto" on CPU measures: fp32 chunk, then bf16 chunk with the same noise; bf16 stays only when it is
-    faster and within BF16_TOLERANCE. `reload()` gives a fresh fp32 runner when bf16 is rejected.
+    "auto" on CPU measures an fp32 chunk, then int8 (then, if int8 is rejected, bf16) with the same
+    noise; the first that is BF16_MIN_SPEEDUP faster and within ACTION_TOLERANCE degrees stays.
+    `reload()` gives a fresh fp32 runner (int8 and bf16 convert in place).
     """
     if setting == "fp32" or runner.device == "mps":
         _, timing = runner.raw_chunk(obs)
         return runner, "fp32" + (" (bf16 is not used on mps)" if setting != "fp32" else ""), timing.total_s
-    if setting == "bf16" or runner.device == "cuda":
+    if setting == "int8" and runner.device == "cpu" and policy_speed.int8_supported():
+        runner.to_int8()
+        _, timing = runner.raw_chunk(obs)
+        return runner, "int8 VLM", timing.total_s
+    if setting in ("bf16", "int8") or runner.device == "cuda":
         runner.to_bf16()
         _, timing = runner.raw_chunk(obs)
-        return runner, "bf16 VLM", timing.total_s
+        note = " (int8 needs a CPU with a quantized engine)" if setting == "int8" else ""
+        return runner, "bf16 VLM" + note, timing.total_s
     if runner.parameters < BF16_MIN_PARAMETERS:
         _, timing = runner.raw_chunk(obs)
         return runner, f"fp32 (model too small for bf16 to help: {runner.parameters:,} parameters)", timing.total_s
     noise = runner.make_noise()
     ref, t32 = runner.raw_chunk(obs, noise=noise)
-    runner.to_bf16()
-    got, t16 = runner.raw_chunk(obs, noise=noise)
-    diff = float(np.max(np.abs(got - ref)))
-    speedup = t32.total_s / max(t16.total_s, 1e-9)
-    if speedup >= BF16_MIN_SPEEDUP and diff <= BF16_TOLERANCE:
-        return runner, f"bf16 VLM ({speedup:.1f}x faster than fp32, max diff {diff:.2f})", t16.total_s
-    why = f"speed-up {speedup:.2f}x" if speedup < BF16_MIN_SPEEDUP else f"max diff {diff:.2f} > {BF16_TOLERANCE}"
-    fresh: SmolVLARunner = reload()
-    _, timing = fresh.raw_chunk(obs)
-    return fresh, f"fp32 (bf16 rejected: {why})", timing.total_s
+    rejected: list[str] = []
+    candidates = (("int8", SmolVLARunner.to_int8),) if policy_speed.int8_supported() else ()
+    for name, convert in (*candidates, ("bf16", SmolVLARunner.to_bf16)):
+        convert(runner)
+        diff, speedup, seconds = _compare(runner, obs, noise, ref, t32.total_s)
+        if speedup >= BF16_MIN_SPEEDUP and diff <= ACTION_TOLERANCE:
+            return runner, f"{name} VLM ({speedup:.1f}x faster than fp32, max diff {diff:.2f})", seconds
+        rejected.append(f"{name}: " + (f"speed-up {speedup:.2f}x" if speedup < BF16_MIN_SPEEDUP
+                                       else f"max diff {diff:.2f} > {ACTION_TOLERANCE}"))
+        runner = reload()
+    _, timing = runner.raw_chunk(obs)
+    return runner, f"fp32 ({'; '.join(rejected)} rejected)", timing.total_s

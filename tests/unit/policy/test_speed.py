@@ -1,0 +1,122 @@
+"""CPU speed settings: int8 linears, and how dtype "auto" picks int8 / bf16 / fp32 on the tiny checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lepetpal_tui.config import ModelSettings
+from lepetpal_tui.core import policy_smolvla as sv
+from lepetpal_tui.core import policy_speed
+from lepetpal_tui.core.policy_speed import Int8Linear, quantize_linears
+from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
+
+pytestmark = pytest.mark.skipif(not policy_speed.int8_supported(), reason="no quantized CPU engine")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_matches_fp32_within_quantization_error(bias: bool) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 384, bias=bias)
+    q = Int8Linear(lin)
+    x = torch.randn(3, 50, 256)
+    with torch.inference_mode():
+        want, got = lin(x), q(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    rel = float((got - want).norm() / want.norm())
+    assert 0 < rel < 0.02  # it is quantized (not a copy of fp32), and close
+    # LeRobot casts inputs to `proj.weight.dtype`: the probe must say fp32.
+    assert q.weight.dtype == torch.float32 and q.weight.numel() == 0
+
+
+def test_int8_linear_keeps_the_caller_dtype() -> None:
+    q = Int8Linear(nn.Linear(64, 32))
+    with torch.inference_mode():
+        y: torch.Tensor = q(torch.randn(2, 64, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+def test_quantize_linears_skips_lm_head_and_kept_names() -> None:
+    model = nn.ModuleDict({
+        "a": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)),
+        "keep_me": nn.Linear(8, 8),
+        "lm_head": nn.Linear(8, 100),
+    })
+    n = quantize_linears(model, keep=lambda name: name.startswith("keep"))
+    assert n == 2
+    seq = model["a"]
+    assert isinstance(seq, nn.Sequential)
+    assert isinstance(seq[0], Int8Linear) and isinstance(seq[2], Int8Linear)
+    assert type(model["keep_me"]) is nn.Linear and type(model["lm_head"]) is nn.Linear
+
+
+def _runner(dir: Path) -> sv.SmolVLARunner:
+    return sv.load_local(dir, model=ModelSettings(path=str(dir)), device="cpu", backbone=str(dir / BACKBONE_DIRNAME))
+
+
+def _int8_count(runner: sv.SmolVLARunner) -> int:
+    return sum(isinstance(m, Int8Linear) for m in runner.policy.modules())
+
+
+def test_int8_setting_quantizes_only_the_vlm_and_expert(tiny_policy_dir: Path) -> None:
+    runner = _runner(tiny_policy_dir)
+    obs = sv.warmup_observation(("front",))
+    noise = runner.make_noise(3)
+    ref, _ = runner.raw_chunk(obs, noise=noise)
+    runner, note, warm_s = sv.choose_dtype(runner, "int8", obs, lambda: _runner(tiny_policy_dir))
+    assert runner.dtype == "int8" and note.startswith("int8") and warm_s > 0
+    inner = runner.policy.model
+    assert _int8_count(runner) > 10
+    assert all(not isinstance(m, Int8Linear) for m in (inner.state_proj, inner.action_out_proj))
+    got, _ = runner.raw_chunk(obs, noise=noise)
+    assert np.all(np.isfinite(got)) and got.shape == ref.shape
+    assert 0 < np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
+
+
+def test_auto_keeps_int8_when_faster_and_close(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tiny model is too small (and too fast) for auto; pretend it is big and any speed-up counts.
+    monkeypatch.setattr(sv, "BF16_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(sv, "BF16_MIN_SPEEDUP", 0.0)
+    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
+                                      lambda: _runner(tiny_policy_dir))
+    assert runner.dtype == "int8" and "int8 VLM" in note and "max diff" in note
+
+
+def test_auto_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sv, "BF16_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(sv, "ACTION_TOLERANCE", -1.0)  # nothing can be close enough
+    reloads: list[sv.SmolVLARunner] = []
+
+    def reload() -> sv.SmolVLARunner:
+        reloads.append(_runner(tiny_policy_dir))
+        return reloads[-1]
+
+    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)), reload)
+    assert runner.dtype == "fp32" and runner is reloads[-1] and len(reloads) == 2
+    assert _int8_count(runner) == 0
+    assert next(runner.policy.model.vlm_with_expert.parameters()).dtype == torch.float32
+    assert "int8: " in note and "bf16: " in note and "rejected" in note
+
+
+def test_sdpa_attention_matches_lerobot_eager(tiny_policy_dir: Path) -> None:
+    vwe = _runner(tiny_policy_dir).policy.model.vlm_with_expert
+    heads, kv_heads = vwe.num_attention_heads, vwe.num_key_value_heads
+    dim = vwe.vlm.config.text_config.head_dim
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 7, heads, dim, generator=gen)
+    k = torch.randn(1, 12, kv_heads, dim, generator=gen)
+    v = torch.randn(1, 12, kv_heads, dim, generator=gen)
+    mask = torch.rand(1, 7, 12, generator=gen) > 0.3
+    mask[0, :, 0] = True
+    mask[0, 2] = False  # a padding token's row: nothing to attend to
+    want = vwe.eager_attention_forward(mask, 1, dim, q, k, v)
+    got = policy_speed.sdpa_attention(vwe, mask, 1, dim, q, k, v)
+    assert got.shape == want.shape == (1, 7, heads * dim)
+    keep = torch.ones(7, dtype=torch.bool)
+    keep[2] = False
+    torch.testing.assert_close(got[0, keep], want[0, keep], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all()
