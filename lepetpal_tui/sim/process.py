@@ -46,11 +46,18 @@ class SimArm:
     # ---------------------------------------------------------------------------------------- lifecycle
 
     @classmethod
-    def start(cls, link_path: str | None = None, trace: bool = False, wire_time: bool = False) -> SimArm:
+    def start(
+        cls,
+        link_path: str | None = None,
+        trace: bool = False,
+        wire_time: bool = False,
+        log_path: str | None = None,
+    ) -> SimArm:
         """Start six STS3215 servos (IDs 1-6) on a new pty; returns once the port accepts connections.
 
         `link_path`: also keep a symlink there to the pty (replaced if it is a stale link).
         `trace`: record every packet (see `trace()`). `wire_time`: answer as late as a 1 Mbps bus would.
+        `log_path`: append the sim process's stdout and stderr there instead of the caller's terminal.
         """
         if link_path is not None and os.path.lexists(link_path) and not os.path.islink(link_path):
             raise SimError(
@@ -66,7 +73,15 @@ class SimArm:
         if wire_time:
             cmd.append("--wire-time")
         try:
-            proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            # Under a full-screen UI the sim must not write to the terminal: send its output to a file.
+            out = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+            try:
+                proc = subprocess.Popen(
+                    cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                )
+            finally:
+                if out is not None:
+                    out.close()
         finally:
             theirs.close()
         conn = Connection(ours.detach())

@@ -7,6 +7,7 @@ the real client and the simulated arm are imported lazily, inside the worker thr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -55,9 +56,12 @@ def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
 
 def start_sim() -> SimHandle:
     """Start the simulated SO-101 in its own process and return it (its `.port` is the pty path)."""
+    import tempfile
+
     from lepetpal_tui.sim.process import SimArm
 
-    sim: SimHandle = SimArm.start()
+    log = os.path.join(tempfile.gettempdir(), "lepetpal-sim.log")
+    sim: SimHandle = SimArm.start(log_path=log)
     return sim
 
 
