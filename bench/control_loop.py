@@ -26,6 +26,7 @@ from typing import Any
 
 from lepetpal_tui.config import Settings
 from lepetpal_tui.core.engine_process import EngineClient
+from lepetpal_tui.core.telemetry import read_log
 from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch, TickSample
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_loop.json"
@@ -120,11 +121,15 @@ def main() -> int:
             stop_busy.set()
             client.close()
 
-    # Jitter = how late each tick started against the absolute 30 Hz grid (the deadline it was due at).
-    # |period - 33.3 ms| is also given; it counts every late tick twice (the period before and after).
-    t_first = ticks[0].t
-    jitter_ms = [((t.t - t_first) - round((t.t - t_first) / period) * period) * 1000 for t in ticks]
-    jitter_ms = [abs(j) for j in jitter_ms]
+    # Jitter = how late each tick started against its deadline on the absolute 30 Hz grid, as the engine
+    # measured it (the session log's late_s). |period - 33.3 ms| is also given; it counts a late tick
+    # twice (the period before and the one after).
+    t_lo, t_hi = ticks[0].t, ticks[-1].t
+    jitter_ms = [
+        r["late_s"] * 1000
+        for r in read_log(client.log_path)
+        if r.get("type") == "tick" and r.get("late_s") is not None and t_lo <= r["t"] <= t_hi
+    ]
     periods = [t.period_s for t in ticks[1:]]
     period_dev_ms = [abs(p - period) * 1000 for p in periods]
     work_ms = [t.work_s * 1000 for t in ticks]

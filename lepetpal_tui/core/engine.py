@@ -151,6 +151,7 @@ class Engine:
         self._reset_policy = False
         self._macro: _Macro | None = None
         self._bus_failures = 0
+        self._late_s = 0.0
         self._latency_ticks: deque[int] = deque(maxlen=3)
         self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
         self._stopping = threading.Event()
@@ -584,6 +585,7 @@ class Engine:
                 k = int((now - t0) / period)
                 self.overruns += 1
             try:
+                self._late_s = now - (t0 + k * period)  # how late this tick started: the jitter
                 self._tick(k, now, now - last_start)
             except Exception as exc:  # a bug must not leave the arm moving: hold and report
                 self._halt(EngineState.ERROR, f"internal error: {exc}")
@@ -692,7 +694,7 @@ class Engine:
         )
         self.coalescer.add_tick(sample)
         if self.log is not None:
-            self.log.tick(sample, self._state)
+            self.log.tick(sample, self._state, late_s=self._late_s)
 
     def _bus_failure(self, exc: BaseException) -> None:
         self._bus_failures += 1

@@ -130,13 +130,14 @@ class SessionLog:
             self._fh.write(line + "\n")
             self._fh.flush()  # to the OS: survives kill -9 of this process
 
-    def tick(self, s: TickSample, state: EngineState) -> None:
+    def tick(self, s: TickSample, state: EngineState, late_s: float | None = None) -> None:
         if not self._log_ticks:
             return
         self._write(
             {
                 "type": "tick",
                 "t": round(s.t, 6),
+                "late_s": None if late_s is None else round(late_s, 6),  # start vs its deadline
                 "period_s": round(s.period_s, 6),
                 "work_s": round(s.work_s, 6),
                 "state": state.value,
