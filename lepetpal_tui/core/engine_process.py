@@ -108,6 +108,9 @@ class PolicyProcessError(RuntimeError):
 def _policy_main(conn: Connection, settings: Settings) -> None:
     """Load the policy and serve `infer` requests, in its own process (its own GIL)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # OpenMP workers that spin while waiting steal the CPU the control loop and the bus need on a
+    # small machine; passive waiting costs inference little. Must be set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from lepetpal_tui.core.policy import load_policy
 
     try:
