@@ -248,14 +248,19 @@ def choose_dtype(
         return runner, "bf16 VLM" + note, timing.total_s
     if runner.parameters < BF16_MIN_PARAMETERS:
         _, timing = runner.raw_chunk(obs)
-        return runner, f"fp32 (model too small for bf16 to help: {runner.parameters:,} parameters)", timing.total_s
+        return runner, f"fp32 (model too small for int8/bf16 to help: {runner.parameters:,} parameters)", timing.total_s
     noise = runner.make_noise()
     ref, t32 = runner.raw_chunk(obs, noise=noise)
     rejected: list[str] = []
     candidates = (("int8", SmolVLARunner.to_int8),) if policy_speed.int8_supported() else ()
     for name, convert in (*candidates, ("bf16", SmolVLARunner.to_bf16)):
-        convert(runner)
-        diff, speedup, seconds = _compare(runner, obs, noise, ref, t32.total_s)
+        try:
+            convert(runner)
+            diff, speedup, seconds = _compare(runner, obs, noise, ref, t32.total_s)
+        except Exception as exc:  # e.g. a quantized engine that lacks per-channel int8: try the next one
+            rejected.append(f"{name}: {type(exc).__name__}: {exc}")
+            runner = reload()
+            continue
         if speedup >= BF16_MIN_SPEEDUP and diff <= ACTION_TOLERANCE:
             return runner, f"{name} VLM ({speedup:.1f}x faster than fp32, max diff {diff:.2f})", seconds
         rejected.append(f"{name}: " + (f"speed-up {speedup:.2f}x" if speedup < BF16_MIN_SPEEDUP
