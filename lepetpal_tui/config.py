@@ -104,8 +104,9 @@ class ModelSettings:
     device: Literal["auto", "cpu", "cuda", "mps"] = field(
         default="auto", metadata=_meta('"auto" (cuda, then mps, then cpu), "cpu", "cuda" or "mps"')
     )
-    dtype: Literal["auto", "fp32", "bf16"] = field(
-        default="auto", metadata=_meta('"auto" (bf16 VLM), "fp32" or "bf16"')
+    dtype: Literal["auto", "fp32", "bf16", "int8"] = field(
+        default="auto",
+        metadata=_meta('"auto" (int8 on CPU, bf16 on CUDA; checked against fp32 at load), "fp32", "bf16" or "int8"'),
     )
     flow_steps: int = field(default=10, metadata=_meta("flow-matching denoising steps", lo=1, hi=100))
     actions_per_chunk: int = field(default=50, metadata=_meta("actions used from each chunk", lo=1, hi=1000))

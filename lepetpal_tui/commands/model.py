@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("target", metavar="PATH_OR_REPO", nargs="?", default=None,
                        help="checkpoint folder or hub repo id (default: [model] path, or the demo checkpoint)")
     check.add_argument("--revision", default=None, help="hub branch, tag or commit (default: [model] revision)")
-    check.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default=None, help="override [model] dtype")
+    check.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default=None, help="override [model] dtype")
     check.add_argument("--flow-steps", type=int, default=None, help="override [model] flow_steps")
 
 

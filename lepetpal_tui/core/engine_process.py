@@ -212,7 +212,28 @@ def spawn_policy_process(settings: Settings, on_status: Any, cancel: threading.E
 # ------------------------------------------------------------------------------------------ child side
 
 
+def engine_output_path(log_path: Path) -> Path:
+    """Where the engine process's stdout/stderr go (beside the session log)."""
+    return log_path.with_suffix(".engine.log")
+
+
+def _redirect_output(path: Path) -> None:
+    """Send fds 1 and 2 (and so the policy process's) to a file: the engine shares the terminal with a
+    full-screen UI, and a stray warning from torch or LeRobot would garble it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return  # keep the terminal rather than fail to start
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_path: str) -> None:
+    _redirect_output(engine_output_path(Path(log_path)))
     # A shorter GIL switch interval bounds how long Python work in other threads (pre/post-processing,
     # telemetry) can delay a tick.
     sys.setswitchinterval(0.001)
@@ -321,7 +342,8 @@ class EngineClient:
                         hold_reason="engine process gone",
                         events=[EngineEvent(time.monotonic(), "error",
                                             f'The engine process is gone ({exc}); "{cmd.kind}" was not delivered.',
-                                            f"Restart lepetpal. The session log is {self.log_path}.")],
+                                            f"Restart lepetpal. The session log is {self.log_path}; the engine's "
+                                            f"own output is in {engine_output_path(self.log_path)}.")],
                     )
                 )
 
