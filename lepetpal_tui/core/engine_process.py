@@ -390,4 +390,8 @@ class EngineClient:
         self._process.join(1.0)
         with contextlib.suppress(Exception):
             self._conn.close()
+        out = engine_output_path(self.log_path)
+        with contextlib.suppress(OSError):
+            if out.stat().st_size == 0:
+                out.unlink()  # nothing was printed: don't leave an empty file per session
         return batches
