@@ -80,8 +80,9 @@ class LePetPalApp(App[int]):
         Binding("r", "rearm", "Re-arm"),
         Binding("h", "macro('home')", "Home"),
         Binding("t", "macro('throw')", "Throw"),
-        Binding("q", "quit", "Quit"),
-        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
+        # ctrl+q is the one shown: it works while typing in the task field too, where `q` is just a letter.
+        Binding("q", "quit", "Quit", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True, key_display="^Q"),
         Binding("escape", "leave_field", "Leave field", show=False),
         Binding("enter", "focus_task", "Task field", show=False),
     ]
@@ -421,17 +422,14 @@ class LePetPalApp(App[int]):
             self.notify("Type a task in the Task field first.", severity="warning")
             self.main.query_one("#task-input", Input).focus()
             return
-        if self.send("start", task=task):
-            self.log_ui("info", f"start: {task}")
+        self.send("start", task=task)  # the engine's own event confirms it in the log
 
     def action_stop(self) -> None:
-        if self.send("stop"):
-            self.log_ui("info", "stop: the arm holds its pose")
+        self.send("stop")
 
     def action_toggle_dry_run(self) -> None:
         flag = not self.store.dry_run
-        if self.send("set_dry_run", flag=flag):
-            self.log_ui("info", f"dry-run {'on: nothing will be written to the arm' if flag else 'off'}")
+        self.send("set_dry_run", flag=flag)
 
     def action_rearm(self) -> None:
         if self.store.state != EngineState.ESTOP:
@@ -473,8 +471,8 @@ class LePetPalApp(App[int]):
         elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
             if self.send("set_task", task=message.task):
                 self.log_ui("info", f"task changed: {message.task}")
-        elif not self._policy_loading() and self.send("start", task=message.task):
-            self.log_ui("info", f"start: {message.task}")
+        elif not self._policy_loading():
+            self.send("start", task=message.task)  # confirmed by the engine's "Running" event
         # Leave the field so Space is an e-stop again.
         self.set_focus(None)
 
