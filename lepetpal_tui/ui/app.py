@@ -339,7 +339,10 @@ class LePetPalApp(App[int]):
     def redraw(self, throttled: bool = False) -> None:
         """Draw the store into the panes; cheap when nothing changed. The refresh timer passes
         `throttled=True` so the latency sparklines repaint at a lower rate than the joints."""
-        # While the app exits, the timer and late messages can still fire after the panes are gone.
+        # While the app exits, the timer and late messages can still fire after the panes (or the
+        # whole screen stack) are gone.
+        if not self.screen_stack:
+            return
         with contextlib.suppress(NoMatches):
             self._redraw(throttled)
 
