@@ -9,6 +9,7 @@ layers inside `vlm_with_expert` change: the state/action projections are small a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,11 +75,152 @@ def quantize_linears(module: nn.Module, keep: Callable[[str], bool] = lambda nam
     return len(targets)
 
 
+class _FusedInt8:
+    """One int8 linear over several projections' concatenated weights (q/k/v, or an MLP's gate/up).
+
+    Per-channel weight scales make the fused weights the same as the separate ones, and the activation
+    scale is per call over the same input, so the result matches the separate linears; one call instead
+    of three pays the quantize/dequantize overhead once (most of the cost for the expert's 50 tokens).
+    """
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        biases = [lin.bias for lin in linears]
+        fused = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears),
+                          bias=biases[0] is not None)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([lin.weight.detach().float() for lin in linears]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([b.detach().float() for b in biases]))  # type: ignore[misc]
+        self.linear = Int8Linear(fused)
+        self.bounds: list[tuple[int, int]] = []
+        start = 0
+        for lin in linears:
+            self.bounds.append((start, start + lin.out_features))
+            start += lin.out_features
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+
+    def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        # The callers (LeRobot, transformers) call q, k, v in turn on the very same tensor: the first
+        # call computes all of them, the others take their slice.
+        if self._input is not x or self._output is None:
+            self._input, self._output = x, self.linear(x)
+        lo, hi = self.bounds[index]
+        out = self._output[..., lo:hi]
+        if index == len(self.bounds) - 1:
+            self._input = self._output = None
+        return out
+
+
+class FusedPart(nn.Module):
+    """One projection of a `_FusedInt8` group, standing in for its nn.Linear."""
+
+    weight: torch.Tensor
+
+    def __init__(self, group: _FusedInt8, index: int, linear: nn.Linear) -> None:
+        super().__init__()
+        self.group = group
+        self.index = index
+        self.fused = group.linear if index == 0 else None  # registered once, for repr and state
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.register_buffer("weight", torch.empty(0, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.part(self.index, x)
+
+
+class MemoInt8Linear(Int8Linear):
+    """Int8Linear that returns its previous output for an equal input.
+
+    The expert's cross-attention layers project the cached prefix K/V again on every flow step; the
+    prefix does not change within a chunk, so the 2nd..10th projections are the same (checked exactly).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        if last is not None and last[0].shape == x.shape and last[0].dtype == x.dtype and torch.equal(last[0], x):
+            return last[1]
+        y = super().forward(x)
+        self._last = (x.clone(), y)
+        return y
+
+
+def fuse_projections(module: nn.Module) -> int:
+    """Fuse q/k/v (same input size) and MLP gate/up into single int8 linears; memoise cross-attention
+    K/V projections (k/v input size differs from q's). Returns the number of groups changed."""
+    n = 0
+    for mod in list(module.modules()):
+        names: tuple[str, ...] = ()
+        if all(isinstance(getattr(mod, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj")):
+            lins = [getattr(mod, a) for a in ("q_proj", "k_proj", "v_proj")]
+            if len({lin.in_features for lin in lins}) == 1:
+                names = ("q_proj", "k_proj", "v_proj")
+            else:
+                for a in ("k_proj", "v_proj"):
+                    setattr(mod, a, MemoInt8Linear(getattr(mod, a)))
+                n += 1
+        elif all(isinstance(getattr(mod, a, None), nn.Linear) for a in ("gate_proj", "up_proj")):
+            names = ("gate_proj", "up_proj")
+        if not names:
+            continue
+        lins = [getattr(mod, a) for a in names]
+        if len({lin.bias is None for lin in lins}) != 1:
+            continue
+        group = _FusedInt8(lins)
+        for i, (a, lin) in enumerate(zip(names, lins, strict=True)):
+            setattr(mod, a, FusedPart(group, i, lin))
+        n += 1
+    return n
+
+
+def contiguous_vision_embeddings(module: nn.Module) -> int:
+    """SigLIP's patch embeddings come out transposed (non-contiguous); the residual stream keeps that
+    layout through all 12 layers, so every LayerNorm copies its input and every add runs strided.
+    One copy at the start avoids them (same values)."""
+    n = 0
+    for mod in module.modules():
+        if type(mod).__name__.endswith("VisionEmbeddings"):
+            mod.register_forward_hook(lambda _m, _i, out: out.contiguous())
+            n += 1
+    return n
+
+
+class InplaceGELU(nn.Module):
+    """The vision MLP's GELU, in place on fc1's fresh output: same function, no 12 MB temporary per layer."""
+
+    def __init__(self, approximate: str) -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)  # type: ignore[no-any-return]
+
+
+def inplace_vision_gelu(module: nn.Module) -> int:
+    """Swap transformers' tanh-GELU in the vision MLPs (fc1 -> act -> fc2) for `InplaceGELU`."""
+    n = 0
+    for mod in module.modules():
+        act = getattr(mod, "activation_fn", None)
+        if type(mod).__name__.endswith("VisionMLP") and type(act).__name__ in ("GELUTanh", "PytorchGELUTanh"):
+            setattr(mod, "activation_fn", InplaceGELU("tanh"))  # noqa: B010
+            n += 1
+    return n
+
+
 def to_int8(policy: nn.Module) -> int:
     """int8 linears + SDPA attention for SmolVLA's VLM + action expert, in place; the rest stays fp32."""
     vlm_with_expert: nn.Module = policy.model.vlm_with_expert  # type: ignore[union-attr,assignment]
     vlm_with_expert.to(torch.float32)
     use_sdpa_attention(policy)
+    contiguous_vision_embeddings(vlm_with_expert)
+    inplace_vision_gelu(vlm_with_expert)
+    fuse_projections(vlm_with_expert)
+    use_lean_denoiser(policy)
     return quantize_linears(vlm_with_expert)
 
 
@@ -128,3 +270,143 @@ def use_sdpa_attention(policy: nn.Module) -> None:
         return sdpa_attention(vlm_with_expert, *args)  # type: ignore[arg-type]
 
     setattr(vlm_with_expert, "eager_attention_forward", attention)  # noqa: B010 (an instance override)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """LeRobot's apply_rope with the angles computed once per chunk ([B, L, H, D] in, same out):
+    cos = [cos, cos] and sin = [-sin, sin] over the two halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
+
+
+def _angles(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d_half = head_dim // 2
+    exponents = (2.0 / head_dim) * torch.arange(d_half, dtype=torch.float32, device=positions.device)
+    radians = positions[..., None].to(torch.float32) / (10_000**exponents)[None, None, :]
+    radians = radians[..., None, :]
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm in one fused op (fp32 throughout, as the expert runs in fp32 here)."""
+    weight: torch.Tensor = norm.weight  # type: ignore[assignment]
+    return torch.nn.functional.rms_norm(x, weight.shape, weight, float(norm.variance_epsilon))  # type: ignore[arg-type]
+
+
+def _mask(allowed: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, L, S] mask -> additive fp32 [B, 1, L, S] (SDPA converts a bool mask on every call)."""
+    zero = torch.zeros((), dtype=torch.float32)
+    return torch.where(allowed, zero, torch.tensor(float("-inf")))[:, None]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [B, L, H, D], k/v [B, H, S, D] already repeated for GQA; returns [B, L, H * D]."""
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
+class LeanDenoiser:
+    """SmolVLA's `denoise_step` for the action expert with the per-chunk work done once.
+
+    LeRobot recomputes on every flow step what does not depend on x_t: attention masks, position ids,
+    RoPE angles, the cross-attention layers' projection of the (fixed) prefix K/V, and the GQA
+    expansion of the prefix K/V; with 16 layers x 10 steps the Python and small-op overhead of that
+    is a large part of the denoising time on a CPU. Same math as LeRobot's expert path (fp32
+    attention scores, same residual order), checked against it by the bench and the tests.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._cache: object | None = None
+        self._chunk: dict[str, object] = {}
+
+    def _prepare(self, prefix_pad_masks: torch.Tensor, cache: object, suffix_pad: torch.Tensor,
+                 suffix_att: torch.Tensor) -> dict[str, object]:
+        from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
+
+        vwe: Any = self.model.vlm_with_expert
+        _, expert_layers = vwe.get_model_layers([vwe.get_vlm_model().text_model, vwe.lm_expert])
+        bsize, suffix_len = suffix_pad.shape
+        prefix_len = prefix_pad_masks.shape[1]
+        full = torch.cat([prefix_pad_masks[:, None, :].expand(bsize, suffix_len, prefix_len),
+                          make_att_2d_masks(suffix_pad, suffix_att)], dim=2)
+        offsets = torch.sum(prefix_pad_masks, dim=-1)[:, None]
+        positions = offsets + torch.cumsum(suffix_pad, dim=1) - 1
+        head_dim = int(vwe.vlm.config.text_config.head_dim)
+        every = int(vwe.self_attn_every_n_layers)
+        cross = "cross" in str(vwe.attention_mode)
+        layers: list[tuple[str, nn.Module | None, torch.Tensor | None, torch.Tensor | None]] = []
+        for idx, layer in enumerate(expert_layers):
+            if layer is None:
+                layers.append(("skip", None, None, None))
+                continue
+            attn = layer.self_attn
+            keys = cache.layers[idx].keys  # type: ignore[attr-defined]  # [B, H_kv, P, D], post-RoPE
+            values = cache.layers[idx].values  # type: ignore[attr-defined]
+            groups = int(attn.config.num_attention_heads) // int(keys.shape[1])
+            if not cross or (every > 0 and idx % every == 0):
+                layers.append(("self", layer, keys.repeat_interleave(groups, dim=1),
+                               values.repeat_interleave(groups, dim=1)))
+                continue
+            k = keys.transpose(1, 2).reshape(*keys.shape[:1], keys.shape[2], -1)
+            v = values.transpose(1, 2).reshape(*values.shape[:1], values.shape[2], -1)
+            ek = attn.k_proj(k).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
+            ev = attn.v_proj(v).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
+            g = int(attn.config.num_attention_heads) // int(ek.shape[1])
+            layers.append(("cross", layer, ek.repeat_interleave(g, dim=1), ev.repeat_interleave(g, dim=1)))
+        rel = positions - torch.min(positions, dim=1, keepdim=True).values
+        return {
+            "layers": layers, "prefix_len": prefix_len, "scale": head_dim**-0.5,
+            "self_mask": _mask(full), "cross_mask": _mask(full[:, :, :prefix_len]),
+            "self_rope": _angles(positions, head_dim), "cross_rope": _angles(rel, head_dim),
+        }
+
+    def __call__(self, prefix_pad_masks: torch.Tensor, past_key_values: object, x_t: torch.Tensor,
+                 timestep: torch.Tensor) -> torch.Tensor:
+        model: Any = self.model
+        suffix_embs, suffix_pad, suffix_att = model.embed_suffix(x_t, timestep)
+        if self._cache is not past_key_values:
+            self._chunk = self._prepare(prefix_pad_masks, past_key_values, suffix_pad, suffix_att)
+            self._cache = past_key_values
+        c: Any = self._chunk
+        h = suffix_embs
+        bsize, length = h.shape[:2]
+        for kind, layer, pk, pv in c["layers"]:
+            if kind == "skip":
+                continue
+            attn = layer.self_attn
+            x = _rms(layer.input_layernorm, h)
+            shape = (bsize, length, -1, attn.head_dim)
+            if kind == "self":
+                cos, sin = c["self_rope"]
+                q = _rope(attn.q_proj(x).view(shape), cos, sin)
+                k = _rope(attn.k_proj(x).view(shape), cos, sin).transpose(1, 2)
+                v = attn.v_proj(x).view(shape).transpose(1, 2)
+                g = q.shape[2] // k.shape[1]
+                k = torch.cat([pk, k.repeat_interleave(g, dim=1)], dim=2)
+                v = torch.cat([pv, v.repeat_interleave(g, dim=1)], dim=2)
+                out = _sdpa(q, k, v, c["self_mask"], c["scale"])
+            else:
+                cos, sin = c["cross_rope"]
+                q = _rope(attn.q_proj(x).view(shape), cos, sin)
+                out = _sdpa(q, pk, pv, c["cross_mask"], c["scale"])
+            out_emb = attn.o_proj(out)
+            out_emb += h
+            residual = out_emb.clone()
+            out_emb = layer.mlp(_rms(layer.post_attention_layernorm, out_emb))
+            out_emb += residual
+            h = out_emb
+        h = _rms(model.vlm_with_expert.lm_expert.norm, h)
+        suffix_out = h[:, -model.config.chunk_size:].to(dtype=torch.float32)
+        v_t: torch.Tensor = model.action_out_proj(suffix_out)
+        return v_t
+
+
+def use_lean_denoiser(policy: nn.Module) -> bool:
+    """Route SmolVLA's denoise_step through `LeanDenoiser` (this instance only) when the KV cache is on."""
+    model: Any = policy.model
+    if not getattr(policy.config, "use_cache", False):
+        return False
+    setattr(model, "denoise_step", LeanDenoiser(model))  # noqa: B010 (an instance override)
+    return True
