@@ -120,3 +120,50 @@ def test_sdpa_attention_matches_lerobot_eager(tiny_policy_dir: Path) -> None:
     keep[2] = False
     torch.testing.assert_close(got[0, keep], want[0, keep], atol=1e-5, rtol=1e-5)
     assert torch.isfinite(got).all()
+
+
+class _Attn(nn.Module):
+    def __init__(self, dim: int, kv_in: int) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, 96), nn.Linear(kv_in, 32), nn.Linear(kv_in, 32)
+
+
+def test_fused_qkv_matches_separate_int8_linears() -> None:
+    torch.manual_seed(0)
+    attn = _Attn(64, 64)
+    separate = [Int8Linear(lin) for lin in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    assert policy_speed.fuse_projections(attn) == 1
+    assert all(isinstance(m, policy_speed.FusedPart) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    with torch.inference_mode():
+        for x in (torch.randn(1, 50, 64), torch.randn(1, 7, 64)):
+            got = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
+            for g, s in zip(got, separate, strict=True):
+                torch.testing.assert_close(g, s(x), atol=1e-5, rtol=1e-5)
+        # k alone on another tensor (not after q on the same one) is still right
+        x = torch.randn(1, 5, 64)
+        torch.testing.assert_close(attn.k_proj(x), separate[1](x), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> None:
+    torch.manual_seed(0)
+    attn = _Attn(64, 32)  # k/v read another input size (the prefix K/V): memoised, not fused
+    policy_speed.fuse_projections(attn)
+    assert isinstance(attn.k_proj, policy_speed.MemoInt8Linear) and type(attn.q_proj) is nn.Linear
+    with torch.inference_mode():
+        x = torch.randn(1, 9, 32)
+        first = attn.k_proj(x)
+        assert attn.k_proj(x.clone()) is first
+        other = attn.k_proj(x + 1)
+        assert other is not first and not torch.equal(other, first)
+
+
+def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path) -> None:
+    ref = _runner(tiny_policy_dir)
+    lean = _runner(tiny_policy_dir)
+    assert policy_speed.use_lean_denoiser(lean.policy)
+    for seed, task in ((0, "pick up the cube"), (5, "put it in the box")):
+        obs = sv.warmup_observation(("front",), task=task)
+        noise = ref.make_noise(seed)
+        want, _ = ref.raw_chunk(obs, noise=noise)
+        got, _ = lean.raw_chunk(obs, noise=noise)
+        np.testing.assert_allclose(got, want, atol=1e-3)
