@@ -330,10 +330,21 @@ def _mask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, zero, torch.tensor(float("-inf")))[:, None]
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [B, L, H, D], k/v [B, H, S, D] already repeated for GQA; returns [B, L, H * D]."""
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+def _gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention without expanding K/V: q [B, L, H, D], k/v [B, Hkv, S, D], mask additive
+    [B, 1, G * L, S] (the [L, S] mask repeated per query head of a group); returns [B, L, H * D].
+
+    The query heads that share a K/V head are stacked as rows (query head h reads K/V head h // G, as
+    LeRobot's repeat_interleave); for the expert's 50 x ~120 attention three batched ops beat SDPA's
+    kernel and the K/V copies.
+    """
+    b, length, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    qs = q.transpose(1, 2).reshape(b * kv_heads, heads // kv_heads * length, dim)
+    scores = torch.baddbmm(mask.expand(b, kv_heads, -1, -1).reshape(b * kv_heads, qs.shape[1], -1), qs,
+                           k.reshape(b * kv_heads, -1, dim).transpose(1, 2), alpha=scale)
+    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * kv_heads, -1, dim))
+    return out.view(b, heads, length, dim).transpose(1, 2).reshape(b, length, heads * dim)
 
 
 class LeanDenoiser:
@@ -374,21 +385,21 @@ class LeanDenoiser:
             attn = layer.self_attn
             keys = cache.layers[idx].keys  # type: ignore[attr-defined]  # [B, H_kv, P, D], post-RoPE
             values = cache.layers[idx].values  # type: ignore[attr-defined]
-            groups = int(attn.config.num_attention_heads) // int(keys.shape[1])
             if not cross or (every > 0 and idx % every == 0):
-                layers.append(("self", layer, keys.repeat_interleave(groups, dim=1),
-                               values.repeat_interleave(groups, dim=1)))
+                layers.append(("self", layer, keys, values))
                 continue
             k = keys.transpose(1, 2).reshape(*keys.shape[:1], keys.shape[2], -1)
             v = values.transpose(1, 2).reshape(*values.shape[:1], values.shape[2], -1)
             ek = attn.k_proj(k).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
             ev = attn.v_proj(v).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
-            g = int(attn.config.num_attention_heads) // int(ek.shape[1])
-            layers.append(("cross", layer, ek.repeat_interleave(g, dim=1), ev.repeat_interleave(g, dim=1)))
+            layers.append(("cross", layer, ek.contiguous(), ev.contiguous()))
+        expert0 = next(layer for layer in expert_layers if layer is not None)
+        groups = int(expert0.self_attn.config.num_attention_heads) // int(cache.layers[0].keys.shape[1])  # type: ignore[attr-defined]
         rel = positions - torch.min(positions, dim=1, keepdim=True).values
         return {
             "layers": layers, "prefix_len": prefix_len, "scale": head_dim**-0.5,
-            "self_mask": _mask(full), "cross_mask": _mask(full[:, :, :prefix_len]),
+            "self_mask": _mask(full).repeat(1, 1, groups, 1),
+            "cross_mask": _mask(full[:, :, :prefix_len]).repeat(1, 1, groups, 1),
             "self_rope": _angles(positions, head_dim), "cross_rope": _angles(rel, head_dim),
         }
 
@@ -413,14 +424,12 @@ class LeanDenoiser:
                 q = _rope(attn.q_proj(x).view(shape), cos, sin)
                 k = _rope(attn.k_proj(x).view(shape), cos, sin).transpose(1, 2)
                 v = attn.v_proj(x).view(shape).transpose(1, 2)
-                g = q.shape[2] // k.shape[1]
-                k = torch.cat([pk, k.repeat_interleave(g, dim=1)], dim=2)
-                v = torch.cat([pv, v.repeat_interleave(g, dim=1)], dim=2)
-                out = _sdpa(q, k, v, c["self_mask"], c["scale"])
+                out = _gqa_attention(q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), c["self_mask"],
+                                     c["scale"])
             else:
                 cos, sin = c["cross_rope"]
                 q = _rope(attn.q_proj(x).view(shape), cos, sin)
-                out = _sdpa(q, pk, pv, c["cross_mask"], c["scale"])
+                out = _gqa_attention(q, pk, pv, c["cross_mask"], c["scale"])
             out_emb = attn.o_proj(out)
             out_emb += h
             residual = out_emb.clone()
