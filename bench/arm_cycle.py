@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lepetpal_tui.config import JOINT_NAMES
+from lepetpal_tui.core.telemetry import percentile
 from lepetpal_tui.sim.process import SimArm
 
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_cycle.json"
@@ -33,11 +34,6 @@ def _bus(port: str) -> Any:
     calib = {n: MotorCalibration(id=m.id, drive_mode=0, homing_offset=0, range_min=0, range_max=4095)
              for n, m in motors.items()}
     return FeetechMotorsBus(port, motors, calib)
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def measure(wire_time: bool, cycles: int) -> dict[str, Any]:
@@ -71,9 +67,9 @@ def measure(wire_time: bool, cycles: int) -> dict[str, Any]:
         "wire_time": wire_time,
         "cycles": len(totals),
         "read_failures": failures,
-        "cycle_ms": {"median": statistics.median(totals), "p99": _pct(totals, 0.99), "max": max(totals)},
-        "sync_read_ms": {"median": statistics.median(reads), "p99": _pct(reads, 0.99)},
-        "sync_write_ms": {"median": statistics.median(writes), "p99": _pct(writes, 0.99)},
+        "cycle_ms": {"median": statistics.median(totals), "p99": percentile(totals, 99), "max": max(totals)},
+        "sync_read_ms": {"median": statistics.median(reads), "p99": percentile(reads, 99)},
+        "sync_write_ms": {"median": statistics.median(writes), "p99": percentile(writes, 99)},
     }
 
 

@@ -26,15 +26,10 @@ from typing import Any
 
 from lepetpal_tui.config import Settings
 from lepetpal_tui.core.engine_process import EngineClient
-from lepetpal_tui.core.telemetry import read_log
+from lepetpal_tui.core.telemetry import percentile, read_log
 from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch, TickSample
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_loop.json"
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))] if s else float("nan")
 
 
 def busy_ui(stop: threading.Event) -> None:
@@ -141,14 +136,14 @@ def main() -> int:
         "rate_hz": settings.control.rate_hz,
         "run_s": args.duration,
         "ticks": len(ticks),
-        "tick_jitter_ms": {"p50": pct(jitter_ms, 50), "p99": pct(jitter_ms, 99), "max": max(jitter_ms)},
-        "period_deviation_ms": {"p50": pct(period_dev_ms, 50), "p99": pct(period_dev_ms, 99),
+        "tick_jitter_ms": {"p50": percentile(jitter_ms, 50), "p99": percentile(jitter_ms, 99), "max": max(jitter_ms)},
+        "period_deviation_ms": {"p50": percentile(period_dev_ms, 50), "p99": percentile(period_dev_ms, 99),
                                 "max": max(period_dev_ms)},
         "load_average_1min": os.getloadavg()[0],
-        "tick_work_ms": {"p50": pct(work_ms, 50), "p99": pct(work_ms, 99)},
+        "tick_work_ms": {"p50": percentile(work_ms, 50), "p99": percentile(work_ms, 99)},
         "starved_ticks": starved,
         "chunks": len(chunks),
-        "chunk_latency_ms": {"p50": pct(lat_ms, 50), "p99": pct(lat_ms, 99)} if lat_ms else None,
+        "chunk_latency_ms": {"p50": percentile(lat_ms, 50), "p99": percentile(lat_ms, 99)} if lat_ms else None,
         "estop_to_last_goal_write_ms": {
             "samples": [round(v, 2) for v in estop_ms],
             "max": max(estop_ms) if estop_ms else None,
@@ -166,9 +161,9 @@ def main() -> int:
           f"max {j['max']:.3f} ms   (goal p99 <= 2 ms: {'met' if j['p99'] <= 2.0 else 'NOT met'})")
     print(f"|period - {period * 1000:.2f} ms|: p50 {pd['p50']:.3f} ms  p99 {pd['p99']:.3f} ms  max {pd['max']:.3f} ms")
     print(f"machine load average (1 min) at the end: {result['load_average_1min']:.2f} on {os.cpu_count()} cores")
-    print(f"tick work (read + filter + write): p50 {pct(work_ms, 50):.2f} ms  p99 {pct(work_ms, 99):.2f} ms")
+    print(f"tick work (read + filter + write): p50 {percentile(work_ms, 50):.2f} ms  p99 {percentile(work_ms, 99):.2f} ms")
     if lat_ms:
-        print(f"chunks {len(chunks)}; chunk latency p50 {pct(lat_ms, 50):.0f} ms  p99 {pct(lat_ms, 99):.0f} ms")
+        print(f"chunks {len(chunks)}; chunk latency p50 {percentile(lat_ms, 50):.0f} ms  p99 {percentile(lat_ms, 99):.0f} ms")
     if estop_ms:
         print(f"e-stop -> last goal write: {', '.join(f'{v:.1f}' for v in estop_ms)} ms "
               f"(max {max(estop_ms):.1f} ms; one tick is {period * 1000:.1f} ms)")

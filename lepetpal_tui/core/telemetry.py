@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -193,12 +193,18 @@ def read_log(path: Path) -> Iterator[dict[str, Any]]:
                 yield rec
 
 
-def _pct(values: list[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values. The one definition used by the session
+    summary, the UI's latency pane and the benchmarks, so their figures agree."""
     if not values:
-        return None
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, math.ceil(q / 100.0 * len(s)) - 1))
-    return s[k]
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return percentile(values, q) if values else None
 
 
 @dataclass(frozen=True)

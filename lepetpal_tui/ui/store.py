@@ -10,6 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from lepetpal_tui.core.telemetry import percentile
 from lepetpal_tui.core.types import (
     EngineEvent,
     EngineState,
@@ -21,15 +22,6 @@ from lepetpal_tui.core.types import (
 
 HISTORY_TICKS = 300  # 10 s at 30 Hz
 HISTORY_CHUNKS = 120
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 @dataclass(frozen=True)
