@@ -127,7 +127,7 @@ def main() -> int:
     import torch
 
     from lepetpal_tui.config import ModelSettings
-    from lepetpal_tui.core import policy_speed
+    from lepetpal_tui.core.int8_linear import int8_supported
     from lepetpal_tui.core.policy_smolvla import ACTION_TOLERANCE, SmolVLARunner
 
     if args.threads:
@@ -135,7 +135,7 @@ def main() -> int:
     load_start = os.getloadavg()
     defaults = ModelSettings()
     our_steps = args.flow_steps or defaults.flow_steps
-    auto_dtype = "int8" if policy_speed.int8_supported() else "bf16"
+    auto_dtype = "int8" if int8_supported() else "bf16"
     dtype = args.dtype or auto_dtype
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:

@@ -17,6 +17,7 @@ import torch
 
 from lepetpal_tui.config import JOINT_NAMES, ModelSettings
 from lepetpal_tui.core import policy_speed
+from lepetpal_tui.core.int8_linear import int8_supported
 from lepetpal_tui.core.policy_errors import PolicyError
 from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
 
@@ -237,7 +238,7 @@ def choose_dtype(
     if setting == "fp32" or runner.device == "mps":
         _, timing = runner.raw_chunk(obs)
         return runner, "fp32" + (" (bf16 is not used on mps)" if setting != "fp32" else ""), timing.total_s
-    if setting == "int8" and runner.device == "cpu" and policy_speed.int8_supported():
+    if setting == "int8" and runner.device == "cpu" and int8_supported():
         runner.to_int8()
         _, timing = runner.raw_chunk(obs)
         return runner, "int8 VLM", timing.total_s
@@ -252,7 +253,7 @@ def choose_dtype(
     noise = runner.make_noise()
     ref, t32 = runner.raw_chunk(obs, noise=noise)
     rejected: list[str] = []
-    candidates = (("int8", SmolVLARunner.to_int8),) if policy_speed.int8_supported() else ()
+    candidates = (("int8", SmolVLARunner.to_int8),) if int8_supported() else ()
     for name, convert in (*candidates, ("bf16", SmolVLARunner.to_bf16)):
         try:
             convert(runner)

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from lepetpal_tui.config import ModelSettings
+from lepetpal_tui.core import int8_linear, lean_denoiser, policy_speed
 from lepetpal_tui.core import policy_smolvla as sv
-from lepetpal_tui.core import policy_speed
-from lepetpal_tui.core.policy_speed import Int8Linear, quantize_linears
+from lepetpal_tui.core.int8_linear import Int8Linear, quantize_linears
 from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
 
-pytestmark = pytest.mark.skipif(not policy_speed.int8_supported(), reason="no quantized CPU engine")
+pytestmark = pytest.mark.skipif(not int8_linear.int8_supported(), reason="no quantized CPU engine")
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -132,8 +132,8 @@ def test_fused_qkv_matches_separate_int8_linears() -> None:
     torch.manual_seed(0)
     attn = _Attn(64, 64)
     separate = [Int8Linear(lin) for lin in (attn.q_proj, attn.k_proj, attn.v_proj)]
-    assert policy_speed.fuse_projections(attn) == 1
-    assert all(isinstance(m, policy_speed.FusedPart) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    assert int8_linear.fuse_projections(attn) == 1
+    assert all(isinstance(m, int8_linear.FusedPart) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
     with torch.inference_mode():
         for x in (torch.randn(1, 50, 64), torch.randn(1, 7, 64)):
             got = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
@@ -147,8 +147,8 @@ def test_fused_qkv_matches_separate_int8_linears() -> None:
 def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> None:
     torch.manual_seed(0)
     attn = _Attn(64, 32)  # k/v read another input size (the prefix K/V): memoised, not fused
-    policy_speed.fuse_projections(attn)
-    assert isinstance(attn.k_proj, policy_speed.MemoInt8Linear) and type(attn.q_proj) is nn.Linear
+    int8_linear.fuse_projections(attn)
+    assert isinstance(attn.k_proj, int8_linear.MemoInt8Linear) and type(attn.q_proj) is nn.Linear
     with torch.inference_mode():
         x = torch.randn(1, 9, 32)
         first = attn.k_proj(x)
@@ -160,7 +160,7 @@ def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> No
 def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path) -> None:
     ref = _runner(tiny_policy_dir)
     lean = _runner(tiny_policy_dir)
-    assert policy_speed.use_lean_denoiser(lean.policy)
+    assert lean_denoiser.use_lean_denoiser(lean.policy)
     for seed, task in ((0, "pick up the cube"), (5, "put it in the box")):
         obs = sv.warmup_observation(("front",), task=task)
         noise = ref.make_noise(seed)
