@@ -8,13 +8,42 @@ cross-attention K/V projections memoised within a chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 # Modules never quantized: the VLM's lm_head is never called by SmolVLA (quantizing it only costs time).
 SKIP_NAMES = ("lm_head",)
+
+
+# The torch threads int8 linears use inside `small_ops_on_one_thread` (0: outside it, leave torch alone).
+_linear_threads = 0
+
+
+@contextlib.contextmanager
+def small_ops_on_one_thread() -> Iterator[None]:
+    """Run the block's ops on one torch thread, except the int8 linears, which keep torch's threads.
+
+    Every multi-threaded op wakes the OpenMP workers, which sleep between ops in the policy process
+    (passive waiting, so that inference never spins on the cores the control loop needs): tens of
+    microseconds each. The action expert (50 tokens) and the text prefix (~70) run ~400 small ops per
+    layer stack on a few thousand values, where those wake-ups cost more than the ops themselves;
+    only their projections gain from more threads.
+    """
+    global _linear_threads
+    threads = torch.get_num_threads()
+    if threads == 1 or _linear_threads:  # nothing to split, or already inside
+        yield
+        return
+    _linear_threads = threads
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _linear_threads = 0
 
 
 def int8_supported() -> bool:
@@ -54,8 +83,15 @@ class Int8Linear(nn.Module):
         dtype = x.dtype
         if dtype != torch.float32:
             x = x.to(torch.float32)
-        # reduce_range=False: full 8-bit activations; VNNI accumulates in int32, so nothing saturates.
-        y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
+        wide = _linear_threads
+        if wide:
+            torch.set_num_threads(wide)  # ~0.3 us
+        try:
+            # reduce_range=False: full 8-bit activations; VNNI accumulates in int32, so nothing saturates.
+            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
+        finally:
+            if wide:
+                torch.set_num_threads(1)
         return y if dtype == torch.float32 else y.to(dtype)
 
     def extra_repr(self) -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from lepetpal_tui.core.int8_linear import FusedPart
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -24,21 +30,24 @@ def _angles(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch
     return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
-def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """LlamaRMSNorm in one fused op (fp32 throughout, as the expert runs in fp32 here)."""
-    weight: torch.Tensor = norm.weight  # type: ignore[assignment]
-    return torch.nn.functional.rms_norm(x, weight.shape, weight, float(norm.variance_epsilon))  # type: ignore[arg-type]
+def _rms(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+    """LlamaRMSNorm as one op (fp32 throughout, as the expert runs in fp32 here)."""
+    weight, eps = norm
+    return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
 
 
-def _mask(allowed: torch.Tensor) -> torch.Tensor:
-    """Boolean [B, L, S] mask -> additive fp32 [B, 1, L, S] (SDPA converts a bool mask on every call)."""
+def _mask(allowed: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
+    """Boolean [B, L, S] mask -> additive fp32 [B * Hkv, G * L, S] as `_gqa_attention` adds it (the
+    [L, S] mask repeated per query head of a group, and per K/V head); built once per chunk."""
     zero = torch.zeros((), dtype=torch.float32)
-    return torch.where(allowed, zero, torch.tensor(float("-inf")))[:, None]
+    additive = torch.where(allowed, zero, torch.tensor(float("-inf")))
+    b, length, s = additive.shape
+    return additive[:, None, None].expand(b, kv_heads, groups, length, s).reshape(b * kv_heads, groups * length, s)
 
 
 def _gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Grouped-query attention without expanding K/V: q [B, L, H, D], k/v [B, Hkv, S, D], mask additive
-    [B, 1, G * L, S] (the [L, S] mask repeated per query head of a group); returns [B, L, H * D].
+    """Grouped-query attention without expanding K/V: q [B, L, H, D], k/v [B, Hkv, S, D], mask from
+    `_mask`; returns [B, L, H * D].
 
     The query heads that share a K/V head are stacked as rows (query head h reads K/V head h // G, as
     LeRobot's repeat_interleave); for the expert's 50 x ~120 attention three batched ops beat SDPA's
@@ -47,10 +56,83 @@ def _gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     b, length, heads, dim = q.shape
     kv_heads = k.shape[1]
     qs = q.transpose(1, 2).reshape(b * kv_heads, heads // kv_heads * length, dim)
-    scores = torch.baddbmm(mask.expand(b, kv_heads, -1, -1).reshape(b * kv_heads, qs.shape[1], -1), qs,
-                           k.reshape(b * kv_heads, -1, dim).transpose(1, 2), alpha=scale)
+    scores = torch.baddbmm(mask, qs, k.reshape(b * kv_heads, -1, dim).transpose(1, 2), alpha=scale)
     out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * kv_heads, -1, dim))
     return out.view(b, heads, length, dim).transpose(1, 2).reshape(b, length, heads * dim)
+
+
+Project = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _side_by_side(mod: nn.Module, names: tuple[str, ...]) -> Project:
+    """One call that computes the projections `names` of `mod` side by side ([..., sum of their sizes]).
+
+    An int8 group fused by `fuse_projections` already is that call; plain nn.Linear weights are
+    concatenated into one (a copy: the module keeps its own); anything else is called in turn.
+    """
+    parts = [getattr(mod, name) for name in names]
+    first = parts[0]
+    if isinstance(first, FusedPart) and len(first.group.bounds) == len(parts) and all(
+            isinstance(p, FusedPart) and p.group is first.group and p.index == i for i, p in enumerate(parts)):
+        fused: Project = first.group.linear
+        return fused
+    if all(type(p) is nn.Linear for p in parts) and len({p.bias is None for p in parts}) == 1:
+        weight = torch.cat([p.weight.detach() for p in parts])
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
+        return lambda x: torch.nn.functional.linear(x, weight, bias)
+    return lambda x: torch.cat([p(x) for p in parts], dim=-1)
+
+
+@dataclass(frozen=True)
+class _ExpertLayer:
+    """What one expert layer's step needs, looked up once (not through ~10 module calls per step)."""
+
+    cross: bool
+    heads: int  # query heads
+    kv_heads: int
+    head_dim: int
+    input_norm: tuple[torch.Tensor, float]
+    post_norm: tuple[torch.Tensor, float]
+    project_in: Project  # self: q|k|v side by side; cross: q (K/V come from the prefix)
+    project_out: Project
+    gate_up: Project
+    intermediate: int
+    down: Project
+    act: Project
+
+    @staticmethod
+    def of(layer: Any, cross: bool) -> _ExpertLayer:
+        attn, mlp = layer.self_attn, layer.mlp
+        head_dim = int(attn.head_dim)
+        return _ExpertLayer(
+            cross=cross, heads=attn.q_proj.out_features // head_dim,
+            kv_heads=attn.k_proj.out_features // head_dim, head_dim=head_dim,
+            input_norm=(layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)),
+            post_norm=(layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)),
+            project_in=attn.q_proj if cross else _side_by_side(attn, ("q_proj", "k_proj", "v_proj")),
+            project_out=attn.o_proj, gate_up=_side_by_side(mlp, ("gate_proj", "up_proj")),
+            intermediate=int(mlp.gate_proj.out_features), down=mlp.down_proj, act=mlp.act_fn,
+        )
+
+    def step(self, h: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, mask: torch.Tensor,
+             rope: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """h [B, L, hidden] -> the layer's output; LeRobot's residual order and fp32 attention scores."""
+        b, length = h.shape[:2]
+        heads, dim = self.heads, self.head_dim
+        x = self.project_in(_rms(h, self.input_norm))
+        if self.cross:
+            q = _rope(x.view(b, length, heads, dim), *rope)
+            k, v = prefix_k, prefix_v
+        else:
+            # RoPE on q and k at once (same positions): one set of ops for both.
+            qk_width = (heads + self.kv_heads) * dim
+            qk = _rope(x[..., :qk_width].view(b, length, heads + self.kv_heads, dim), *rope)
+            q = qk[:, :, :heads]
+            k = torch.cat([prefix_k, qk[:, :, heads:].transpose(1, 2)], dim=2)
+            v = torch.cat([prefix_v, x[..., qk_width:].view(b, length, self.kv_heads, dim).transpose(1, 2)], dim=2)
+        h = h + self.project_out(_gqa_attention(q, k, v, mask, scale))
+        gate_up = self.gate_up(_rms(h, self.post_norm))
+        return h + self.down(self.act(gate_up[..., :self.intermediate]) * gate_up[..., self.intermediate:])
 
 
 class LeanDenoiser:
@@ -59,17 +141,34 @@ class LeanDenoiser:
     LeRobot recomputes on every flow step what does not depend on x_t: attention masks, position ids,
     RoPE angles, the cross-attention layers' projection of the (fixed) prefix K/V, and the GQA
     expansion of the prefix K/V; with 16 layers x 10 steps the Python and small-op overhead of that
-    is a large part of the denoising time on a CPU. Same math as LeRobot's expert path (fp32
-    attention scores, same residual order), checked against it by the bench and the tests.
+    is a large part of the denoising time on a CPU. The layers' parts are looked up once, q|k|v and
+    gate|up are one projection each, RoPE runs once for q and k. Same math as LeRobot's expert path
+    (fp32 attention scores, same residual order), checked against it by the bench and the tests.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module,
+                 small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
+        """`small_ops`: the context the layer stack runs in (int8: `small_ops_on_one_thread`)."""
         self.model = model
+        self.small_ops = small_ops
         self._cache: object | None = None
-        self._chunk: dict[str, object] = {}
+        self._chunk: dict[str, Any] = {}
+        self._layers: list[_ExpertLayer | None] | None = None  # looked up on first use (after quantization)
 
-    def _prepare(self, prefix_pad_masks: torch.Tensor, cache: object, suffix_pad: torch.Tensor,
-                 suffix_att: torch.Tensor) -> dict[str, object]:
+    def _expert_layers(self) -> list[_ExpertLayer | None]:
+        if self._layers is None:
+            vwe: Any = self.model.vlm_with_expert
+            _, expert_layers = vwe.get_model_layers([vwe.get_vlm_model().text_model, vwe.lm_expert])
+            every = int(vwe.self_attn_every_n_layers)
+            cross = "cross" in str(vwe.attention_mode)
+            self._layers = [
+                None if layer is None else _ExpertLayer.of(layer, cross and not (every > 0 and idx % every == 0))
+                for idx, layer in enumerate(expert_layers)
+            ]
+        return self._layers
+
+    def _prepare(self, prefix_pad_masks: torch.Tensor, cache: Any, suffix_pad: torch.Tensor,
+                 suffix_att: torch.Tensor) -> dict[str, Any]:
         from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
 
         vwe: Any = self.model.vlm_with_expert
@@ -81,31 +180,28 @@ class LeanDenoiser:
         offsets = torch.sum(prefix_pad_masks, dim=-1)[:, None]
         positions = offsets + torch.cumsum(suffix_pad, dim=1) - 1
         head_dim = int(vwe.vlm.config.text_config.head_dim)
-        every = int(vwe.self_attn_every_n_layers)
-        cross = "cross" in str(vwe.attention_mode)
-        layers: list[tuple[str, nn.Module | None, torch.Tensor | None, torch.Tensor | None]] = []
-        for idx, layer in enumerate(expert_layers):
-            if layer is None:
-                layers.append(("skip", None, None, None))
+        kv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for idx, (layer, plan) in enumerate(zip(expert_layers, self._expert_layers(), strict=True)):
+            if plan is None:
+                kv.append(None)
+                continue
+            keys = cache.layers[idx].keys  # [B, H_kv, P, D], post-RoPE
+            values = cache.layers[idx].values
+            if not plan.cross:
+                kv.append((keys, values))
                 continue
             attn = layer.self_attn
-            keys = cache.layers[idx].keys  # type: ignore[attr-defined]  # [B, H_kv, P, D], post-RoPE
-            values = cache.layers[idx].values  # type: ignore[attr-defined]
-            if not cross or (every > 0 and idx % every == 0):
-                layers.append(("self", layer, keys, values))
-                continue
             k = keys.transpose(1, 2).reshape(*keys.shape[:1], keys.shape[2], -1)
             v = values.transpose(1, 2).reshape(*values.shape[:1], values.shape[2], -1)
             ek = attn.k_proj(k).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
             ev = attn.v_proj(v).view(bsize, prefix_len, -1, attn.head_dim).transpose(1, 2)
-            layers.append(("cross", layer, ek.contiguous(), ev.contiguous()))
-        expert0 = next(layer for layer in expert_layers if layer is not None)
-        groups = int(expert0.self_attn.config.num_attention_heads) // int(cache.layers[0].keys.shape[1])  # type: ignore[attr-defined]
+            kv.append((ek.contiguous(), ev.contiguous()))
+        plan0 = next(p for p in self._expert_layers() if p is not None)
+        kv_heads, groups = plan0.kv_heads, plan0.heads // plan0.kv_heads
         rel = positions - torch.min(positions, dim=1, keepdim=True).values
         return {
-            "layers": layers, "prefix_len": prefix_len, "scale": head_dim**-0.5,
-            "self_mask": _mask(full).repeat(1, 1, groups, 1),
-            "cross_mask": _mask(full[:, :, :prefix_len]).repeat(1, 1, groups, 1),
+            "kv": kv, "scale": head_dim**-0.5,
+            "self_mask": _mask(full, kv_heads, groups), "cross_mask": _mask(full[:, :, :prefix_len], kv_heads, groups),
             "self_rope": _angles(positions, head_dim), "cross_rope": _angles(rel, head_dim),
         }
 
@@ -116,42 +212,26 @@ class LeanDenoiser:
         if self._cache is not past_key_values:
             self._chunk = self._prepare(prefix_pad_masks, past_key_values, suffix_pad, suffix_att)
             self._cache = past_key_values
-        c: Any = self._chunk
+        c = self._chunk
         h = suffix_embs
-        bsize, length = h.shape[:2]
-        for kind, layer, pk, pv in c["layers"]:
-            if kind == "skip":
-                continue
-            attn = layer.self_attn
-            x = _rms(layer.input_layernorm, h)
-            shape = (bsize, length, -1, attn.head_dim)
-            if kind == "self":
-                cos, sin = c["self_rope"]
-                q = _rope(attn.q_proj(x).view(shape), cos, sin)
-                k = _rope(attn.k_proj(x).view(shape), cos, sin).transpose(1, 2)
-                v = attn.v_proj(x).view(shape).transpose(1, 2)
-                out = _gqa_attention(q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), c["self_mask"],
-                                     c["scale"])
-            else:
-                cos, sin = c["cross_rope"]
-                q = _rope(attn.q_proj(x).view(shape), cos, sin)
-                out = _gqa_attention(q, pk, pv, c["cross_mask"], c["scale"])
-            out_emb = attn.o_proj(out)
-            out_emb += h
-            residual = out_emb.clone()
-            out_emb = layer.mlp(_rms(layer.post_attention_layernorm, out_emb))
-            out_emb += residual
-            h = out_emb
-        h = _rms(model.vlm_with_expert.lm_expert.norm, h)
+        with self.small_ops():
+            for plan, kv in zip(self._expert_layers(), c["kv"], strict=True):
+                if plan is None or kv is None:
+                    continue
+                which = "cross" if plan.cross else "self"
+                h = plan.step(h, kv[0], kv[1], c[f"{which}_mask"], c[f"{which}_rope"], c["scale"])
+        norm = model.vlm_with_expert.lm_expert.norm
+        h = _rms(h, (norm.weight, float(norm.variance_epsilon)))
         suffix_out = h[:, -model.config.chunk_size:].to(dtype=torch.float32)
         v_t: torch.Tensor = model.action_out_proj(suffix_out)
         return v_t
 
 
-def use_lean_denoiser(policy: nn.Module) -> bool:
+def use_lean_denoiser(policy: nn.Module,
+                      small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> bool:
     """Route SmolVLA's denoise_step through `LeanDenoiser` (this instance only) when the KV cache is on."""
     model: Any = policy.model
     if not getattr(policy.config, "use_cache", False):
         return False
-    setattr(model, "denoise_step", LeanDenoiser(model))  # noqa: B010 (an instance override)
+    setattr(model, "denoise_step", LeanDenoiser(model, small_ops))  # noqa: B010 (an instance override)
     return True

@@ -8,12 +8,18 @@ are small and stay fp32.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch import nn
 
-from lepetpal_tui.core.int8_linear import Int8Linear, fuse_projections, quantize_linears
+from lepetpal_tui.core.int8_linear import (
+    Int8Linear,
+    fuse_projections,
+    quantize_linears,
+    small_ops_on_one_thread,
+)
 from lepetpal_tui.core.lean_denoiser import use_lean_denoiser
 
 
@@ -108,10 +114,42 @@ def bf16_vision_attention(
     k = key.to(torch.bfloat16, memory_format=cf).view(batch * heads, -1, dim).transpose(1, 2)
     v = value.to(torch.bfloat16, memory_format=cf).view(batch * heads, -1, dim)
     out = torch.empty(batch * heads, length, dim, dtype=torch.bfloat16)
-    for i in range(batch * heads):
-        h = slice(i, i + 1)
-        torch.bmm(torch.softmax(torch.bmm(q[h], k[h]), dim=-1), v[h], out=out[h])
+    _per_head(q, k, v, out)
     return out.view(batch, heads, length, dim).transpose(1, 2).to(query.dtype), None
+
+
+_head_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
+    """out[i] = softmax(q[i] @ k[i]) @ v[i] for every head i: the heads shared out over torch's threads
+    as Python threads, each running its heads' ops on one thread.
+
+    Multi-threaded ops would cost three OpenMP wake-ups per head (~100 us each on a VM with passive
+    waiting, as the policy process runs: 14.4 vs 17.9 ms a layer there; equal with spinning workers).
+    The ops release the GIL, so the threads run in parallel.
+    """
+    global _head_pool
+    threads = torch.get_num_threads()
+    if threads == 1:
+        for i in range(q.shape[0]):
+            torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
+        return
+    if _head_pool is None or _head_pool[0] != threads:
+        _head_pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="lepetpal-heads"))
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def heads(first: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # as the caller
+            for i in range(first, q.shape[0], threads):
+                torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
+
+    torch.set_num_threads(1)
+    try:
+        for done in [_head_pool[1].submit(heads, first) for first in range(threads)]:
+            done.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def use_bf16_vision_attention(policy: nn.Module) -> bool:
@@ -129,6 +167,18 @@ def use_bf16_vision_attention(policy: nn.Module) -> bool:
     return True
 
 
+def prefix_with_small_ops_on_one_thread(vlm_with_expert: nn.Module) -> None:
+    """The text prefix pass (~70 tokens through the VLM's layers): like the expert's steps, its small
+    ops run on one thread and its int8 linears on all (see `small_ops_on_one_thread`)."""
+    forward = vlm_with_expert.forward
+
+    def prefix_forward(*args: Any, **kwargs: Any) -> Any:
+        with small_ops_on_one_thread():
+            return forward(*args, **kwargs)
+
+    setattr(vlm_with_expert, "forward", prefix_forward)  # noqa: B010 (an instance override)
+
+
 def to_int8(policy: nn.Module) -> int:
     """int8 linears + SDPA attention for SmolVLA's VLM + action expert, in place; the rest stays fp32.
     The vision encoder's attention runs in bf16 where the CPU has bf16 dot products."""
@@ -139,7 +189,8 @@ def to_int8(policy: nn.Module) -> int:
     contiguous_vision_embeddings(vlm_with_expert)
     inplace_vision_gelu(vlm_with_expert)
     fuse_projections(vlm_with_expert, engine=vision_engine)
-    use_lean_denoiser(policy)
+    use_lean_denoiser(policy, small_ops_on_one_thread)
+    prefix_with_small_ops_on_one_thread(vlm_with_expert)
     n = quantize_linears(vlm_with_expert, engine=vision_engine)
     # The timestep/action MLP runs on every flow step (50 x 1440 -> 720 -> 720, ~13 ms a chunk in fp32);
     # the state and action in/out projections stay fp32.

@@ -223,3 +223,42 @@ def test_int8_routes_vision_attention_to_bf16_only_with_bf16_hardware(
         AttentionInterface.register(policy_speed.BF16_VISION_ATTENTION, real)
     assert len(calls) == (len(vision.encoder.layers) if has_bf16 else 0)
     assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
+
+
+def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(2)
+    lin = Int8Linear(nn.Linear(16, 8))
+    x = torch.randn(3, 16)
+    want = lin(x)
+    seen: list[int] = []
+    real = torch.ops.quantized.linear_dynamic
+
+    def probe(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic", probe)
+    with int8_linear.small_ops_on_one_thread():
+        assert torch.get_num_threads() == 1
+        with int8_linear.small_ops_on_one_thread():  # nested: no change
+            got = lin(x)
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2 and seen == [2]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    lin(x)  # outside: torch's own setting, untouched
+    assert seen == [2, 2] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("mode", ["inference", "no_grad"])
+def test_vision_heads_shared_over_threads_equal_one_loop(mode: str) -> None:
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(3)
+    q, v = (torch.randn(5, 40, 16, generator=gen).bfloat16() for _ in range(2))
+    k = torch.randn(5, 40, 16, generator=gen).bfloat16().transpose(1, 2)
+    want = torch.stack([torch.softmax(q[i] @ k[i], dim=-1) @ v[i] for i in range(5)])
+    ctx = torch.inference_mode() if mode == "inference" else torch.no_grad()
+    with ctx:
+        out = torch.empty(5, 40, 16, dtype=torch.bfloat16)
+        policy_speed._per_head(q, k, v, out)
+    assert torch.get_num_threads() == 2
+    torch.testing.assert_close(out, want)
