@@ -5,6 +5,9 @@ in a temp dir, one 640x480 camera, 6 joints), then times in the same run, interl
   - LeRobot's default: fp32, `select_action` with an empty queue (computes a whole chunk), 10 flow steps;
   - our path: what `load_policy` does on a CPU with default settings (dtype "auto" = int8 linears in the
     VLM + action expert, `predict_action_chunk` under inference_mode, our flow steps), same processors.
+  - our path again in a child process with the policy process's environment (POLICY_PROCESS_ENV:
+    passive OpenMP waiting, which the app sets so that inference never spins on the control loop's
+    cores), timed in the same interleaved loop: what the app itself gets.
 Accuracy: on several observations (different frames, joints, tasks and noise seeds) our chunk is compared
 with LeRobot's fp32 chunk for the same noise; the max abs difference (robot units, degrees) is printed
 against the tolerance `load_policy` uses to accept int8/bf16 (ACTION_TOLERANCE).
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +117,53 @@ def observations(n: int) -> list[Any]:
                         task=tasks[k % len(tasks)], timestamp=0.0) for k in range(n)]
 
 
+def our_runner(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """(LeRobot's fp32 runner, ours converted, the first observation, its noise), built from args.seed."""
+    from lepetpal_tui.core.policy_smolvla import SmolVLARunner
+
+    with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
+        build_backbone(Path(tmp))
+        policy, pre, post = build_policy(Path(tmp), args.seed)
+    ref = SmolVLARunner(source="bench", policy=policy, pre=pre, post=post, device="cpu", camera_map={},
+                        chunk_length=policy.config.chunk_size)
+    ours = SmolVLARunner(source="bench", policy=copy.deepcopy(policy), pre=pre, post=post, device="cpu",
+                         camera_map={}, chunk_length=policy.config.chunk_size)
+    return ref, ours, observations(1)[0], ref.make_noise(args.seed)
+
+
+def serve_ours(args: argparse.Namespace) -> int:
+    """Child side: build and convert ours as the parent does, then time one chunk per line on stdin."""
+    import torch
+
+    from lepetpal_tui.config import ModelSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref, ours, obs, noise = our_runner(args)
+    del ref
+    {"int8": ours.to_int8, "bf16": ours.to_bf16, "fp32": lambda: None}[args.dtype]()
+    ours.policy.config.num_steps = args.flow_steps or ModelSettings().flow_steps
+    ours.raw_chunk(obs, noise=noise)  # warm-up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        t = time.perf_counter()
+        ours.raw_chunk(obs, noise=noise)
+        print(f"{time.perf_counter() - t:.6f}", flush=True)
+    return 0
+
+
+def start_app_setting_child(args: argparse.Namespace, dtype: str) -> subprocess.Popen[str]:
+    from lepetpal_tui.core.engine_process import POLICY_PROCESS_ENV
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", "--seed", str(args.seed), "--dtype", dtype]
+    if args.flow_steps:
+        cmd += ["--flow-steps", str(args.flow_steps)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **POLICY_PROCESS_ENV})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="timed chunks per path (after one warm-up each)")
@@ -122,13 +173,18 @@ def main() -> int:
     ap.add_argument("--observations", type=int, default=4, help="observations for the accuracy check")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-app-setting", action="store_true",
+                    help="skip the child process timed with the policy process's environment")
+    ap.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)  # the child's side
     args = ap.parse_args()
+    if args.serve_ours:
+        return serve_ours(args)
 
     import torch
 
     from lepetpal_tui.config import ModelSettings
     from lepetpal_tui.core.int8_linear import int8_supported
-    from lepetpal_tui.core.policy_smolvla import ACTION_TOLERANCE, SmolVLARunner
+    from lepetpal_tui.core.policy_smolvla import ACTION_TOLERANCE
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,33 +194,28 @@ def main() -> int:
     auto_dtype = "int8" if int8_supported() else "bf16"
     dtype = args.dtype or auto_dtype
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
-        build_backbone(Path(tmp))
-        policy, pre, post = build_policy(Path(tmp), args.seed)
+    # Ours runs on its own copy, so the paths can be interleaved: on a shared machine all of them then
+    # suffer the same background load.
+    ref, ours_runner, obs, noise = our_runner(args)
+    policy = ref.policy
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"built SmolVLA: {n_params / 1e6:.0f} M parameters in {time.perf_counter() - t0:.1f} s; "
           f"torch threads {torch.get_num_threads()}; load average {load_start[0]:.2f}", flush=True)
+    child = None if args.no_app_setting else start_app_setting_child(args, dtype)
 
     obs_list = observations(max(1, args.observations))
-    ref = SmolVLARunner(source="bench", policy=policy, pre=pre, post=post, device="cpu", camera_map={},
-                        chunk_length=policy.config.chunk_size)
-    # Ours runs on its own copy, so the two paths can be interleaved: on a shared machine both then
-    # suffer the same background load.
-    ours_runner = SmolVLARunner(source="bench", policy=copy.deepcopy(policy), pre=pre, post=post, device="cpu",
-                                camera_map={}, chunk_length=policy.config.chunk_size)
     t0 = time.perf_counter()
     {"int8": ours_runner.to_int8, "bf16": ours_runner.to_bf16, "fp32": lambda: None}[dtype]()
     convert_s = time.perf_counter() - t0
     ours_runner.policy.config.num_steps = our_steps
     noises = [ref.make_noise(args.seed + k) for k in range(len(obs_list))]
-    obs, noise = obs_list[0], noises[0]
 
     def lerobot_chunk() -> float:
         """LeRobot's default synchronous path: select_action with an empty queue computes a whole chunk."""
         policy.reset()
         t = time.perf_counter()
-        batch = pre(ref._batch(obs))
-        post(policy.select_action(batch, noise=noise))
+        batch = ref.pre(ref._batch(obs))
+        ref.post(policy.select_action(batch, noise=noise))
         return time.perf_counter() - t
 
     def our_chunk() -> float:
@@ -172,15 +223,34 @@ def main() -> int:
         ours_runner.raw_chunk(obs, noise=noise)
         return time.perf_counter() - t
 
+    def app_chunk() -> float:
+        """One chunk of ours in the child (the policy process's environment), timed there."""
+        assert child is not None and child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        return float(child.stdout.readline())
+
     lerobot_chunk()  # warm-ups
     our_chunk()
+    if child is not None:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise SystemExit("the app-setting child failed to start (its error is above)")
     lerobot_s: list[float] = []
     our_s: list[float] = []
+    app_s: list[float] = []
     for i in range(args.reps):
         lerobot_s.append(lerobot_chunk())
         our_s.append(our_chunk())
-        print(f"  rep {i + 1}: LeRobot {lerobot_s[-1]:.3f} s, ours {our_s[-1]:.3f} s "
+        if child is not None:
+            app_s.append(app_chunk())
+        app = f", ours in the app's setting {app_s[-1]:.3f} s" if app_s else ""
+        print(f"  rep {i + 1}: LeRobot {lerobot_s[-1]:.3f} s, ours {our_s[-1]:.3f} s{app} "
               f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    if child is not None:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=60)
 
     diffs: list[float] = []
     for o, n in zip(obs_list, noises, strict=True):
@@ -202,6 +272,14 @@ def main() -> int:
     print(f"\nmedian chunk latency: LeRobot default {lr:.3f} s, ours {us:.3f} s, ratio {ratio:.2f} "
           f"(goal <= 0.33: {verdict}); median of paired ratios {statistics.median(pair_ratios):.2f}; "
           f"best-of ratio {best_ratio:.2f}")
+    app_ratio = statistics.median(app_s) / lr if app_s else 0.0
+    if app_s:
+        from lepetpal_tui.core.engine_process import POLICY_PROCESS_ENV
+
+        env = " ".join(f"{k}={v}" for k, v in POLICY_PROCESS_ENV.items())
+        print(f"ours as the app's policy process runs it ({env}): median {statistics.median(app_s):.3f} s, "
+              f"ratio {app_ratio:.2f} ({'met' if app_ratio <= 1 / 3 else 'NOT met'}); chunks "
+              f"{[round(x, 3) for x in app_s]} s")
     print(f"max |action difference| vs LeRobot fp32 with the same noise, over {len(diffs)} observations: "
           f"{diff:.3f} degrees (per observation {[round(d, 3) for d in diffs]}; tolerance {ACTION_TOLERANCE} "
           f"degrees: {'within' if diff <= ACTION_TOLERANCE else 'OUTSIDE'})")
@@ -216,6 +294,9 @@ def main() -> int:
                  "method": "predict_action_chunk + inference_mode", "flow_steps": our_steps, "chunk_s": our_s,
                  "median_s": us},
         "ratio": ratio,
+        "ours_app_setting": None if not app_s else {
+            "what": "ours in a child process with the policy process's environment (POLICY_PROCESS_ENV)",
+            "chunk_s": app_s, "median_s": statistics.median(app_s), "ratio": app_ratio},
         "median_paired_ratio": statistics.median(pair_ratios),
         "best_of_ratio": best_ratio,
         "load_average_1min": {"start": load_start[0], "end": load_end[0]},

@@ -101,6 +101,13 @@ def build_engine(
 # ------------------------------------------------------------------------------------ policy process
 
 
+# The policy process's environment, set before torch is imported. OpenMP workers that spin while
+# waiting steal the CPU the control loop and the bus need on a small machine (tiny SmolVLA next to the
+# loop with a busy UI on 2 cores: chunk p50 355 ms spinning vs 36 ms passive). bench/policy_latency.py
+# measures the chunk time in this setting too.
+POLICY_PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 class PolicyProcessError(RuntimeError):
     """The policy process failed to load or to infer; the message says why (and the fix when known)."""
 
@@ -108,9 +115,8 @@ class PolicyProcessError(RuntimeError):
 def _policy_main(conn: Connection, settings: Settings) -> None:
     """Load the policy and serve `infer` requests, in its own process (its own GIL)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # OpenMP workers that spin while waiting steal the CPU the control loop and the bus need on a
-    # small machine; passive waiting costs inference little. Must be set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for name, value in POLICY_PROCESS_ENV.items():
+        os.environ.setdefault(name, value)
     from lepetpal_tui.core.policy import load_policy
 
     try:
