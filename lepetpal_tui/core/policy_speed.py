@@ -140,6 +140,7 @@ def _per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def heads(first: int) -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per thread: this one's ops run on it alone
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # as the caller
             for i in range(first, q.shape[0], threads):
                 torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
