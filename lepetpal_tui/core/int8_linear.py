@@ -9,6 +9,7 @@ cross-attention K/V projections memoised within a chunk.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -20,6 +21,17 @@ SKIP_NAMES = ("lm_head",)
 
 # The torch threads int8 linears use inside `small_ops_on_one_thread` (0: outside it, leave torch alone).
 _linear_threads = 0
+
+
+def openmp_waits_passively() -> bool:
+    """Whether OpenMP's workers sleep between ops (OMP_WAIT_POLICY=PASSIVE, as in the policy process).
+
+    Then every multi-threaded op pays a wake-up (~100 us on this VM), and ops are best kept on one
+    thread unless they are large. With spinning workers (the default) it is the other way round: a
+    single-threaded op competes with the spinners for the cores (measured: a chunk 0.79 s with all ops
+    multi-threaded and spinning, 0.92 s splitting; 1.03 s not splitting and passive, 0.87 s splitting).
+    """
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 @contextlib.contextmanager

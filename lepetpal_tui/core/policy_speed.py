@@ -17,6 +17,7 @@ from torch import nn
 from lepetpal_tui.core.int8_linear import (
     Int8Linear,
     fuse_projections,
+    openmp_waits_passively,
     quantize_linears,
     small_ops_on_one_thread,
 )
@@ -126,12 +127,13 @@ def _per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     as Python threads, each running its heads' ops on one thread.
 
     Multi-threaded ops would cost three OpenMP wake-ups per head (~100 us each on a VM with passive
-    waiting, as the policy process runs: 14.4 vs 17.9 ms a layer there; equal with spinning workers).
-    The ops release the GIL, so the threads run in parallel.
+    waiting, as the policy process runs: 14.4 vs 17.9 ms a layer there). The ops release the GIL, so
+    the threads run in parallel. With spinning OpenMP workers the heads run in turn on all threads
+    (the Python threads would compete with the spinners).
     """
     global _head_pool
     threads = torch.get_num_threads()
-    if threads == 1:
+    if threads == 1 or not openmp_waits_passively():
         for i in range(q.shape[0]):
             torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
         return
@@ -190,8 +192,11 @@ def to_int8(policy: nn.Module) -> int:
     contiguous_vision_embeddings(vlm_with_expert)
     inplace_vision_gelu(vlm_with_expert)
     fuse_projections(vlm_with_expert, engine=vision_engine)
-    use_lean_denoiser(policy, small_ops_on_one_thread)
-    prefix_with_small_ops_on_one_thread(vlm_with_expert)
+    if openmp_waits_passively():  # the policy process
+        use_lean_denoiser(policy, small_ops_on_one_thread)
+        prefix_with_small_ops_on_one_thread(vlm_with_expert)
+    else:
+        use_lean_denoiser(policy)
     n = quantize_linears(vlm_with_expert, engine=vision_engine)
     # The timestep/action MLP runs on every flow step (50 x 1440 -> 720 -> 720, ~13 ms a chunk in fp32);
     # the state and action in/out projections stay fp32.

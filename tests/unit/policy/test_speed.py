@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -249,8 +250,11 @@ def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest
     assert seen == [2, 2] and torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("mode", ["inference", "no_grad"])
-def test_vision_heads_shared_over_threads_equal_one_loop(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "passive"), [("inference", True), ("no_grad", True), ("inference", False)])
+def test_vision_heads_shared_over_threads_equal_one_loop(mode: str, passive: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Passive OpenMP waiting (the policy process): heads go to Python threads; spinning: one loop.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE" if passive else "")
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(3)
     q, v = (torch.randn(5, 40, 16, generator=gen).bfloat16() for _ in range(2))
@@ -262,3 +266,23 @@ def test_vision_heads_shared_over_threads_equal_one_loop(mode: str) -> None:
         policy_speed._per_head(q, k, v, out)
     assert torch.get_num_threads() == 2
     torch.testing.assert_close(out, want)
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          passive: bool) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive" if passive else "")
+    runner = _runner(tiny_policy_dir)
+    obs = sv.warmup_observation(("front",))
+    noise = runner.make_noise(4)
+    ref, _ = runner.raw_chunk(obs, noise=noise)
+    runner.to_int8()
+    lean = runner.policy.model.denoise_step
+    assert isinstance(lean, lean_denoiser.LeanDenoiser)
+    want = int8_linear.small_ops_on_one_thread if passive else contextlib.nullcontext
+    assert lean.small_ops is want
+    assert ("forward" in vars(runner.policy.model.vlm_with_expert)) is passive  # the prefix pass, wrapped
+    threads = torch.get_num_threads()
+    got, _ = runner.raw_chunk(obs, noise=noise)
+    assert torch.get_num_threads() == threads  # restored after the split
+    assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
