@@ -232,3 +232,25 @@ def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = la
             setattr(mod, a, FusedPart(group, i, lin))
         n += 1
     return n
+
+
+Project = Callable[[torch.Tensor], torch.Tensor]
+
+
+def side_by_side(mod: nn.Module, names: tuple[str, ...]) -> Project:
+    """One call that computes the projections `names` of `mod` side by side ([..., sum of their sizes]).
+
+    An int8 group fused by `fuse_projections` already is that call; plain nn.Linear weights are
+    concatenated into one (a copy: the module keeps its own); anything else is called in turn.
+    """
+    parts = [getattr(mod, name) for name in names]
+    first = parts[0]
+    if isinstance(first, FusedPart) and len(first.group.bounds) == len(parts) and all(
+            isinstance(p, FusedPart) and p.group is first.group and p.index == i for i, p in enumerate(parts)):
+        fused: Project = first.group.linear
+        return fused
+    if all(type(p) is nn.Linear for p in parts) and len({p.bias is None for p in parts}) == 1:
+        weight = torch.cat([p.weight.detach() for p in parts])
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
+        return lambda x: torch.nn.functional.linear(x, weight, bias)
+    return lambda x: torch.cat([p(x) for p in parts], dim=-1)

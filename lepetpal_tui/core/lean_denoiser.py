@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.core.int8_linear import FusedPart
+from lepetpal_tui.core.int8_linear import Project, side_by_side
+from lepetpal_tui.core.row_halves import halves_of, run_halves
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -61,28 +63,6 @@ def _gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return out.view(b, heads, length, dim).transpose(1, 2).reshape(b, length, heads * dim)
 
 
-Project = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _side_by_side(mod: nn.Module, names: tuple[str, ...]) -> Project:
-    """One call that computes the projections `names` of `mod` side by side ([..., sum of their sizes]).
-
-    An int8 group fused by `fuse_projections` already is that call; plain nn.Linear weights are
-    concatenated into one (a copy: the module keeps its own); anything else is called in turn.
-    """
-    parts = [getattr(mod, name) for name in names]
-    first = parts[0]
-    if isinstance(first, FusedPart) and len(first.group.bounds) == len(parts) and all(
-            isinstance(p, FusedPart) and p.group is first.group and p.index == i for i, p in enumerate(parts)):
-        fused: Project = first.group.linear
-        return fused
-    if all(type(p) is nn.Linear for p in parts) and len({p.bias is None for p in parts}) == 1:
-        weight = torch.cat([p.weight.detach() for p in parts])
-        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
-        return lambda x: torch.nn.functional.linear(x, weight, bias)
-    return lambda x: torch.cat([p(x) for p in parts], dim=-1)
-
-
 @dataclass(frozen=True)
 class _ExpertLayer:
     """What one expert layer's step needs, looked up once (not through ~10 module calls per step)."""
@@ -109,14 +89,17 @@ class _ExpertLayer:
             kv_heads=attn.k_proj.out_features // head_dim, head_dim=head_dim,
             input_norm=(layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)),
             post_norm=(layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)),
-            project_in=attn.q_proj if cross else _side_by_side(attn, ("q_proj", "k_proj", "v_proj")),
-            project_out=attn.o_proj, gate_up=_side_by_side(mlp, ("gate_proj", "up_proj")),
+            project_in=attn.q_proj if cross else side_by_side(attn, ("q_proj", "k_proj", "v_proj")),
+            project_out=attn.o_proj, gate_up=side_by_side(mlp, ("gate_proj", "up_proj")),
             intermediate=int(mlp.gate_proj.out_features), down=mlp.down_proj, act=mlp.act_fn,
         )
 
     def step(self, h: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, mask: torch.Tensor,
-             rope: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
-        """h [B, L, hidden] -> the layer's output; LeRobot's residual order and fp32 attention scores."""
+             rope: tuple[torch.Tensor, torch.Tensor], scale: float, gather: Gather | None = None) -> torch.Tensor:
+        """h [B, L, hidden] -> the layer's output; LeRobot's residual order and fp32 attention scores.
+
+        `gather` (self-attention layers, rows in halves): this half's new keys and values -> every
+        half's, in row order."""
         b, length = h.shape[:2]
         heads, dim = self.heads, self.head_dim
         x = self.project_in(_rms(h, self.input_norm))
@@ -128,11 +111,34 @@ class _ExpertLayer:
             qk_width = (heads + self.kv_heads) * dim
             qk = _rope(x[..., :qk_width].view(b, length, heads + self.kv_heads, dim), *rope)
             q = qk[:, :, :heads]
-            k = torch.cat([prefix_k, qk[:, :, heads:].transpose(1, 2)], dim=2)
-            v = torch.cat([prefix_v, x[..., qk_width:].view(b, length, self.kv_heads, dim).transpose(1, 2)], dim=2)
+            new_k = qk[:, :, heads:].transpose(1, 2)
+            new_v = x[..., qk_width:].view(b, length, self.kv_heads, dim).transpose(1, 2)
+            ks, vs = gather(new_k, new_v) if gather is not None else ([new_k], [new_v])
+            k = torch.cat([prefix_k, *ks], dim=2)
+            v = torch.cat([prefix_v, *vs], dim=2)
         h = h + self.project_out(_gqa_attention(q, k, v, mask, scale))
         gate_up = self.gate_up(_rms(h, self.post_norm))
         return h + self.down(self.act(gate_up[..., :self.intermediate]) * gate_up[..., self.intermediate:])
+
+
+Gather = Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], list[torch.Tensor]]]
+
+
+class _Exchange:
+    """Where the halves of one denoise step swap their self-attention layers' new keys and values (a
+    slot per layer and half, so a fast half never overwrites what a slow one has still to read)."""
+
+    def __init__(self, layers: int, halves: int) -> None:
+        self.slots: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [[None] * halves for _ in range(layers)]
+
+    def gather(self, layer: int, half: int, barrier: threading.Barrier) -> Gather:
+        def swap(k: torch.Tensor, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            slot = self.slots[layer]
+            slot[half] = (k, v)
+            barrier.wait()  # every half's are in
+            kvs = [kv for kv in slot if kv is not None]
+            return [kv[0] for kv in kvs], [kv[1] for kv in kvs]
+        return swap
 
 
 class LeanDenoiser:
@@ -147,10 +153,14 @@ class LeanDenoiser:
     """
 
     def __init__(self, model: nn.Module,
-                 small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
-        """`small_ops`: the context the layer stack runs in (int8: `small_ops_on_one_thread`)."""
+                 small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+                 halves: bool = False) -> None:
+        """`small_ops`: the context the layer stack runs in when it runs whole (int8 with passive OpenMP
+        waiting: `small_ops_on_one_thread`); `halves`: run the action tokens' rows in two halves on two
+        threads (core/row_halves.py) when torch has two or more threads."""
         self.model = model
         self.small_ops = small_ops
+        self.halves = halves
         self._cache: object | None = None
         self._chunk: dict[str, Any] = {}
         self._layers: list[_ExpertLayer | None] | None = None  # looked up on first use (after quantization)
@@ -199,11 +209,28 @@ class LeanDenoiser:
         plan0 = next(p for p in self._expert_layers() if p is not None)
         kv_heads, groups = plan0.kv_heads, plan0.heads // plan0.kv_heads
         rel = positions - torch.min(positions, dim=1, keepdim=True).values
+        self_rope, cross_rope = _angles(positions, head_dim), _angles(rel, head_dim)
+        rows = halves_of(suffix_len) if self.halves else [(0, suffix_len)]
         return {
             "kv": kv, "scale": head_dim**-0.5,
-            "self_mask": _mask(full, kv_heads, groups), "cross_mask": _mask(full[:, :, :prefix_len], kv_heads, groups),
-            "self_rope": _angles(positions, head_dim), "cross_rope": _angles(rel, head_dim),
+            "halves": [{  # each half's rows of the masks and RoPE angles
+                "rows": (a, b),
+                "self_mask": _mask(full[:, a:b], kv_heads, groups),
+                "cross_mask": _mask(full[:, a:b, :prefix_len], kv_heads, groups),
+                "self_rope": tuple(t[:, a:b] for t in self_rope), "cross_rope": tuple(t[:, a:b] for t in cross_rope),
+            } for a, b in rows],
         }
+
+    def _layer_stack(self, h: torch.Tensor, half: dict[str, Any], gather: Callable[[int], Gather | None]) -> torch.Tensor:
+        c = self._chunk
+        for idx, (plan, kv) in enumerate(zip(self._expert_layers(), c["kv"], strict=True)):
+            if plan is None or kv is None:
+                continue
+            if plan.cross:
+                h = plan.step(h, kv[0], kv[1], half["cross_mask"], half["cross_rope"], c["scale"])
+            else:
+                h = plan.step(h, kv[0], kv[1], half["self_mask"], half["self_rope"], c["scale"], gather(idx))
+        return h
 
     def __call__(self, prefix_pad_masks: torch.Tensor, past_key_values: object, x_t: torch.Tensor,
                  timestep: torch.Tensor) -> torch.Tensor:
@@ -212,14 +239,19 @@ class LeanDenoiser:
         if self._cache is not past_key_values:
             self._chunk = self._prepare(prefix_pad_masks, past_key_values, suffix_pad, suffix_att)
             self._cache = past_key_values
-        c = self._chunk
-        h = suffix_embs
-        with self.small_ops():
-            for plan, kv in zip(self._expert_layers(), c["kv"], strict=True):
-                if plan is None or kv is None:
-                    continue
-                which = "cross" if plan.cross else "self"
-                h = plan.step(h, kv[0], kv[1], c[f"{which}_mask"], c[f"{which}_rope"], c["scale"])
+        halves: list[dict[str, Any]] = self._chunk["halves"]
+        if len(halves) == 1:
+            with self.small_ops():
+                h = self._layer_stack(suffix_embs, halves[0], lambda layer: None)
+        else:
+            exchange = _Exchange(len(self._expert_layers()), len(halves))
+
+            def half(i: int, barrier: threading.Barrier) -> torch.Tensor:
+                start, stop = halves[i]["rows"]
+                return self._layer_stack(suffix_embs[:, start:stop], halves[i],
+                                         lambda layer: exchange.gather(layer, i, barrier))
+
+            h = torch.cat(run_halves(half, len(halves)), dim=1)
         norm = model.vlm_with_expert.lm_expert.norm
         h = _rms(h, (norm.weight, float(norm.variance_epsilon)))
         suffix_out = h[:, -model.config.chunk_size:].to(dtype=torch.float32)
@@ -228,10 +260,11 @@ class LeanDenoiser:
 
 
 def use_lean_denoiser(policy: nn.Module,
-                      small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> bool:
+                      small_ops: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+                      halves: bool = False) -> bool:
     """Route SmolVLA's denoise_step through `LeanDenoiser` (this instance only) when the KV cache is on."""
     model: Any = policy.model
     if not getattr(policy.config, "use_cache", False):
         return False
-    setattr(model, "denoise_step", LeanDenoiser(model, small_ops))  # noqa: B010 (an instance override)
+    setattr(model, "denoise_step", LeanDenoiser(model, small_ops, halves))  # noqa: B010 (an instance override)
     return True

@@ -8,7 +8,6 @@ are small and stay fp32.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from lepetpal_tui.core.int8_linear import (
     small_ops_on_one_thread,
 )
 from lepetpal_tui.core.lean_denoiser import use_lean_denoiser
+from lepetpal_tui.core.vision_encoder import use_row_halves_vision
 
 
 def contiguous_vision_embeddings(module: nn.Module) -> int:
@@ -71,105 +71,6 @@ def vision_engine(name: str) -> str | None:
     return None
 
 
-def bf16_matmul_supported() -> bool:
-    """bf16 matmuls beat fp32 only with hardware bf16 dot products (AVX512-BF16 or AMX); elsewhere they
-    are emulated and slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-BF16_VISION_ATTENTION = "lepetpal_bf16_bmm"
-
-
-def bf16_vision_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    is_causal: bool = False,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """The vision encoder's attention (1024 patches, 12 heads) as bf16 matmuls, one head at a time.
-
-    fp32 flash attention runs at the fp32 peak here (~20 ms a layer, a quarter of the whole chunk);
-    bf16 dot products (AVX512-BF16) double that peak, and PyTorch's bf16 SDPA kernel does not use them
-    on this CPU. One head's scores (2 MB in bf16) stay in cache for the softmax, which computes in fp32
-    internally: 20 -> 13.5 ms a layer. Scores and probabilities are rounded to bf16 (output differs from
-    fp32 by ~1% of its range on random data, below the int8 error of the linears around it).
-    Inputs [B, H, L, D]; returns ([B, L, H, D], None) like transformers' attention functions.
-    """
-    if attention_mask is not None or is_causal or dropout:  # padded patches: not SmolVLA's case
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                        scaling=scaling, is_causal=is_causal, **kwargs)
-        return out, None
-    batch, heads, length, dim = query.shape
-    scale = dim**-0.5 if scaling is None else scaling
-    # Contiguous [B * H, L, D] copies: per-head slices the matmuls take without copying again.
-    cf = torch.contiguous_format
-    q = torch.mul(query, scale).to(torch.bfloat16, memory_format=cf).view(batch * heads, length, dim)
-    k = key.to(torch.bfloat16, memory_format=cf).view(batch * heads, -1, dim).transpose(1, 2)
-    v = value.to(torch.bfloat16, memory_format=cf).view(batch * heads, -1, dim)
-    out = torch.empty(batch * heads, length, dim, dtype=torch.bfloat16)
-    _per_head(q, k, v, out)
-    return out.view(batch, heads, length, dim).transpose(1, 2).to(query.dtype), None
-
-
-_head_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
-    """out[i] = softmax(q[i] @ k[i]) @ v[i] for every head i: the heads shared out over torch's threads
-    as Python threads, each running its heads' ops on one thread.
-
-    Multi-threaded ops would cost three OpenMP wake-ups per head (~100 us each on a VM with passive
-    waiting, as the policy process runs: 14.4 vs 17.9 ms a layer there). The ops release the GIL, so
-    the threads run in parallel. With spinning OpenMP workers the heads run in turn on all threads
-    (the Python threads would compete with the spinners).
-    """
-    global _head_pool
-    threads = torch.get_num_threads()
-    if threads == 1 or not openmp_waits_passively():
-        for i in range(q.shape[0]):
-            torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
-        return
-    if _head_pool is None or _head_pool[0] != threads:
-        _head_pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="lepetpal-heads"))
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def heads(first: int) -> None:
-        torch.set_num_threads(1)  # OpenMP's thread count is per thread: this one's ops run on it alone
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # as the caller
-            for i in range(first, q.shape[0], threads):
-                torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], k[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
-
-    torch.set_num_threads(1)
-    try:
-        for done in [_head_pool[1].submit(heads, first) for first in range(threads)]:
-            done.result()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def use_bf16_vision_attention(policy: nn.Module) -> bool:
-    """Route the SigLIP encoder's attention through `bf16_vision_attention` where the CPU has bf16 dot
-    products (this model only: the name is set on its vision config)."""
-    if not bf16_matmul_supported():
-        return False
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(BF16_VISION_ATTENTION, bf16_vision_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(BF16_VISION_ATTENTION, sdpa_mask)  # masks as for SDPA
-    vlm: Any = policy.model.vlm_with_expert.get_vlm_model()  # type: ignore[union-attr,operator]
-    vlm.vision_model.config._attn_implementation = BF16_VISION_ATTENTION
-    return True
-
-
 def prefix_with_small_ops_on_one_thread(vlm_with_expert: nn.Module) -> None:
     """The text prefix pass (~70 tokens through the VLM's layers): like the expert's steps, its small
     ops run on one thread and its int8 linears on all (see `small_ops_on_one_thread`)."""
@@ -184,16 +85,18 @@ def prefix_with_small_ops_on_one_thread(vlm_with_expert: nn.Module) -> None:
 
 def to_int8(policy: nn.Module) -> int:
     """int8 linears + SDPA attention for SmolVLA's VLM + action expert, in place; the rest stays fp32.
-    The vision encoder's attention runs in bf16 where the CPU has bf16 dot products."""
+    The vision encoder runs its rows in two halves on two threads, its attention in bf16 where the CPU
+    has bf16 dot products; with passive OpenMP waiting (the policy process) so does the action expert."""
     vlm_with_expert: nn.Module = policy.model.vlm_with_expert  # type: ignore[union-attr,assignment]
     vlm_with_expert.to(torch.float32)
     use_sdpa_attention(policy)
-    use_bf16_vision_attention(policy)
+    use_row_halves_vision(policy)
     contiguous_vision_embeddings(vlm_with_expert)
     inplace_vision_gelu(vlm_with_expert)
     fuse_projections(vlm_with_expert, engine=vision_engine)
     if openmp_waits_passively():  # the policy process
-        use_lean_denoiser(policy, small_ops_on_one_thread)
+        # Expert rows in halves: 490 -> 335 ms for ten steps here; with spinning workers slower (279 -> 418).
+        use_lean_denoiser(policy, small_ops_on_one_thread, halves=True)
         prefix_with_small_ops_on_one_thread(vlm_with_expert)
     else:
         use_lean_denoiser(policy)

@@ -158,72 +158,19 @@ def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> No
         assert other is not first and not torch.equal(other, first)
 
 
-def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path) -> None:
+@pytest.mark.parametrize("halves", [False, True])
+def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path, halves: bool) -> None:
+    torch.set_num_threads(2)  # halves: the action tokens' rows on two threads
     ref = _runner(tiny_policy_dir)
     lean = _runner(tiny_policy_dir)
-    assert lean_denoiser.use_lean_denoiser(lean.policy)
+    assert lean_denoiser.use_lean_denoiser(lean.policy, halves=halves)
     for seed, task in ((0, "pick up the cube"), (5, "put it in the box")):
         obs = sv.warmup_observation(("front",), task=task)
         noise = ref.make_noise(seed)
         want, _ = ref.raw_chunk(obs, noise=noise)
         got, _ = lean.raw_chunk(obs, noise=noise)
         np.testing.assert_allclose(got, want, atol=1e-3)
-
-
-def _fused_qkv_views(heads: int, length: int, dim: int, seed: int) -> list[torch.Tensor]:
-    """q, k, v as the vision attention receives them: [B, H, L, D] views into one fused projection output."""
-    qkv = torch.randn(1, length, 3 * heads * dim, generator=torch.Generator().manual_seed(seed))
-    width = heads * dim
-    return [qkv[..., i * width:(i + 1) * width].view(1, length, heads, dim).transpose(1, 2) for i in range(3)]
-
-
-def test_bf16_vision_attention_is_close_to_fp32_sdpa() -> None:
-    q, k, v = _fused_qkv_views(heads=4, length=96, dim=32, seed=0)
-    scale = 32**-0.5
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
-    with torch.inference_mode():
-        got, weights = policy_speed.bf16_vision_attention(nn.Module(), q, k, v, None, scaling=scale)
-    assert weights is None and got.shape == want.shape == (1, 96, 4, 32) and got.dtype == torch.float32
-    err = float((got - want).abs().max())
-    assert 0 < err < 0.02 * float(want.abs().max())  # rounded through bf16, and close
-
-
-def test_bf16_vision_attention_hands_masked_calls_to_sdpa() -> None:
-    q, k, v = _fused_qkv_views(heads=2, length=10, dim=16, seed=1)
-    mask = torch.ones(1, 1, 10, 10, dtype=torch.bool)
-    mask[..., 7:] = False
-    got, _ = policy_speed.bf16_vision_attention(nn.Module(), q, k, v, mask, scaling=0.25)
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25).transpose(1, 2)
-    torch.testing.assert_close(got, want)
-
-
-@pytest.mark.parametrize("has_bf16", [True, False])
-def test_int8_routes_vision_attention_to_bf16_only_with_bf16_hardware(
-        tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch, has_bf16: bool) -> None:
-    monkeypatch.setattr(policy_speed, "bf16_matmul_supported", lambda: has_bf16)
-    runner = _runner(tiny_policy_dir)
-    obs = sv.warmup_observation(("front",))
-    noise = runner.make_noise(2)
-    ref, _ = runner.raw_chunk(obs, noise=noise)
-    runner.to_int8()
-    vision = runner.policy.model.vlm_with_expert.get_vlm_model().vision_model
-    want_impl = policy_speed.BF16_VISION_ATTENTION if has_bf16 else "sdpa"
-    assert vision.config._attn_implementation == want_impl
-    calls: list[int] = []
-    real = policy_speed.bf16_vision_attention
-
-    def counting(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    from transformers import AttentionInterface
-    AttentionInterface.register(policy_speed.BF16_VISION_ATTENTION, counting)
-    try:
-        got, _ = runner.raw_chunk(obs, noise=noise)
-    finally:
-        AttentionInterface.register(policy_speed.BF16_VISION_ATTENTION, real)
-    assert len(calls) == (len(vision.encoder.layers) if has_bf16 else 0)
-    assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
+    assert len(lean.policy.model.denoise_step._chunk["halves"]) == (2 if halves else 1)
 
 
 def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,24 +197,6 @@ def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest
     assert seen == [2, 2] and torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize(("mode", "passive"), [("inference", True), ("no_grad", True), ("inference", False)])
-def test_vision_heads_shared_over_threads_equal_one_loop(mode: str, passive: bool,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Passive OpenMP waiting (the policy process): heads go to Python threads; spinning: one loop.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE" if passive else "")
-    torch.set_num_threads(2)
-    gen = torch.Generator().manual_seed(3)
-    q, v = (torch.randn(5, 40, 16, generator=gen).bfloat16() for _ in range(2))
-    k = torch.randn(5, 40, 16, generator=gen).bfloat16().transpose(1, 2)
-    want = torch.stack([torch.softmax(q[i] @ k[i], dim=-1) @ v[i] for i in range(5)])
-    ctx = torch.inference_mode() if mode == "inference" else torch.no_grad()
-    with ctx:
-        out = torch.empty(5, 40, 16, dtype=torch.bfloat16)
-        policy_speed._per_head(q, k, v, out)
-    assert torch.get_num_threads() == 2
-    torch.testing.assert_close(out, want)
-
-
 @pytest.mark.parametrize("passive", [True, False])
 def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                           passive: bool) -> None:
@@ -280,7 +209,7 @@ def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path,
     lean = runner.policy.model.denoise_step
     assert isinstance(lean, lean_denoiser.LeanDenoiser)
     want = int8_linear.small_ops_on_one_thread if passive else contextlib.nullcontext
-    assert lean.small_ops is want
+    assert lean.small_ops is want and lean.halves is passive
     assert ("forward" in vars(runner.policy.model.vlm_with_expert)) is passive  # the prefix pass, wrapped
     threads = torch.get_num_threads()
     got, _ = runner.raw_chunk(obs, noise=noise)
