@@ -40,9 +40,9 @@ def small_ops_on_one_thread() -> Iterator[None]:
 
     Every multi-threaded op wakes the OpenMP workers, which sleep between ops in the policy process
     (passive waiting, so that inference never spins on the cores the control loop needs): tens of
-    microseconds each. The action expert (50 tokens) and the text prefix (~70) run ~400 small ops per
-    layer stack on a few thousand values, where those wake-ups cost more than the ops themselves;
-    only their projections gain from more threads.
+    microseconds each. The text prefix (~70 tokens) and the action expert (50, when it runs whole, not
+    in row halves) run ~400 small ops per layer stack on a few thousand values, where those wake-ups
+    cost more than the ops themselves; only their projections gain from more threads.
     """
     global _linear_threads
     threads = torch.get_num_threads()

@@ -1,5 +1,6 @@
 """CPU speed settings for SmolVLA: int8 linears (core/int8_linear.py), a lean denoise step
-(core/lean_denoiser.py), SDPA attention, bf16 vision attention, and bf16 of the VLM + action expert.
+(core/lean_denoiser.py), the vision encoder in row halves (core/vision_encoder.py), SDPA attention, and
+bf16 of the VLM + action expert.
 
 int8 is the CPU default (see int8_linear for the measured throughputs); bf16 stays available. Only the
 layers inside `vlm_with_expert` change (plus the small timestep/action MLP): the state/action projections
