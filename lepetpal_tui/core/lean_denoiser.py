@@ -235,8 +235,11 @@ class LeanDenoiser:
     def __call__(self, prefix_pad_masks: torch.Tensor, past_key_values: object, x_t: torch.Tensor,
                  timestep: torch.Tensor) -> torch.Tensor:
         model: Any = self.model
-        suffix_embs, suffix_pad, suffix_att = model.embed_suffix(x_t, timestep)
-        if self._cache is not past_key_values:
+        # The small ops before and after the layer stack on one thread too (passive waiting: a few
+        # OpenMP wake-ups fewer per step, 348 -> 336 ms for ten steps; the same values).
+        with self.small_ops():
+            suffix_embs, suffix_pad, suffix_att = model.embed_suffix(x_t, timestep)
+        if self._cache is not past_key_values:  # outside small_ops: the halves see torch's threads
             self._chunk = self._prepare(prefix_pad_masks, past_key_values, suffix_pad, suffix_att)
             self._cache = past_key_values
         halves: list[dict[str, Any]] = self._chunk["halves"]
@@ -252,10 +255,11 @@ class LeanDenoiser:
                                          lambda layer: exchange.gather(layer, i, barrier))
 
             h = torch.cat(run_halves(half, len(halves)), dim=1)
-        norm = model.vlm_with_expert.lm_expert.norm
-        h = _rms(h, (norm.weight, float(norm.variance_epsilon)))
-        suffix_out = h[:, -model.config.chunk_size:].to(dtype=torch.float32)
-        v_t: torch.Tensor = model.action_out_proj(suffix_out)
+        with self.small_ops():
+            norm = model.vlm_with_expert.lm_expert.norm
+            h = _rms(h, (norm.weight, float(norm.variance_epsilon)))
+            suffix_out = h[:, -model.config.chunk_size:].to(dtype=torch.float32)
+            v_t: torch.Tensor = model.action_out_proj(suffix_out)
         return v_t
 
 

@@ -201,6 +201,7 @@ def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest
 def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                           passive: bool) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive" if passive else "")
+    torch.set_num_threads(2)
     runner = _runner(tiny_policy_dir)
     obs = sv.warmup_observation(("front",))
     noise = runner.make_noise(4)
@@ -212,6 +213,18 @@ def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path,
     assert lean.small_ops is want and lean.halves is passive
     assert ("forward" in vars(runner.policy.model.vlm_with_expert)) is passive  # the prefix pass, wrapped
     threads = torch.get_num_threads()
+    model = runner.policy.model
+    embed_threads: list[int] = []
+    embed = model.embed_suffix
+
+    def probe(*args: object) -> object:
+        embed_threads.append(torch.get_num_threads())
+        return embed(*args)
+
+    model.embed_suffix = probe
     got, _ = runner.raw_chunk(obs, noise=noise)
     assert torch.get_num_threads() == threads  # restored after the split
+    # each flow step's action/time embedding: small ops on one thread only with passive waiting
+    assert len(embed_threads) == runner.policy.config.num_steps
+    assert set(embed_threads) == {1 if passive else threads}
     assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
