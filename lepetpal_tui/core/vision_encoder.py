@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.core.int8_linear import side_by_side
+from lepetpal_tui.core.int8_linear import Project, side_by_side
 from lepetpal_tui.core.row_halves import halves_of, run_halves
 
 
@@ -63,6 +63,9 @@ class RowHalvesVisionEncoder:
         self.encoder = encoder
         self.original = encoder.forward
         self.bf16 = bf16_matmul_supported()
+        # Each layer's q|k|v as one call; looked up on first use (the projections become int8 after this
+        # is installed).
+        self._qkv: list[Project] | None = None
 
     def __call__(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         if attention_mask is not None:
@@ -70,8 +73,9 @@ class RowHalvesVisionEncoder:
         from transformers.modeling_outputs import BaseModelOutput
 
         layers: list[Any] = list(self.encoder.layers)  # type: ignore[arg-type]
-        # Looked up per call: the projections are swapped for int8 ones after this is installed.
-        qkv = [side_by_side(layer.self_attn, ("q_proj", "k_proj", "v_proj")) for layer in layers]
+        if self._qkv is None:
+            self._qkv = [side_by_side(layer.self_attn, ("q_proj", "k_proj", "v_proj")) for layer in layers]
+        qkv = self._qkv
         batch, length, width = inputs_embeds.shape
         dtype = torch.bfloat16 if self.bf16 else inputs_embeds.dtype
         kv = [(torch.empty(batch, layer.self_attn.num_heads, length, layer.self_attn.head_dim, dtype=dtype),
