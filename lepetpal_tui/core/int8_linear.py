@@ -1,9 +1,10 @@
-"""int8 linears for SmolVLA on a CPU: weights quantized per output channel, activations per call (VNNI).
+"""int8 linears for SmolVLA on a CPU: weights quantized per output channel, activations per call.
 
-Measured on the 2-core AMD EPYC (avx512_vnni, avx512_bf16) with the real SmolVLA shapes: an int8 linear
-(fbgemm, weights quantized per output channel, activations per call) runs at 500-700 GFLOP/s where fp32
-reaches 120-190 and bf16 200-400. Also: q/k/v and gate/up fused into one int8 linear each, and the
-cross-attention K/V projections memoised within a chunk.
+Measured with the real SmolVLA shapes: an int8 linear (fbgemm, weights quantized per output channel,
+activations per call) runs at 500-700 GFLOP/s on the AVX-512 VNNI EPYC (fp32 120-190, bf16 200-400) and
+at ~250 on the AVX2-only EPYC (fp32 130). Activations use 8 bits where the kernel accumulates in int32
+(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (core/cpu_caps.py). Also: q/k/v and
+gate/up fused into one int8 linear each, and the cross-attention K/V projections memoised within a chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+
+from lepetpal_tui.core.cpu_caps import cpu_caps
 
 # Modules never quantized: the VLM's lm_head is never called by SmolVLA (quantizing it only costs time).
 SKIP_NAMES = ("lm_head",)
@@ -72,8 +75,13 @@ class Int8Linear(nn.Module):
 
     weight: torch.Tensor
 
-    def __init__(self, linear: nn.Linear, engine: str | None = None) -> None:
+    def __init__(self, linear: nn.Linear, engine: str | None = None, activation_bits: int | None = None) -> None:
         super().__init__()
+        self.activation_bits = cpu_caps().int8_activation_bits if activation_bits is None else activation_bits
+        if self.activation_bits not in (7, 8):
+            raise ValueError(f"int8 activations use 7 or 8 bits, not {self.activation_bits}")
+        # reduce_range: 7-bit activations (0..127), so a u8 x s8 pair sum fits in int16 (no saturation).
+        self._reduce_range = self.activation_bits == 7
         w = linear.weight.detach().to(torch.float32)
         scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8).to(torch.float64)
         zero_points = torch.zeros(w.shape[0], dtype=torch.int64)
@@ -99,15 +107,15 @@ class Int8Linear(nn.Module):
         if wide:
             torch.set_num_threads(wide)  # ~0.3 us
         try:
-            # reduce_range=False: full 8-bit activations; VNNI accumulates in int32, so nothing saturates.
-            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
+            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=self._reduce_range)
         finally:
             if wide:
                 torch.set_num_threads(1)
         return y if dtype == torch.float32 else y.to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, "
+                f"{self.activation_bits}-bit activations")
 
 
 def quantize_linears(module: nn.Module, keep: Callable[[str], bool] = lambda name: False,

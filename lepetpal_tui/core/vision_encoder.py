@@ -14,15 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from lepetpal_tui.core.cpu_caps import cpu_caps
 from lepetpal_tui.core.int8_linear import Project, side_by_side
 from lepetpal_tui.core.row_halves import halves_of, run_halves
 
 
 def bf16_matmul_supported() -> bool:
-    """bf16 matmuls beat fp32 only with hardware bf16 dot products (AVX512-BF16 or AMX); elsewhere they
-    are emulated and slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    """bf16 matmuls beat fp32 only with hardware bf16 dot products (AVX512-BF16, AMX, ARM BF16); elsewhere
+    they are emulated and slower (core/cpu_caps.py)."""
+    return cpu_caps().bf16_native
 
 
 def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
