@@ -12,6 +12,7 @@ import pytest
 # Tests never touch the network or the user's caches.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("LEPETPAL_ACCURACY_CACHE", "off")  # tests that check the cache point it at tmp_path
 
 
 @pytest.fixture

@@ -212,7 +212,10 @@ def _load_smolvla(
            parameters=runner.parameters)
     obs = sv.warmup_observation(tuple(cameras))
     try:
-        runner, dtype_note, warm_s = sv.choose_dtype(runner, model.dtype, obs, load)
+        runner, dtype_note, warm_s = sv.choose_dtype(
+            runner, model.dtype, obs, load,
+            progress=lambda step: report("warming_up", message=f"{step} (weights loaded in {load_s:.1f} s)"),
+        )
     except PolicyError:
         raise
     except Exception as exc:
@@ -220,7 +223,7 @@ def _load_smolvla(
             f"the first inference of {dir} failed ({type(exc).__name__}: {exc}).",
             "Check the checkpoint with `lepetpal model check`; try [model] dtype = \"fp32\" or device = \"cpu\".",
         ) from exc
-    report("ready", message=f"ready: {dtype_note}", parameters=runner.parameters, dtype=runner.dtype,
+    report("ready", message=f"ready: {dtype_note}; weights loaded in {load_s:.1f} s", parameters=runner.parameters, dtype=runner.dtype,
            warmup_s=warm_s)
     return runner
 

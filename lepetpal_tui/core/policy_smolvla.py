@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from lepetpal_tui.config import JOINT_NAMES, ModelSettings
-from lepetpal_tui.core import policy_speed
+from lepetpal_tui.core import accuracy_cache, policy_speed
+from lepetpal_tui.core.cpu_caps import CpuCaps, cpu_caps
 from lepetpal_tui.core.int8_linear import int8_supported
 from lepetpal_tui.core.policy_errors import PolicyError
 from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
@@ -24,10 +25,8 @@ from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
 IMAGE_PREFIX = "observation.images."
 # Below this size int8/bf16 cannot pay for themselves on a CPU: small matmuls are bound by overhead.
 BF16_MIN_PARAMETERS = 5_000_000
-# auto dtype keeps int8/bf16 only when it is this much faster than fp32 on the warm-up...
-BF16_MIN_SPEEDUP = 1.15
-# ...and its chunk stays within this many robot units (degrees) of fp32's with the same noise
-# (max abs difference over all joints and chunk steps).
+# int8/bf16 are kept only when their chunk stays within this many robot units (degrees) of fp32's with
+# the same noise (max abs difference over all joints and chunk steps).
 ACTION_TOLERANCE = 3.0
 BF16_TOLERANCE = ACTION_TOLERANCE  # the older name
 
@@ -226,46 +225,117 @@ def _compare(
     return float(np.max(np.abs(got - ref))), t_ref / max(timing.total_s, 1e-9), timing.total_s
 
 
+def fast_path(setting: str, device: str, parameters: int, caps: CpuCaps) -> tuple[str | None, str]:
+    """The one fast path worth trying for this setting, device and CPU (None: fp32), and why.
+
+    Decided from the CPU's capabilities, instantly: int8 where a quantized engine exists (7-bit
+    activations without VNNI), bf16 only with bf16 dot products in hardware (emulated bf16 runs at 17
+    GFLOP/s against fp32's 130 on the AVX2-only EPYC), fp32 for models too small to gain.
+    """
+    if setting == "fp32":
+        return None, "fp32 (as set)"
+    if device == "mps":
+        return None, "fp32 (bf16/int8 are not used on mps)"
+    if device == "cuda":
+        return "bf16", "bf16 on CUDA"
+    if setting == "int8":
+        if int8_supported():
+            return "int8", "int8 (as set)"
+        return None, "fp32 (int8 needs a CPU with a quantized engine)"
+    if setting == "bf16":
+        if caps.bf16_native:
+            return "bf16", "bf16 (as set)"
+        return "bf16", "bf16 (as set; this CPU has no bf16 dot products: expect it slower than fp32)"
+    if parameters < BF16_MIN_PARAMETERS:
+        return None, f"fp32 (model too small for int8/bf16 to help: {parameters:,} parameters)"
+    if int8_supported():
+        return "int8", f"int8 for {caps.kind}"
+    if caps.bf16_native:
+        return "bf16", f"bf16 for {caps.kind}"
+    return None, f"fp32 (no int8 engine and no native bf16 on {caps.kind})"
+
+
+def _path_label(name: str, caps: CpuCaps) -> str:
+    return f"int8 ({caps.int8_activation_bits}-bit activations)" if name == "int8" else name
+
+
+def _versions() -> str:
+    import lerobot
+
+    from lepetpal_tui import __version__
+
+    return f"torch {torch.__version__}, lerobot {getattr(lerobot, '__version__', '?')}, lepetpal {__version__}"
+
+
 def choose_dtype(
-    runner: SmolVLARunner, setting: str, obs: Observation, reload: Any
+    runner: SmolVLARunner, setting: str, obs: Observation, reload: Any,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> tuple[SmolVLARunner, str, float]:
     """Apply the dtype setting; returns (runner, note, first-inference seconds).
 
-    "auto" on CPU measures an fp32 chunk, then int8 (then, if int8 is rejected, bf16) with the same
-    noise; the first that is BF16_MIN_SPEEDUP faster and within ACTION_TOLERANCE degrees stays.
-    `reload()` gives a fresh fp32 runner (int8 and bf16 convert in place).
+    `fast_path` names the one path to use from the CPU's capabilities. On a CPU it must pass the
+    accuracy check first (same noise, max abs difference to fp32 within ACTION_TOLERANCE degrees), for
+    "auto" and for an explicit int8/bf16 alike: a path whose kernels are off falls back to fp32 with the
+    reason (fail closed). The check's result is cached per checkpoint + CPU kind + path
+    (core/accuracy_cache.py), so it runs on the first start only. `reload()` gives a fresh fp32 runner
+    (int8 and bf16 convert in place). `progress` hears each step as it starts.
     """
-    if setting == "fp32" or runner.device == "mps":
-        _, timing = runner.raw_chunk(obs)
-        return runner, "fp32" + (" (bf16 is not used on mps)" if setting != "fp32" else ""), timing.total_s
-    if setting == "int8" and runner.device == "cpu" and int8_supported():
-        runner.to_int8()
-        _, timing = runner.raw_chunk(obs)
-        return runner, "int8 VLM", timing.total_s
-    if setting in ("bf16", "int8") or runner.device == "cuda":
-        runner.to_bf16()
-        _, timing = runner.raw_chunk(obs)
-        note = " (int8 needs a CPU with a quantized engine)" if setting == "int8" else ""
-        return runner, "bf16 VLM" + note, timing.total_s
-    if runner.parameters < BF16_MIN_PARAMETERS:
-        _, timing = runner.raw_chunk(obs)
-        return runner, f"fp32 (model too small for int8/bf16 to help: {runner.parameters:,} parameters)", timing.total_s
-    noise = runner.make_noise()
-    ref, t32 = runner.raw_chunk(obs, noise=noise)
-    rejected: list[str] = []
-    candidates = (("int8", SmolVLARunner.to_int8),) if int8_supported() else ()
-    for name, convert in (*candidates, ("bf16", SmolVLARunner.to_bf16)):
+    caps = cpu_caps()
+    name, why = fast_path(setting, runner.device, runner.parameters, caps)
+    steps: list[str] = []
+
+    def timed(label: str, fn: Callable[[], Any]) -> Any:
+        progress(label)
+        t0 = time.perf_counter()
+        out = fn()
+        steps.append(f"{label} {time.perf_counter() - t0:.1f} s")
+        return out
+
+    def warm() -> float:
+        _, timing = timed("first inference", lambda: runner.raw_chunk(obs))
+        return float(timing.total_s)
+
+    if name is None:
+        return runner, why, warm()
+    convert = SmolVLARunner.to_int8 if name == "int8" else SmolVLARunner.to_bf16
+    if runner.device != "cpu":  # CUDA bf16: no CPU kernels to distrust
+        timed(f"converting to {name}", lambda: convert(runner))
+        seconds = warm()
+        return runner, f"{name} VLM ({why}; {', '.join(steps)})", seconds
+    label = _path_label(name, caps)
+    key = accuracy_cache.cache_key(accuracy_cache.checkpoint_fingerprint(Path(runner.source)), caps.kind, label,
+                                   int(runner.policy.config.num_steps), _versions())
+    cached = accuracy_cache.lookup(key)
+    if cached is not None and not cached.accepted:
+        seconds = warm()
+        return runner, (f"fp32 ({label} rejected on {caps.kind}: max diff {cached.max_diff:.2f} > "
+                        f"{cached.tolerance:g}, checked {cached.checked_at}; {', '.join(steps)})"), seconds
+    if cached is not None:
         try:
-            convert(runner)
-            diff, speedup, seconds = _compare(runner, obs, noise, ref, t32.total_s)
-        except Exception as exc:  # e.g. a quantized engine that lacks per-channel int8: try the next one
-            rejected.append(f"{name}: {type(exc).__name__}: {exc}")
+            timed(f"converting to {label}", lambda: convert(runner))
+            seconds = warm()
+        except Exception as exc:  # e.g. a quantized engine that lacks per-channel int8
             runner = reload()
-            continue
-        if speedup >= BF16_MIN_SPEEDUP and diff <= ACTION_TOLERANCE:
-            return runner, f"{name} VLM ({speedup:.1f}x faster than fp32, max diff {diff:.2f})", seconds
-        rejected.append(f"{name}: " + (f"speed-up {speedup:.2f}x" if speedup < BF16_MIN_SPEEDUP
-                                       else f"max diff {diff:.2f} > {ACTION_TOLERANCE}"))
+            return runner, f"fp32 ({label} failed: {type(exc).__name__}: {exc})", warm()
+        return runner, (f"{label} VLM ({why}; accuracy checked {cached.checked_at}: max diff "
+                        f"{cached.max_diff:.2f}; {', '.join(steps)})"), seconds
+    noise = runner.make_noise()
+    ref, t32 = timed("fp32 reference chunk (accuracy check, once per checkpoint and CPU)",
+                     lambda: runner.raw_chunk(obs, noise=noise))
+    try:
+        timed(f"converting to {label}", lambda: convert(runner))
+        diff, speedup, seconds = timed(f"{label} chunk", lambda: _compare(runner, obs, noise, ref, t32.total_s))
+    except Exception as exc:  # a kernel that cannot run here: fp32, and say why
         runner = reload()
-    _, timing = runner.raw_chunk(obs)
-    return runner, f"fp32 ({'; '.join(rejected)} rejected)", timing.total_s
+        return runner, f"fp32 ({label} failed: {type(exc).__name__}: {exc})", warm()
+    result = accuracy_cache.AccuracyResult(path=label, max_diff=diff, tolerance=ACTION_TOLERANCE,
+                                           speedup=speedup, checked_at=accuracy_cache.today())
+    where = accuracy_cache.store(key, result)
+    kept = f"; result kept in {where}" if where else ""
+    if result.accepted:
+        return runner, (f"{label} VLM ({why}; {speedup:.1f}x faster than fp32, max diff {diff:.2f}{kept}; "
+                        f"{', '.join(steps)})"), seconds
+    runner = reload()
+    seconds = warm()
+    return runner, (f"fp32 ({label} rejected on {caps.kind}: max diff {diff:.2f} > {ACTION_TOLERANCE:g}{kept}; "
+                    f"{', '.join(steps)})"), seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from lepetpal_tui.config import ModelSettings
-from lepetpal_tui.core import int8_linear, lean_denoiser, policy_speed
+from lepetpal_tui.core import accuracy_cache, int8_linear, lean_denoiser, policy_speed
 from lepetpal_tui.core import policy_smolvla as sv
 from lepetpal_tui.core.cpu_caps import cpu_caps
 from lepetpal_tui.core.int8_linear import Int8Linear, quantize_linears
@@ -121,16 +122,37 @@ def test_int8_setting_quantizes_only_the_vlm_and_expert(tiny_policy_dir: Path) -
     assert 0 < np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
 
 
-def test_auto_keeps_int8_when_faster_and_close(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The tiny model is too small (and too fast) for auto; pretend it is big and any speed-up counts.
+@pytest.fixture
+def accuracy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    file = tmp_path / "accuracy.json"
+    monkeypatch.setenv(accuracy_cache.ENV, str(file))
+    return file
+
+
+def test_auto_keeps_int8_when_close_and_caches_the_check(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         accuracy_file: Path) -> None:
+    # The tiny model is too small for auto; pretend it is big.
     monkeypatch.setattr(sv, "BF16_MIN_PARAMETERS", 0)
-    monkeypatch.setattr(sv, "BF16_MIN_SPEEDUP", 0.0)
+    steps: list[str] = []
     runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
-                                      lambda: _runner(tiny_policy_dir))
-    assert runner.dtype == "int8" and "int8 VLM" in note and "max diff" in note
+                                      lambda: _runner(tiny_policy_dir), progress=steps.append)
+    bits = cpu_caps().int8_activation_bits
+    assert runner.dtype == "int8" and f"int8 ({bits}-bit activations) VLM" in note and "max diff" in note
+    assert any("fp32 reference chunk" in s for s in steps) and str(accuracy_file) in note
+    saved = json.loads(accuracy_file.read_text())
+    assert len(saved) == 1 and next(iter(saved.values()))["max_diff"] < sv.ACTION_TOLERANCE
+    # The second start takes the cached answer: no fp32 reference chunk.
+    steps.clear()
+    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
+                                      lambda: _runner(tiny_policy_dir), progress=steps.append)
+    assert runner.dtype == "int8" and "accuracy checked" in note
+    assert not any("reference" in s for s in steps)
 
 
-def test_auto_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("setting", ["auto", "int8"])
+def test_a_path_off_fp32_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           accuracy_file: Path, setting: str) -> None:
+    """Explicit int8 goes through the same check as auto: kernels that are off never drive the arm."""
     monkeypatch.setattr(sv, "BF16_MIN_PARAMETERS", 0)
     monkeypatch.setattr(sv, "ACTION_TOLERANCE", -1.0)  # nothing can be close enough
     reloads: list[sv.SmolVLARunner] = []
@@ -139,11 +161,28 @@ def test_auto_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path, monkeypat
         reloads.append(_runner(tiny_policy_dir))
         return reloads[-1]
 
-    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)), reload)
-    assert runner.dtype == "fp32" and runner is reloads[-1] and len(reloads) == 2
+    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), setting, sv.warmup_observation(("front",)), reload)
+    assert runner.dtype == "fp32" and runner is reloads[-1] and len(reloads) == 1
     assert _int8_count(runner) == 0
     assert next(runner.policy.model.vlm_with_expert.parameters()).dtype == torch.float32
-    assert "int8: " in note and "bf16: " in note and "rejected" in note
+    assert "int8" in note and "rejected" in note
+    # Cached as rejected: the next start goes straight to fp32 without converting.
+    runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), setting, sv.warmup_observation(("front",)), reload)
+    assert runner.dtype == "fp32" and "rejected" in note and "checked" in note and len(reloads) == 1
+
+
+def test_fast_path_follows_the_cpu() -> None:
+    from lepetpal_tui.core.cpu_caps import CpuCaps
+
+    avx2 = CpuCaps("EPYC", "x86_64", frozenset({"avx2"}), "AVX2")
+    bf16 = CpuCaps("EPYC", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}), "AVX512")
+    big = 450_000_000
+    assert sv.fast_path("auto", "cpu", big, avx2)[0] == "int8"
+    assert sv.fast_path("auto", "cpu", 1000, avx2)[0] is None
+    assert sv.fast_path("fp32", "cpu", big, bf16)[0] is None
+    assert sv.fast_path("auto", "cuda", big, avx2)[0] == "bf16"
+    assert "slower than fp32" in sv.fast_path("bf16", "cpu", big, avx2)[1]
+    assert "slower" not in sv.fast_path("bf16", "cpu", big, bf16)[1]
 
 
 def test_sdpa_attention_matches_lerobot_eager(tiny_policy_dir: Path) -> None:
