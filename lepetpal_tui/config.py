@@ -131,6 +131,14 @@ class ControlSettings:
     blend_steps: int = field(
         default=8, metadata=_meta("ticks over which a new chunk is blended into the old", lo=0, hi=100)
     )
+    when_inference_is_slow: Literal["slow_down", "hold"] = field(
+        default="slow_down",
+        metadata=_meta('inference slower than the plan: "slow_down" (play the plan slower) or "hold" (wait)'),
+    )
+    min_speed: float = field(
+        default=0.25,
+        metadata=_meta("slowest playback speed factor; below it the arm holds between chunks", lo=0.05, hi=1.0),
+    )
     quit_go_home: bool = field(default=False, metadata=_meta("run the home macro on quit"))
     quit_torque_off: bool = field(default=True, metadata=_meta("turn torque off when disconnecting on quit"))
 

@@ -5,11 +5,19 @@ observation read at tick k has its action i meant for tick k + 1 + i (the soones
 arm is the tick after the one whose joints were read). Actions whose tick has already passed when the chunk
 arrives are dropped; the rest are blended into what is still queued over `blend_steps` ticks so the goal
 never jumps between the old plan and the new one.
+
+Slowed playback: when inference is slower than the plan lasts, the actuator plays the plan at a speed
+factor below 1 (see `playback_speed`). The queue then keeps a fractional plan cursor: each tick advances
+it by the speed and the action is interpolated between the two plan steps around it, so the 30 Hz goals
+stay smooth. A chunk is placed by the plan position its observation was taken at (remembered per tick),
+which at speed 1 is the tick number itself: then everything is exactly tick-indexed.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,35 +35,77 @@ class MergeInfo:
     depth_after: int
 
 
+def playback_speed(plan_left: float, ticks_to_next_chunk: float, floor: float) -> float:
+    """The speed factor (plan steps per tick) at which `plan_left` queued steps last until the next chunk
+    lands, `ticks_to_next_chunk` from now; 1 when they last anyway, never below `floor`."""
+    if ticks_to_next_chunk <= 0 or plan_left >= ticks_to_next_chunk:
+        return 1.0
+    return max(floor, min(1.0, plan_left / ticks_to_next_chunk))
+
+
+# How many ticks of (tick -> plan position) are remembered to place a chunk: 20 s at 30 Hz, longer than
+# any usable inference; an older observation is placed by extrapolation at speed 1.
+_HISTORY_TICKS = 600
+_EPS = 1e-9
+
+
 class ChunkQueue:
     """Thread-safe: the inference thread merges, the actuator thread pops."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._start = 0  # tick number of self._actions[0]
+        self._start = 0  # plan position of self._actions[0]
         self._actions: FloatArray = np.empty((0, 6), dtype=np.float64)
+        self._cursor = 0.0  # plan position of the next pop (fractional while playback is slowed)
+        self._next_tick = 0  # the tick of the next pop
+        self._history: deque[tuple[int, float]] = deque(maxlen=_HISTORY_TICKS)  # (tick, plan position)
 
     def clear(self) -> None:
         with self._lock:
             self._actions = np.empty((0, 6), dtype=np.float64)
 
-    def depth(self, tick: int) -> int:
-        """Actions queued for `tick` and later."""
-        with self._lock:
-            return max(0, self._start + len(self._actions) - max(tick, self._start))
+    def _position(self, tick: int, speed: float) -> float:
+        """Plan position of `tick` (a tick after the next one: the skipped ones advance at `speed`)."""
+        return self._cursor + speed * max(0, tick - self._next_tick)
 
-    def pop(self, tick: int) -> FloatArray | None:
-        """The action for `tick`, or None when the queue holds none (starved); earlier ones are discarded."""
+    def plan_left(self, tick: int) -> float:
+        """Plan steps queued from `tick`'s position on (fractional while slowed)."""
         with self._lock:
-            offset = tick - self._start
-            if offset < 0 or offset >= len(self._actions):
-                if offset >= len(self._actions):
-                    self._actions = self._actions[:0]
-                    self._start = tick + 1
+            pos = self._position(tick, 1.0)
+            return max(0.0, self._start + len(self._actions) - max(pos, self._start))
+
+    def depth(self, tick: int) -> int:
+        """Actions queued for `tick` and later (whole plan steps)."""
+        return math.floor(self.plan_left(tick) + _EPS)
+
+    def pop(self, tick: int, speed: float = 1.0) -> FloatArray | None:
+        """The action for `tick`, or None when the queue holds none (starved); earlier ones are discarded.
+
+        `speed` < 1 plays the plan slower: the cursor advances `speed` plan steps per tick and the action
+        is interpolated between the two steps around it.
+        """
+        with self._lock:
+            pos = self._position(tick, speed)
+            self._history.append((tick, pos))
+            self._next_tick = tick + 1
+            self._cursor = pos + speed
+            offset = pos - self._start
+            n = len(self._actions)
+            if offset < -_EPS:  # the plan starts later
                 return None
-            action: FloatArray = self._actions[offset].copy()
-            self._actions = self._actions[offset + 1 :]
-            self._start = tick + 1
+            i = max(0, math.floor(offset + _EPS))
+            if i >= n:
+                self._actions = self._actions[:0]
+                self._start = math.floor(self._cursor + _EPS)
+                return None
+            frac = offset - i
+            if frac > _EPS and i + 1 < n:
+                action: FloatArray = (1.0 - frac) * self._actions[i] + frac * self._actions[i + 1]
+            else:
+                action = self._actions[i].copy()
+            done = min(n, max(0, math.floor(self._cursor + _EPS) - self._start))
+            self._actions = self._actions[done:]
+            self._start += done
             return action
 
     def reset(self, next_tick: int) -> None:
@@ -63,11 +113,23 @@ class ChunkQueue:
         with self._lock:
             self._actions = np.empty((0, 6), dtype=np.float64)
             self._start = next_tick
+            self._cursor = float(next_tick)
+            self._next_tick = next_tick
+            self._history.clear()
 
     @property
     def next_tick(self) -> int:
         with self._lock:
-            return self._start
+            return self._next_tick
+
+    def _anchor(self, obs_tick: int) -> int:
+        """The plan step the observation of `obs_tick` was taken at (its tick number at speed 1)."""
+        for tick, pos in reversed(self._history):
+            if tick == obs_tick:
+                return round(pos)
+            if tick < obs_tick:
+                break
+        return round(self._cursor + (obs_tick - self._next_tick))
 
     def merge(
         self, actions: FloatArray, obs_tick: int, blend_steps: int, min_keep: int = 0, max_lag: int = 0
@@ -80,6 +142,7 @@ class ChunkQueue:
         """
         new = np.asarray(actions, dtype=np.float64).reshape(-1, 6)
         with self._lock:
+            obs_tick = self._anchor(obs_tick)  # from here on: plan positions (tick numbers at speed 1)
             now_tick = self._start
             old = self._actions
             depth_before = len(old)

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lepetpal_tui.config import Settings
-from lepetpal_tui.core.chunks import ChunkQueue
+from lepetpal_tui.core.chunks import ChunkQueue, playback_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
 from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
 from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
@@ -153,6 +153,9 @@ class Engine:
         self._bus_failures = 0
         self._late_s = 0.0
         self._latency_ticks: deque[int] = deque(maxlen=3)
+        self._infer_obs_tick: int | None = None  # the observation tick of the inference in progress
+        self._speed = 1.0  # playback speed factor of the latest tick
+        self._speed_floor_warned = False
         self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
         self._stopping = threading.Event()
         self._finished = threading.Event()
@@ -436,6 +439,7 @@ class Engine:
             self._prev_goal = None if self._measured is None else self._measured.copy()  # ramp from here
             self._awaiting_first_chunk = True
             self._reset_policy = True
+            self._speed_floor_warned = False
             self._set_state(EngineState.DRY_RUN if self._dry_run else EngineState.RUNNING)
         self._infer_wake.set()
         self._event("info", f'Running "{task}"' + (" in dry-run (no goal writes)." if self._dry_run else "."))
@@ -619,11 +623,13 @@ class Engine:
             prev = measured
         proposed: FloatArray | None = None
         starved = False
+        self._speed = 1.0
         if state in _ACTIVE:
-            proposed = self.queue.pop(k)
+            self._speed = self._playback_speed(k)
+            proposed = self.queue.pop(k, self._speed)
             if proposed is None:
                 starved = not self._awaiting_first_chunk
-            if self.queue.depth(k + 1) <= self.settings.control.chunk_threshold * self._chunk_len():
+            if self._next_chunk_due(self.queue.depth(k + 1)):
                 self._infer_wake.set()
         elif state == EngineState.MACRO and macro is not None:
             if macro.index < len(macro.goals):
@@ -691,10 +697,43 @@ class Engine:
             clamped=clamped,
             starved=starved,
             queue_depth=self.queue.depth(k + 1),
+            speed=self._speed,
         )
         self.coalescer.add_tick(sample)
         if self.log is not None:
             self.log.tick(sample, self._state, late_s=self._late_s)
+
+    def _next_chunk_due(self, depth: int) -> bool:
+        """Whether to compute the next chunk now: the queue is down to `chunk_threshold` of a chunk or,
+        when slowing down is allowed, to what the last chunks took to compute (start in time)."""
+        control = self.settings.control
+        if depth <= control.chunk_threshold * self._chunk_len():
+            return True
+        latency = self._latency_ticks
+        return control.when_inference_is_slow == "slow_down" and bool(latency) and depth <= max(latency) + _MARGIN_TICKS
+
+    def _playback_speed(self, k: int) -> float:
+        """Plan steps to play this tick: below 1 when the queued plan would run out before the next chunk
+        lands (inference slower than the plan), so the arm keeps moving instead of stopping."""
+        control = self.settings.control
+        if control.when_inference_is_slow == "hold" or self._awaiting_first_chunk or not self._latency_ticks:
+            return 1.0
+        latency = max(self._latency_ticks)  # ticks from observation to merge, of the last few chunks
+        started = self._infer_obs_tick
+        remaining = latency - (k - started) if started is not None else latency
+        ticks = max(1, remaining) + _MARGIN_TICKS
+        left = self.queue.plan_left(k)
+        speed = playback_speed(left, ticks, control.min_speed)
+        if speed <= control.min_speed and left < ticks * control.min_speed and not self._speed_floor_warned:
+            self._speed_floor_warned = True
+            self._event(
+                "warning",
+                f"Inference takes {latency * self.period:.1f} s a chunk: even at {control.min_speed:g}x the plan "
+                "runs out, so the arm holds between chunks.",
+                "Use a faster inference path (see `lepetpal model check`), fewer flow steps, or a lower "
+                "[control] min_speed.",
+            )
+        return speed
 
     def _bus_failure(self, exc: BaseException) -> None:
         self._bus_failures += 1
@@ -780,7 +819,7 @@ class Engine:
                 continue
             chunk_len = self._chunk_len()
             depth = self.queue.depth(self.queue.next_tick)
-            if not first and depth > self.settings.control.chunk_threshold * chunk_len:
+            if not first and not self._next_chunk_due(depth):
                 continue
             images = self._frames()
             if images is None:
@@ -789,14 +828,17 @@ class Engine:
                 self._reset_policy = False
                 policy.reset()
             obs = Observation(joints=measured.copy(), images=images, task=task, timestamp=time.monotonic())
+            self._infer_obs_tick = obs_tick
             try:
                 chunk = policy.infer(obs)
             except Exception as exc:
+                self._infer_obs_tick = None
                 if self._epoch == epoch:
                     self._halt(EngineState.ERROR, f"inference failed: {exc}")
                     self._event("error", f"Inference failed: {exc}. Holding.", "See the log; re-arm to retry.")
                 continue
             merged = self._merge(chunk, epoch, obs_tick, task, chunk_len)
+            self._infer_obs_tick = None
 
     def _merge(self, chunk: ActionChunk, epoch: int, obs_tick: int, task: str, chunk_len: int) -> bool:
         actions = np.asarray(chunk.actions, dtype=np.float64)

@@ -147,6 +147,7 @@ class SessionLog:
                 "clamped": [i for i, c in enumerate(s.clamped) if c],
                 "starved": s.starved,
                 "queue": s.queue_depth,
+                "speed": round(s.speed, 3),
             }
         )
 
@@ -223,6 +224,8 @@ class LogSummary:
     tick_period_p50_s: float | None
     tick_period_p99_s: float | None
     ended_cleanly: bool
+    speed_p50: float | None = None  # playback speed factor over running ticks
+    speed_min: float | None = None
 
     def lines(self) -> list[str]:
         def ms(v: float | None) -> str:
@@ -241,6 +244,8 @@ class LogSummary:
             f"chunks          {self.chunks}",
             f"chunk latency   p50 {ms(self.chunk_latency_p50_s)}  p99 {ms(self.chunk_latency_p99_s)}",
             f"tick period     p50 {ms(self.tick_period_p50_s)}  p99 {ms(self.tick_period_p99_s)}",
+            "playback speed  " + ("n/a" if self.speed_p50 is None or self.speed_min is None
+                                  else f"p50 {self.speed_p50:.2f}x  min {self.speed_min:.2f}x"),
             "ended cleanly   " + ("yes" if self.ended_cleanly else "no (process killed or still running)"),
         ]
 
@@ -250,6 +255,7 @@ def summarize(path: Path) -> LogSummary:
     ticks = written = starved = clamps = estops = errors = 0
     periods: list[float] = []
     latencies: list[float] = []
+    speeds: list[float] = []
     first_t: float | None = None
     last_t: float | None = None
     ended = False
@@ -266,6 +272,8 @@ def summarize(path: Path) -> LogSummary:
             clamps += len(rec.get("clamped", ()))
             if ticks > 1:
                 periods.append(float(rec.get("period_s", 0.0)))
+            if rec.get("state") in ("RUNNING", "DRY_RUN") and isinstance(rec.get("speed"), int | float):
+                speeds.append(float(rec["speed"]))
         elif kind == "chunk":
             timing = rec.get("timing", {})
             latencies.append(sum(float(timing.get(k, 0.0)) for k in ("preprocess_s", "model_s", "postprocess_s")))
@@ -295,6 +303,8 @@ def summarize(path: Path) -> LogSummary:
         tick_period_p50_s=_pct(periods, 50),
         tick_period_p99_s=_pct(periods, 99),
         ended_cleanly=ended,
+        speed_p50=_pct(speeds, 50),
+        speed_min=min(speeds) if speeds else None,
     )
 
 

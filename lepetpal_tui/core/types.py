@@ -175,6 +175,7 @@ class TickSample:
     clamped: tuple[bool, ...]  # per joint: the safety filter changed this joint's goal
     starved: bool  # RUNNING but no action was available
     queue_depth: int
+    speed: float = 1.0  # playback speed factor: plan steps per tick (< 1 while inference is slow)
 
 
 @dataclass(frozen=True)

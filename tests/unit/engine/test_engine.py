@@ -139,16 +139,40 @@ def test_zero_starved_ticks_when_latency_is_half_a_chunk(fakes: ModuleType, make
     assert engine.starved_ticks == 0
 
 
-def test_slow_policy_starves_and_holds(fakes: ModuleType, make_engine: Any) -> None:
-    settings = with_settings(control={"rate_hz": 50.0, "chunk_threshold": 0.0})
+def _slow_policy_run(fakes: ModuleType, make_engine: Any, when_slow: str) -> tuple[Engine, Any]:
+    settings = with_settings(control={"rate_hz": 50.0, "chunk_threshold": 0.0, "when_inference_is_slow": when_slow})
     policy = fakes.ramp_policy(0.05, chunk_length=10)
     policy.latency_s = 0.3  # 15 ticks for a 10-tick chunk
     arm = fakes.FakeArm()
     engine = make_engine(arm, policy, settings)
     engine.wait_for((EngineState.READY,), 2.0)
-    _run(engine, 1.5)
+    _run(engine, 2.0)
+    return engine, arm
+
+
+def test_slow_policy_starves_and_holds_when_set_to_hold(fakes: ModuleType, make_engine: Any) -> None:
+    engine, _ = _slow_policy_run(fakes, make_engine, "hold")
     assert engine.starved_ticks > 10
     assert engine.state == EngineState.RUNNING
+
+
+def test_slow_policy_plays_the_plan_slower_instead_of_stopping(fakes: ModuleType, make_engine: Any,
+                                                              tmp_path: Path) -> None:
+    engine, arm = _slow_policy_run(fakes, make_engine, "slow_down")
+    assert engine.state == EngineState.RUNNING
+    # Holding would starve ~a third of the ticks (see above); slowed, the plan lasts (a tick or two of
+    # slack for a loaded 2-core machine).
+    assert engine.starved_ticks <= 2
+    engine.flush_telemetry()
+    speeds = [t.speed for b in engine.batches for t in b.ticks if t.goal is not None]  # type: ignore[attr-defined]
+    assert min(speeds) < 0.8 and max(speeds) <= 1.0 and min(speeds) >= engine.settings.control.min_speed
+    # The safety filter's per-tick limit still holds on every written goal.
+    goals = np.array([g for _, g in arm.writes])
+    assert np.max(np.abs(np.diff(goals, axis=0))) <= engine.settings.arm.max_step_per_tick + 1e-9
+    engine.close(timeout=5.0)
+    summary = summarize(tmp_path / "session-0.jsonl")
+    assert summary.speed_min is not None and summary.speed_min < 0.8
+    assert any("playback speed" in line and "min" in line for line in summary.lines())
 
 
 def test_set_task_applies_to_next_chunk(fakes: ModuleType, make_engine: Any) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lepetpal_tui.config import ArmSettings, MacroSettings, SafetySettings, Settings
-from lepetpal_tui.core.chunks import ChunkQueue
+from lepetpal_tui.core.chunks import ChunkQueue, playback_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
 from lepetpal_tui.core.safety import SafetyFilter, health_problem
 from lepetpal_tui.core.types import ServoHealth
@@ -172,3 +172,49 @@ def test_merge_runs_slightly_late_rather_than_starve() -> None:
         q2.pop(k)
     info = q2.merge(new, obs_tick=4, blend_steps=0, min_keep=45, max_lag=4)
     assert info.late == 4 and info.dropped == 36
+
+
+def _line(n: int, start: float = 0.0) -> np.ndarray:
+    """n actions whose every joint is start, start + 1, ... (one unit per plan step)."""
+    return np.repeat((start + np.arange(n, dtype=float))[:, None], 6, axis=1)
+
+
+def test_slowed_playback_interpolates_between_plan_steps() -> None:
+    q = ChunkQueue()
+    q.merge(_line(10), obs_tick=-1, blend_steps=0)
+    got = [q.pop(k, 0.5) for k in range(8)]
+    assert [None if a is None else float(a[0]) for a in got] == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5]
+    assert q.plan_left(8) == pytest.approx(6.0) and q.depth(8) == 6
+    # Back to full speed: one plan step per tick again, from where the cursor is.
+    assert [float(q.pop(k)[0]) for k in range(8, 11)] == [4, 5, 6]  # type: ignore[index]
+
+
+def test_slowed_playback_runs_dry_only_at_the_end_of_the_plan() -> None:
+    q = ChunkQueue()
+    q.merge(_line(4), obs_tick=-1, blend_steps=0)
+    got = [q.pop(k, 0.25) for k in range(16)]
+    assert all(a is not None for a in got)  # 4 plan steps last 16 ticks at a quarter speed
+    assert q.pop(16, 0.25) is None
+    steps = np.diff([float(a[0]) for a in got[:13] if a is not None])
+    assert np.allclose(steps, 0.25)  # smooth: the same change every tick
+
+
+def test_chunk_is_placed_by_the_plan_position_of_its_observation() -> None:
+    """While slowed, the tick number is not the plan position: a chunk computed from the joints read at
+    tick 8 (plan step 4 at half speed) starts at plan step 5, so the arm does not skip ahead."""
+    q = ChunkQueue()
+    q.merge(_line(20), obs_tick=-1, blend_steps=0)
+    for k in range(12):
+        q.pop(k, 0.5)  # tick 8 was at plan position 4.0
+    info = q.merge(_line(20, start=100.0), obs_tick=8, blend_steps=0)
+    # Now (plan position 6) is one step past the new plan's first action (step 5): dropped as past.
+    assert info.dropped == 1
+    nxt = q.pop(12, 0.5)
+    assert nxt is not None and float(nxt[0]) == 101.0
+
+
+def test_playback_speed_keeps_the_plan_from_running_dry() -> None:
+    assert playback_speed(40, 30, 0.25) == 1.0  # lasts anyway
+    assert playback_speed(15, 30, 0.25) == pytest.approx(0.5)
+    assert playback_speed(3, 30, 0.25) == 0.25  # never below the floor
+    assert playback_speed(0, 0, 0.25) == 1.0
