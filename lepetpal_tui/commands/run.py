@@ -44,6 +44,8 @@ class _Progress:
         self.last_chunk_ms: float | None = None
         self.phase = ""
         self.errors = 0
+        self.speed = 1.0
+        self.speed_min: float | None = None  # over running ticks
 
     def feed(self, batch: Any) -> None:
         stamp = f"[{time.monotonic() - self.t0:6.1f} s]"
@@ -67,6 +69,11 @@ class _Progress:
                     self.failed = e.message + (f" {e.fix}" if e.fix else "")
         for c in batch.chunks:
             self.last_chunk_ms = c.timing.total_s * 1000
+        for t in batch.ticks:
+            if t.goal is not None and self.state in ("RUNNING", "DRY-RUN"):
+                self.speed_min = t.speed if self.speed_min is None else min(self.speed_min, t.speed)
+        if batch.ticks:
+            self.speed = batch.ticks[-1].speed
         self.tick_count = batch.tick_count
         self.starved = batch.starved_ticks
         self.clamps = batch.clamp_count
@@ -74,7 +81,8 @@ class _Progress:
     def line(self) -> str:
         chunk = "n/a" if self.last_chunk_ms is None else f"{self.last_chunk_ms:.0f} ms"
         return (f"[{time.monotonic() - self.t0:6.1f} s] {self.state:<8} ticks {self.tick_count}  "
-                f"starved {self.starved}  clamps {self.clamps}  last chunk {chunk}")
+                f"starved {self.starved}  clamps {self.clamps}  last chunk {chunk}  speed {self.speed:.2f}x"
+                + ("" if self.speed_min is None else f" (min {self.speed_min:.2f}x)"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -272,7 +272,7 @@ def summarize(path: Path) -> LogSummary:
             clamps += len(rec.get("clamped", ()))
             if ticks > 1:
                 periods.append(float(rec.get("period_s", 0.0)))
-            if rec.get("state") in ("RUNNING", "DRY_RUN") and isinstance(rec.get("speed"), int | float):
+            if rec.get("state") in (EngineState.RUNNING.value, EngineState.DRY_RUN.value) and isinstance(rec.get("speed"), int | float):
                 speeds.append(float(rec["speed"]))
         elif kind == "chunk":
             timing = rec.get("timing", {})

@@ -56,7 +56,11 @@ class LatencyPane(Vertical):
         self.query_one("#latency-inference", Sparkline).data = list(store.inference_ms)
         self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
         starved = f"[b red]{store.starved_ticks}[/]" if store.starved_ticks else "0"
+        tick = store.latest_tick
+        speed = 1.0 if tick is None else tick.speed
+        # Below 1 the plan plays slower because inference cannot keep up (see [control] min_speed).
+        shown = f"[b yellow]{speed:.2f}x[/]" if speed < 0.995 else f"{speed:.2f}x"
         self.query_one("#latency-counters", Static).update(
-            f"starved ticks {starved}   clamped {store.clamp_count}   e-stops {store.estop_count}"
-            f"   ticks {store.tick_count}"
+            f"starved {starved}   clamped {store.clamp_count}   e-stops {store.estop_count}"
+            f"   ticks {store.tick_count}   speed {shown}"
         )
