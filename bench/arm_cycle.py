@@ -10,19 +10,15 @@ and writes bench/results/arm_cycle.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
+
+from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 
 from lepetpal_tui.config import JOINT_NAMES
 from lepetpal_tui.core.telemetry import percentile
 from lepetpal_tui.sim.process import SimArm
-
-RESULTS = Path(__file__).resolve().parent / "results" / "arm_cycle.json"
 
 
 def _bus(port: str) -> Any:
@@ -85,14 +81,10 @@ def main() -> int:
         print(f"  {label}: cycle median {c['median']:.3f} ms, p99 {c['p99']:.3f} ms, max {c['max']:.2f} ms | "
               f"read median {rd['median']:.3f} / p99 {rd['p99']:.3f} ms | "
               f"write median {wr['median']:.3f} / p99 {wr['p99']:.3f} ms | read failures {r['read_failures']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "arm_cycle",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "runs": runs,
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(machine_line())
+    out = write_result("arm_cycle", {"benchmark": "arm_cycle", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     "runs": runs})
+    print(f"wrote {out}")
     return 0
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -24,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
+
 from lepetpal_tui.config import Settings
 from lepetpal_tui.core.engine_process import EngineClient
 from lepetpal_tui.core.telemetry import percentile, read_log
 from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch, TickSample
-
-RESULTS = Path(__file__).resolve().parent / "results" / "control_loop.json"
 
 
 def busy_ui(stop: threading.Event) -> None:
@@ -130,7 +128,6 @@ def main() -> int:
     work_ms = [t.work_s * 1000 for t in ticks]
     lat_ms = [c.timing.total_s * 1000 for c in chunks]
     result = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}",
         "policy": "tiny SmolVLA (real checkpoint format, 0.3 M parameters)" if args.policy == "tiny" else "scripted",
         "controlling_process_busy": not args.no_busy,
         "rate_hz": settings.control.rate_hz,
@@ -151,9 +148,9 @@ def main() -> int:
         },
         "session_log": str(client.log_path),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("control_loop", result)
     j = result["tick_jitter_ms"]
+    print(machine_line())
     print(f"policy: {result['policy']}; controlling process busy: {result['controlling_process_busy']}")
     print(f"ticks {len(ticks)} at {settings.control.rate_hz:g} Hz over {args.duration:g} s; starved {starved}")
     pd = result["period_deviation_ms"]
@@ -167,7 +164,7 @@ def main() -> int:
     if estop_ms:
         print(f"e-stop -> last goal write: {', '.join(f'{v:.1f}' for v in estop_ms)} ms "
               f"(max {max(estop_ms):.1f} ms; one tick is {period * 1000:.1f} ms)")
-    print(f"written to {RESULTS}")
+    print(f"written to {out}")
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import statistics
 import struct
 import subprocess
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "ui_figures.json"
 LEPETPAL = [sys.executable, "-m", "lepetpal_tui"]
 COLS, ROWS = 120, 40
 F6 = b"\x1b[17~"
@@ -141,19 +140,18 @@ def main() -> int:
         firsts = first_screen(3, tmp)
         load = running_load(10.0, tmp)
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "terminal": f"{COLS}x{ROWS}",
         "first_screen_s": {"runs": firsts, "median": statistics.median(firsts)},
         "running_30hz_fake_telemetry": load,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("ui_figures", result)
+    print(machine_line())
     print(f"time to first screen (lepetpal --sim): median {result['first_screen_s']['median']:.2f} s "
           f"(runs {', '.join(f'{t:.2f}' for t in firsts)})")
     print(f"UI process CPU while RUNNING, 30 Hz telemetry: {load['cpu_percent_of_one_core']:.1f} % of one core")
     print(f"redraw rate: {load['redraws_per_s']:.1f} /s (telemetry batches {load['telemetry_batches_per_s']:.1f} /s), "
           f"terminal output {load['terminal_kib_per_s']:.1f} KiB/s")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
 

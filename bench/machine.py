@@ -1,0 +1,47 @@
+"""What every benchmark prints and stores beside its figures: the CPU (model, kind, ISA flags) it ran on.
+
+Results go to bench/results/<cpu kind>/<bench>.json (kinds from lepetpal_tui.core.cpu_caps, e.g.
+x86-avx2, x86-avx512-vnni-bf16): one result per CPU kind, kept in git, so figures from different
+machines sit side by side instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from lepetpal_tui.core.cpu_caps import cpu_caps
+
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    caps = cpu_caps()
+    return {
+        "cpu": caps.model, "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
+        "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": caps.int8_activation_bits,
+        "bf16_native": caps.bf16_native, "cpus": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def machine_line() -> str:
+    return f"CPU: {cpu_caps().describe()}, {os.cpu_count()} CPUs, {platform.platform()}"
+
+
+def results_path(name: str) -> Path:
+    return RESULTS_ROOT / cpu_caps().kind / f"{name}.json"
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    out = results_path(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine_info(), **result}, indent=2) + "\n")
+    return out
+
+
+_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                    "amx_bf16", "asimd", "asimddp", "bf16", "i8mm", "sve"})
