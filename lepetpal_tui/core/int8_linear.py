@@ -149,12 +149,14 @@ class _FusedInt8:
 
     def __init__(self, linears: list[nn.Linear], engine: str | None = None) -> None:
         biases = [lin.bias for lin in linears]
-        fused = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears),
-                          bias=biases[0] is not None)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([lin.weight.detach().float() for lin in linears]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([b.detach().float() for b in biases]))  # type: ignore[misc]
+        # skip_init + assigning the concatenated weights: no random init and no copy of ~400 MB of
+        # weights that are overwritten anyway (2.5 s of a 14 s conversion on the 2-core EPYC).
+        fused = torch.nn.utils.skip_init(nn.Linear, linears[0].in_features,
+                                         sum(lin.out_features for lin in linears), bias=biases[0] is not None)
+        fused.weight = nn.Parameter(torch.cat([lin.weight.detach().float() for lin in linears]), requires_grad=False)
+        if biases[0] is not None:
+            fused.bias = nn.Parameter(torch.cat([b.detach().float() for b in biases]),  # type: ignore[union-attr]
+                                      requires_grad=False)
         self.linear = Int8Linear(fused, engine)
         self.bounds: list[tuple[int, int]] = []
         start = 0

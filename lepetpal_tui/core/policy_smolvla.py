@@ -146,6 +146,36 @@ def warmup_observation(cameras: Sequence[str], task: str = "warm up") -> Observa
     return Observation(joints=np.zeros(len(JOINT_NAMES)), images=images, task=task, timestamp=0.0)
 
 
+# Parameters a checkpoint may leave out: the VLM's lm_head (tied to the embeddings, never called by SmolVLA).
+_MAY_BE_ABSENT = ("lm_head",)
+
+
+def _from_pretrained_without_random_init(policy_cls: Any, dir: Path, cfg: Any) -> Any:
+    """`policy_cls.from_pretrained` without first filling 450 M parameters with random numbers.
+
+    LeRobot builds the model (transformers' `from_config`: every layer initialised at random) and then
+    overwrites every weight from model.safetensors; on a 2-core CPU the random init is most of the
+    load time. transformers' own `no_init_weights` skips it. Safe only if the file really sets every
+    parameter: checked against its keys; if any is missing, load again the ordinary way.
+    """
+    from safetensors import safe_open
+    from transformers.initialization import no_init_weights
+
+    file = dir / "model.safetensors"
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            keys = set(f.keys())
+    except Exception:  # a damaged file: the ordinary load reports it
+        return policy_cls.from_pretrained(str(dir), config=cfg)
+    with no_init_weights():
+        policy = policy_cls.from_pretrained(str(dir), config=cfg)
+    missing = [name for name, _ in policy.named_parameters()
+               if name not in keys and not any(part in _MAY_BE_ABSENT for part in name.split("."))]
+    if missing:
+        return policy_cls.from_pretrained(str(dir), config=cfg)
+    return policy
+
+
 def load_local(
     dir: Path,
     *,
@@ -180,7 +210,7 @@ def load_local(
     try:
         # LeRobot prints progress to stdout, which would scribble over a full-screen UI.
         with contextlib.redirect_stdout(io.StringIO()):
-            policy = SmolVLAPolicy.from_pretrained(str(dir), config=cfg)
+            policy = _from_pretrained_without_random_init(SmolVLAPolicy, dir, cfg)
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         if "safetensor" in text.lower() or "header" in text.lower() or "deserializ" in text.lower():
