@@ -107,6 +107,27 @@ def build_engine(
 # measures the chunk time in this setting too.
 POLICY_PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
+# The policy process runs at a lower CPU priority (nice +10; LEPETPAL_POLICY_NICE overrides, 0 = off):
+# on a 2-core machine inference keeps both cores busy, and the bus (the serial driver, or the simulator
+# that stands for the servos) and the actuator thread must win every time they wake. Lowering our own
+# priority needs no permission; CFS then gives inference the cores only when nobody else wants them.
+POLICY_NICE_DEFAULT = 10
+
+
+def lower_policy_priority() -> int:
+    """Apply the policy process's niceness; returns the increment applied (0 when off or refused)."""
+    try:
+        increment = int(os.environ.get("LEPETPAL_POLICY_NICE", POLICY_NICE_DEFAULT))
+    except ValueError:
+        increment = POLICY_NICE_DEFAULT
+    if increment <= 0:
+        return 0
+    try:
+        os.nice(increment)
+    except OSError:
+        return 0
+    return increment
+
 
 class PolicyProcessError(RuntimeError):
     """The policy process failed to load or to infer; the message says why (and the fix when known)."""
@@ -117,6 +138,7 @@ def _policy_main(conn: Connection, settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name, value in POLICY_PROCESS_ENV.items():
         os.environ.setdefault(name, value)
+    lower_policy_priority()
     from lepetpal_tui.core.policy import load_policy
 
     try:
