@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = ["Arm", "ArmError", "close_robot", "diagnose_connect_failure", "open_r
 FloatArray = npt.NDArray[np.float64]
 _N = len(JOINT_NAMES)
 _IDS = list(range(1, _N + 1))
+_RESYNC_S = 0.02  # after an out-of-step reply: time for the other late replies to arrive before dropping them
 _HEALTH_ADDR, _HEALTH_LEN = 60, 4  # Present_Load (2, sign bit 10), Present_Voltage (1), Present_Temperature (1)
 _DIAG_TIMEOUT_S = 0.25  # long enough to see a reply LeRobot's 50 ms timeout missed
 _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={port}"
@@ -443,8 +445,11 @@ class Arm:
                             break
                         if len(data) != _HEALTH_LEN:
                             # A late status packet from an earlier transaction (a reply that missed its
-                            # timeout on a loaded machine) answered in this one's place: retry.
+                            # timeout on a loaded machine) answered in this one's place. Let the rest of
+                            # those late replies arrive, drop them, and retry in step again.
                             last = f"servo {motor_id} answered with {len(data)} bytes, not {_HEALTH_LEN}"
+                            time.sleep(_RESYNC_S)
+                            _drop_stale_input(bus)
                             break
                         rows.append((list(data), int(error)))
                 if len(rows) == _N:

@@ -124,7 +124,7 @@ def _recovers_only_on_start(engine: Engine, sim: Any) -> None:
     assert engine.state == EngineState.RUNNING, engine.snapshot()
     time.sleep(1.0)
     assert engine.state == EngineState.RUNNING, engine.snapshot()
-    assert len(goal_writes(sim.trace())) > 6 * 10, "the arm did not move again after the explicit start"
+    assert len(goal_writes(sim.trace())) >= 6 * 5, "the arm did not move again after the explicit start"
 
 
 # ----------------------------------------------------------------------------------------------- camera
