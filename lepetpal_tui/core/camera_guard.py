@@ -58,7 +58,7 @@ class CameraGuard:
             if cap is not None and now - cap.t <= bound:
                 out.images[name] = cap.image
                 continue
-            reason = src.failed_reason
+            reason = src.failed_reason.removeprefix(f'camera "{name}": ')  # the engine names the camera itself
             if not reason:
                 if cap is None:
                     if now - self._opened_at < bound:
