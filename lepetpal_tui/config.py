@@ -158,10 +158,26 @@ class SafetySettings:
         default=False, metadata=_meta("torque off when disconnecting after UI loss")
     )
     bus_retries: int = field(
-        default=3, metadata=_meta("consecutive failed ticks before holding", lo=0, hi=100)
+        default=3,
+        metadata=_meta("consecutive failed joint reads, and separately goal writes, before holding", lo=0, hi=100),
+    )
+    health_read_retries: int = field(
+        default=2,
+        metadata=_meta("consecutive failed servo health reads (about one a second) before holding", lo=0, hi=100),
+    )
+    camera_timeout_s: float = field(
+        default=1.0,
+        metadata=_meta("a real camera with no new frame for this long is a fault; older frames are refused",
+                       lo=0.05, hi=60),
     )
     camera_fallback_synthetic: bool = field(
-        default=True, metadata=_meta("on camera loss use the synthetic camera (else hold)")
+        default=True,
+        metadata=_meta("feed a lost camera's synthetic scene to dry-run, the sim arm or a confirmed start"),
+    )
+    ui_heartbeat_s: float = field(
+        default=1.0,
+        metadata=_meta("hold when the UI sends no heartbeat for this long while the arm is live (0 = off)",
+                       lo=0, hi=60),
     )
 
 

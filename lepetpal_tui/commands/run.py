@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             while True:
                 for batch in client.poll(0.1):
                     progress.feed(batch)
+                # Headless, the main loop is the "UI": it stops beating if it hangs (safety.ui_heartbeat_s).
+                client.send(Command("heartbeat"))
                 now = time.monotonic()
                 if progress.failed or not client.alive:
                     code = EXIT_FAILED

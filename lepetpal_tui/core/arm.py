@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = ["Arm", "ArmError", "close_robot", "diagnose_connect_failure", "open_r
 FloatArray = npt.NDArray[np.float64]
 _N = len(JOINT_NAMES)
 _IDS = list(range(1, _N + 1))
+_RESYNC_S = 0.02  # after an out-of-step reply: time for the other late replies to arrive before dropping them
 _HEALTH_ADDR, _HEALTH_LEN = 60, 4  # Present_Load (2, sign bit 10), Present_Voltage (1), Present_Temperature (1)
 _DIAG_TIMEOUT_S = 0.25  # long enough to see a reply LeRobot's 50 ms timeout missed
 _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={port}"
@@ -272,6 +274,23 @@ def close_robot(robot: Any, lock_fd: int | None, *, torque_off: bool) -> None:
             os.close(lock_fd)
 
 
+def _drop_stale_input(bus: Any) -> None:
+    """Discard bytes waiting on the port before a new request.
+
+    The bus is half duplex and servos never speak unasked, so anything already there is a late reply to
+    an earlier request that timed out (a loaded machine, a slow servo). scservo_sdk never drops it (its
+    clearPort only flushes output) and its readRx takes the first packet with the right ID, so one late
+    reply shifts every later read. Seen on the simulated arm on a loaded 2-core machine: health reads got
+    a position reply (3 bytes: its 2 data bytes and checksum) three times in a row; by the same logic a
+    joint read could take a late health reply's load bytes for positions.
+    """
+    ser = getattr(getattr(bus, "port_handler", None), "ser", None)
+    reset = getattr(ser, "reset_input_buffer", None)
+    if callable(reset):
+        with contextlib.suppress(Exception):  # a closed port fails the request itself, with its own error
+            reset()
+
+
 def to_motor_calibration(cal: dict[str, JointCalibration]) -> dict[str, Any]:
     from lerobot.motors import MotorCalibration
 
@@ -381,6 +400,7 @@ class Arm:
         bus = self._bus()
         try:
             with self._io:
+                _drop_stale_input(bus)
                 values = bus.sync_read("Present_Position", num_retry=self.settings.read_retries)
         except Exception as exc:
             raise self._bus_error("Reading the joints", exc) from None
@@ -416,16 +436,26 @@ class Arm:
             for _ in range(1 + self.settings.read_retries):
                 port.is_using = False
                 rows = []
+                _drop_stale_input(bus)
                 result = ph.syncReadTx(port, _HEALTH_ADDR, _HEALTH_LEN, _IDS, len(_IDS))
                 if result == 0:
                     for motor_id in _IDS:
                         data, result, error = ph.readRx(port, motor_id, _HEALTH_LEN)
                         if result != 0:
                             break
+                        if len(data) != _HEALTH_LEN:
+                            # A late status packet from an earlier transaction (a reply that missed its
+                            # timeout on a loaded machine) answered in this one's place. Let the rest of
+                            # those late replies arrive, drop them, and retry in step again.
+                            last = f"servo {motor_id} answered with {len(data)} bytes, not {_HEALTH_LEN}"
+                            time.sleep(_RESYNC_S)
+                            _drop_stale_input(bus)
+                            break
                         rows.append((list(data), int(error)))
                 if len(rows) == _N:
                     break
-                last = ph.getTxRxResult(result)
+                if result != 0:
+                    last = ph.getTxRxResult(result)
         if len(rows) != _N:
             raise self._bus_error("Reading servo health", ConnectionError(last))
         out = []

@@ -2,8 +2,11 @@
 
 `open_camera(name, settings, on_event)` returns a FrameSource whose `latest()` never blocks: OpenCV frames
 are read by LeRobot's background thread (latest-frame semantics); synthetic frames are rendered on
-demand from the clock. When a real camera fails to open or stops delivering, the source switches to the
-synthetic scene (unless told not to) and reports why through `on_event`; `failed_reason` keeps it.
+demand from the clock. Every frame carries its capture time. When a real camera fails to open or stops
+delivering, the source reports why through `on_event`, keeps it in `failed_reason` and returns None from
+then on: it never substitutes a frame itself. Whether a synthetic scene may stand in is the engine's
+decision (only for dry-run, the simulated arm or a start the operator confirmed), because a policy fed a
+picture that is not the room acts blind.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lepetpal_tui.config import CameraSettings
-from lepetpal_tui.core.types import EngineEvent
+from lepetpal_tui.core.types import CapturedFrame, EngineEvent
 
 Frame = npt.NDArray[np.uint8]
 EventFn = Callable[[EngineEvent], None]
@@ -41,8 +45,9 @@ class FrameSource(Protocol):
         """"opencv", "video" or "synthetic" (what frames come from right now)."""
         ...
 
-    def latest(self) -> Frame:
-        """The newest frame, H x W x 3 uint8 RGB. Never blocks."""
+    def latest(self) -> CapturedFrame | None:
+        """The newest frame (H x W x 3 uint8 RGB) with its capture time; None when there is none, or the
+        camera failed. Never blocks."""
         ...
 
     def close(self) -> None: ...
@@ -103,7 +108,7 @@ class SyntheticCamera:
         img[0:2, 0:32] = ((index * 37) % 256, (index * 11) % 256, 0)
         return img
 
-    def latest(self) -> Frame:
+    def latest_image(self) -> Frame:
         index = int((time.monotonic() - self._t0) * self.fps)
         with self._lock:
             if self._cache is not None and self._cache[0] == index:
@@ -112,6 +117,9 @@ class SyntheticCamera:
         with self._lock:
             self._cache = (index, frame)
         return frame
+
+    def latest(self) -> CapturedFrame:
+        return CapturedFrame(self.latest_image(), time.monotonic())
 
     def close(self) -> None:
         pass
@@ -154,7 +162,7 @@ def _make_opencv_camera(source: int | Path, settings: CameraSettings, is_file: b
 
 
 class OpenCVFrameSource:
-    """LeRobot OpenCVCamera with latest-frame reads and a synthetic fallback when it fails."""
+    """LeRobot OpenCVCamera with latest-frame reads; reports a failure and then gives no frames."""
 
     def __init__(
         self,
@@ -167,11 +175,10 @@ class OpenCVFrameSource:
         self.name = name
         self.settings = settings
         self._on_event = on_event
-        self._fallback_ok = fallback_synthetic
+        self._fallback_ok = fallback_synthetic  # only changes what the failure event says
         self._lock = threading.Lock()
         self._failed = ""
-        self._fallback: SyntheticCamera | None = None
-        self._last: Frame | None = None
+        self._last: _Latest | None = None
         self._cam: Any = None
         self._connected_at = 0.0
         source = settings.source
@@ -204,7 +211,7 @@ class OpenCVFrameSource:
 
     @property
     def kind(self) -> str:
-        return "synthetic" if self._fallback is not None else self._kind
+        return self._kind
 
     @property
     def failed_reason(self) -> str:
@@ -215,46 +222,58 @@ class OpenCVFrameSource:
             if self._failed:
                 return
             self._failed = reason
-            if self._fallback_ok:
-                s = self.settings
-                self._fallback = SyntheticCamera(self.name, s.width, s.height, s.fps)
-        suffix = "; showing the synthetic scene instead" if self._fallback_ok else "; the arm holds"
-        self._on_event(
-            EngineEvent(t=time.monotonic(), level="warning" if self._fallback_ok else "error",
-                        message=reason + suffix, fix=fix)
+        suffix = (
+            "; a live arm holds (dry-run and the simulated arm may go on with the synthetic scene)"
+            if self._fallback_ok
+            else "; the arm holds"
         )
+        self._on_event(EngineEvent(t=time.monotonic(), level="error", message=reason + suffix, fix=fix))
         cam, self._cam = self._cam, None
         if cam is not None:
             threading.Thread(target=_quiet_disconnect, args=(cam,), daemon=True).start()
 
-    def latest(self) -> Frame:
-        if self._fallback is not None:
-            return self._fallback.latest()
+    def latest(self) -> CapturedFrame | None:
         cam = self._cam
-        if cam is not None:
-            try:
-                frame = cam.read_latest(max_age_ms=int(STALE_AFTER_S * 1000))
-                self._last = np.ascontiguousarray(frame, dtype=np.uint8)
-                return self._last
-            except Exception as exc:
-                starting = time.monotonic() - self._connected_at < STALE_AFTER_S
-                if self._last is None and starting and cam.thread is not None and cam.thread.is_alive():
-                    pass  # still starting up: no frame yet
-                else:
-                    self._fail(
-                        f'camera "{self.name}": {self._describe} stopped delivering frames ({exc})',
-                        "Check the cable and that no other program took the camera, then restart the session.",
-                    )
-                    if self._fallback is not None:
-                        return self._fallback.latest()
-        if self._last is not None:
-            return self._last
-        return np.zeros((self.settings.height, self.settings.width, 3), dtype=np.uint8)
+        if cam is None or self._failed:
+            return None
+        try:
+            frame = cam.read_latest(max_age_ms=int(STALE_AFTER_S * 1000))
+        except Exception as exc:
+            starting = time.monotonic() - self._connected_at < STALE_AFTER_S
+            if self._last is None and starting and cam.thread is not None and cam.thread.is_alive():
+                return None  # still starting up: no frame yet
+            self._fail(
+                f'camera "{self.name}": {self._describe} stopped delivering frames ({exc})',
+                "Check the cable and that no other program took the camera, then restart the session.",
+            )
+            return None
+        last = self._last
+        if last is not None and frame is last.image_source:
+            return last.frame  # the same picture as before: keep its capture time, so it ages
+        captured = _capture_time(cam)
+        self._last = _Latest(frame, CapturedFrame(np.ascontiguousarray(frame, dtype=np.uint8), captured))
+        return self._last.frame
 
     def close(self) -> None:
         cam, self._cam = self._cam, None
         if cam is not None:
             _quiet_disconnect(cam)
+
+
+@dataclass(frozen=True)
+class _Latest:
+    image_source: Any  # the array LeRobot handed out (identity tells a new frame from the old one)
+    frame: CapturedFrame
+
+
+def _capture_time(cam: Any) -> float:
+    """When LeRobot's reader thread stored the frame, on the monotonic clock (now, if it does not say)."""
+    stamp = getattr(cam, "latest_timestamp", None)
+    now = time.monotonic()
+    if isinstance(stamp, float):
+        # LeRobot stamps with perf_counter: shift it onto the monotonic clock (same clock on Linux).
+        return min(now, now - (time.perf_counter() - stamp))
+    return now
 
 
 def _quiet_disconnect(cam: Any) -> None:

@@ -30,12 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from lepetpal_tui.config import Settings
+from lepetpal_tui.core.camera_guard import CameraGuard, CameraReading
 from lepetpal_tui.core.chunks import ChunkQueue, playback_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
 from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
 from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
 from lepetpal_tui.core.types import (
     ActionChunk,
+    CapturedFrame,
     ChunkSample,
     Command,
     EngineEvent,
@@ -73,7 +75,11 @@ class PolicyLike(Protocol):
 
 
 class FrameSourceLike(Protocol):
-    def latest(self) -> npt.NDArray[np.uint8] | None: ...
+    """What the engine needs from a camera (`core.camera.FrameSource`)."""
+
+    @property
+    def failed_reason(self) -> str: ...
+    def latest(self) -> CapturedFrame | None: ...
     def close(self) -> None: ...
 
 
@@ -82,7 +88,7 @@ PolicyFactory = Callable[[Callable[[ModelStatus], None], threading.Event], Polic
 CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceLike]]
 
 _ACTIVE = (EngineState.RUNNING, EngineState.DRY_RUN)
-_CAMERA_TIMEOUT_S = 1.0
+_CONFIRM_WINDOW_S = 10.0  # a second start within this long confirms running on a synthetic fallback
 _MARGIN_TICKS = 2
 _ACTUATOR_NICE = -10
 _MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
@@ -150,7 +156,11 @@ class Engine:
         self._awaiting_first_chunk = False
         self._reset_policy = False
         self._macro: _Macro | None = None
-        self._bus_failures = 0
+        # Counted apart: a bus that reads fine but cannot write (or cannot read health) must hold too.
+        self._read_failures = 0
+        self._write_failures = 0
+        self._health_failures = 0
+        self._heartbeat_at: float | None = None  # the UI's last sign of life; None until its first heartbeat
         self._late_s = 0.0
         self._latency_ticks: deque[int] = deque(maxlen=3)
         self._infer_obs_tick: int | None = None  # the observation tick of the inference in progress
@@ -166,8 +176,10 @@ class Engine:
         self.policy: PolicyLike | None = None
         self._final_status: ModelStatus | None = None
         self.cameras: dict[str, FrameSourceLike] = {}
-        self._camera_missing_since: float | None = None
-        self._camera_fallback: set[str] = set()
+        self._camera_guard = CameraGuard({}, settings, time.monotonic())
+        self._stand_in_announced: set[str] = set()
+        self._confirmed_stand_ins: set[str] = set()  # cameras the operator chose to run on without
+        self._confirm_until = 0.0
 
         self.tick_count = 0
         self.starved_ticks = 0
@@ -210,8 +222,14 @@ class Engine:
     def submit(self, cmd: Command) -> None:
         """Apply a command. Halting commands act before returning; the rest are applied at once too,
         except `quit`, which runs its sequence (hold, optional home, disconnect) in a background thread."""
+        now = time.monotonic()
+        if self._heartbeat_at is not None:
+            self._heartbeat_at = now  # any command is a sign the UI is alive
+        if cmd.kind == "heartbeat":
+            self._heartbeat_at = now
+            return  # a few a second: not worth a log line each
         if self.log is not None:
-            self.log.command(cmd, time.monotonic())
+            self.log.command(cmd, now)
         handler = getattr(self, f"_cmd_{cmd.kind}", None)
         if handler is None:
             self._event("warning", f'Unknown command "{cmd.kind}" ignored.')
@@ -325,6 +343,7 @@ class Engine:
             self._epoch += 1
             self._macro = None
             self.queue.clear()
+            self._confirmed_stand_ins = set()  # a confirmation covers one start only
             if self._state not in (EngineState.DISCONNECTED,):
                 self._set_state(state, reason)
         # From here no goal decided before can pass the actuator's epoch check (made inside the bus lock),
@@ -405,7 +424,7 @@ class Engine:
                     return
         with self._lock:
             self._estopped = False
-            self._bus_failures = 0
+            self._read_failures = self._write_failures = self._health_failures = 0
             self._epoch += 1
             self._prev_goal = None if arm is None else np.asarray(pose, dtype=np.float64)
             self._set_state(EngineState.READY if arm is not None else EngineState.DISCONNECTED)
@@ -429,10 +448,14 @@ class Engine:
                 why = "no task given. Type what the arm should do."
             elif self._measured is None:
                 why = "the joints have not been read yet."
+            confirmed: set[str] = set()
+            if not why:
+                why, confirmed = self._camera_start_check(cmd.flag)
             if why:
                 self._event("warning", f"Start refused: {why}")
                 return
             self._epoch += 1
+            self._confirmed_stand_ins = confirmed
             self._task = task
             self._macro = None
             self.queue.reset(self._measured_tick + 1)
@@ -443,6 +466,25 @@ class Engine:
             self._set_state(EngineState.DRY_RUN if self._dry_run else EngineState.RUNNING)
         self._infer_wake.set()
         self._event("info", f'Running "{task}"' + (" in dry-run (no goal writes)." if self._dry_run else "."))
+
+    def _camera_start_check(self, confirmed_by_flag: bool) -> tuple[str, set[str]]:
+        """("why start is refused" or "", the cameras the operator confirmed running without)."""
+        reading = self._camera_guard.read(time.monotonic(), faults_only=True)
+        faults = reading.faults
+        if not faults or self._dry_run or self.settings.is_sim:
+            return "", set()  # a fault later is handled by the camera watch (stand-in or hold)
+        what = "; ".join(f"{name}: {why}" for name, why in faults.items())
+        if not self.settings.safety.camera_fallback_synthetic:
+            return f"camera fault ({what}). Reconnect the camera, or use dry-run.", set()
+        now = time.monotonic()
+        if confirmed_by_flag or now < self._confirm_until:
+            self._confirm_until = 0.0
+            self._event("warning", f"Running on the synthetic scene for camera {', '.join(faults)} (confirmed): "
+                        "the policy does not see the room.", "Stop (F6) or e-stop (F12) if the arm misbehaves.")
+            return "", set(faults)
+        self._confirm_until = now + _CONFIRM_WINDOW_S
+        return (f"camera fault ({what}). The policy would see only a synthetic scene and act blind. "
+                f"Press start again within {_CONFIRM_WINDOW_S:g} s to run on it anyway, or use dry-run."), set()
 
     def _cmd_set_task(self, cmd: Command) -> None:
         task = cmd.task.strip()
@@ -555,6 +597,9 @@ class Engine:
                 self.cameras = self._camera_factory(self._event_obj)
             except Exception as exc:
                 self._event("error", f"Cannot open the cameras: {exc}", "Check [cameras] in lepetpal.toml.")
+            self._camera_guard = CameraGuard(self.cameras, self.settings, time.monotonic())
+            if self.cameras:
+                self._spawn("engine-camera-watch", self._camera_watch_loop)
         try:
             policy = self._policy_factory(self._model_status, self._cancel_load)
         except Exception as exc:
@@ -596,6 +641,7 @@ class Engine:
                 self._event("error", f"Control loop error: {exc!r}", "Please report this with the session log.")
             if k % health_every == health_every - 1:
                 self._check_health()
+            self._check_heartbeat(time.monotonic())
             last_start = now
             k += 1
 
@@ -610,10 +656,10 @@ class Engine:
             except Exception as exc:
                 err = exc
         if measured is None:
-            self._bus_failure(err or RuntimeError("no reading"))
+            self._read_failure(err or RuntimeError("no reading"))
             self._emit_tick(k, start, period_s, None, None, False, (False,) * 6, False)
             return
-        self._bus_failures = 0
+        self._read_failures = 0
         with self._lock:
             self._measured = measured
             self._measured_tick = k
@@ -664,8 +710,10 @@ class Engine:
                         self.last_write_t = time.monotonic()
                     except Exception as exc:
                         err = exc
-            if err is not None:
-                self._bus_failure(err)
+            if written:
+                self._write_failures = 0
+            elif err is not None:
+                self._write_failure(err)
         if goal is not None:
             with self._lock:
                 if self._epoch == epoch:
@@ -735,16 +783,56 @@ class Engine:
             )
         return speed
 
-    def _bus_failure(self, exc: BaseException) -> None:
-        self._bus_failures += 1
+    def _read_failure(self, exc: BaseException) -> None:
+        self._read_failures += 1
         limit = self.settings.safety.bus_retries
-        if self._bus_failures == limit + 1 and self._state != EngineState.ERROR:
+        if self._read_failures == limit + 1 and self._state != EngineState.ERROR:
             self._halt(EngineState.ERROR, f"bus errors: {exc}")
             self._event(
                 "error",
-                f"{self._bus_failures} bus errors in a row ({exc}). Holding.",
+                f"{self._read_failures} bus errors in a row ({exc}). Holding.",
                 "Check the arm's 12 V supply and the USB cable, then re-arm.",
             )
+
+    def _write_failure(self, exc: BaseException) -> None:
+        self._write_failures += 1
+        limit = self.settings.safety.bus_retries
+        if self._write_failures == limit + 1 and self._state != EngineState.ERROR:
+            self._halt(EngineState.ERROR, f"goal writes failing: {exc}")
+            self._event(
+                "error",
+                f"{self._write_failures} goal writes failed in a row ({exc}). Holding.",
+                "Check the arm's 12 V supply and the USB cable, then re-arm.",
+            )
+
+    def _health_failure(self, exc: BaseException) -> None:
+        self._health_failures += 1
+        limit = self.settings.safety.health_read_retries
+        live = (*_ACTIVE, EngineState.MACRO, EngineState.READY)
+        if self._health_failures == limit + 1 and self._state in live:
+            # An unread temperature is not a safe one: hold rather than run on without the guard.
+            self._halt(EngineState.ERROR, f"servo health unreadable: {exc}")
+            self._event(
+                "error",
+                f"Servo health (temperature, load, voltage) unreadable {self._health_failures} times in a row "
+                f"({exc}). Holding.",
+                HEALTH_FIX,
+            )
+
+    def _check_heartbeat(self, now: float) -> None:
+        bound = self.settings.safety.ui_heartbeat_s
+        last = self._heartbeat_at
+        if bound <= 0 or last is None or now - last <= bound:
+            return
+        if self._state not in (*_ACTIVE, EngineState.MACRO):
+            return
+        silent = now - last
+        self._halt(EngineState.READY, f"UI not responding (no heartbeat for {silent:.1f} s)")
+        self._event(
+            "error",
+            f"UI not responding: no heartbeat for {silent:.1f} s. Holding the arm.",
+            "Nothing moves until you press start (F5) again once the screen answers.",
+        )
 
     def _check_health(self) -> None:
         arm = self.arm
@@ -753,8 +841,14 @@ class Engine:
         with self._bus_lock:
             try:
                 health = arm.read_health()
-            except Exception:
-                return  # joint reads report bus trouble; health is best effort
+            except Exception as exc:
+                health_err: BaseException | None = exc
+            else:
+                health_err = None
+        if health_err is not None:
+            self._health_failure(health_err)
+            return
+        self._health_failures = 0
         self.coalescer.set_health(health)
         problem = health_problem(health, self.settings.safety)
         if problem and self._state in (*_ACTIVE, EngineState.MACRO):
@@ -768,37 +862,56 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- inference
 
-    def _frames(self) -> dict[str, npt.NDArray[np.uint8]] | None:
-        images: dict[str, npt.NDArray[np.uint8]] = {}
-        missing: list[str] = []
-        for name, src in self.cameras.items():
-            frame = src.latest()
-            if frame is None:
-                missing.append(name)
-            else:
-                images[name] = frame
-        if not missing:
-            self._camera_missing_since = None
-            return images
-        now = time.monotonic()
-        if self._camera_missing_since is None:
-            self._camera_missing_since = now
-        if now - self._camera_missing_since < _CAMERA_TIMEOUT_S:
+    def _may_stand_in(self, camera: str, state: EngineState) -> bool:
+        """A synthetic scene may replace a lost camera only where a blind policy cannot hurt anyone, or
+        where the operator confirmed it for this start with the fallback on screen."""
+        if not self.settings.safety.camera_fallback_synthetic:
+            return False
+        return state == EngineState.DRY_RUN or self.settings.is_sim or camera in self._confirmed_stand_ins
+
+    def _frames(self, state: EngineState, epoch: int) -> dict[str, npt.NDArray[np.uint8]] | None:
+        """Fresh frames for the policy (stand-ins where allowed); None while a camera starts, or after
+        holding the arm for a camera fault."""
+        reading: CameraReading = self._camera_guard.read(time.monotonic())
+        if reading.faults:
+            blocked = {n: why for n, why in reading.faults.items() if not self._may_stand_in(n, state)}
+            if blocked:
+                self._camera_fault(blocked, epoch)
+                return None
+            for name, why in reading.faults.items():
+                reading.images[name] = self._camera_guard.stand_in(name)
+                if name not in self._stand_in_announced:
+                    self._stand_in_announced.add(name)
+                    self._event("warning", f"Camera {name} gives no frames ({why}): the policy sees a synthetic "
+                                "scene (dry-run, simulated arm or confirmed start).",
+                                "Reconnect the camera; a live start on a real arm holds until it is back.")
+        if reading.waiting:
             return None
+        return reading.images
+
+    def _camera_fault(self, faults: dict[str, str], epoch: int) -> None:
+        what = "; ".join(f"{name}: {why}" for name, why in faults.items())
+        with self._lock:
+            if self._epoch != epoch or self._state not in (*_ACTIVE, EngineState.MACRO):
+                return  # already held (or restarted) since this reading was planned
+        self._halt(EngineState.ERROR, f"camera fault: {what}")
+        fix = "Reconnect the camera (or fix [cameras] in lepetpal.toml), then re-arm and start."
         if self.settings.safety.camera_fallback_synthetic:
-            for name in missing:
-                cs = self.settings.cameras.get(name)
-                h, w = (cs.height, cs.width) if cs is not None else (480, 640)
-                images[name] = np.full((h, w, 3), 127, dtype=np.uint8)
-                if name not in self._camera_fallback:
-                    self._camera_fallback.add(name)
-                    self._event("warning", f"Camera {name} gives no frames: using a synthetic grey frame.",
-                                "Check the camera cable, or set safety.camera_fallback_synthetic = false.")
-            return images
-        self._halt(EngineState.ERROR, f"camera lost: {', '.join(missing)}")
-        self._event("error", f"Camera {', '.join(missing)} gives no frames. Holding.",
-                    "Reconnect the camera, then re-arm.")
-        return None
+            fix += " Dry-run can go on with the synthetic scene, or start twice to confirm running on it."
+        self._event("error", f"Camera fault ({what}). Holding: the policy must not act on missing or old frames.",
+                    fix)
+
+    def _camera_watch_loop(self) -> None:
+        """Between inferences too (a chunk lasts over a second): a camera that stops holds the arm within
+        about `safety.camera_timeout_s` plus this loop's period, not at the next inference."""
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                state, epoch = self._state, self._epoch
+            if state in _ACTIVE:
+                reading = self._camera_guard.read(time.monotonic(), faults_only=True)
+                blocked = {n: why for n, why in reading.faults.items() if not self._may_stand_in(n, state)}
+                if blocked:
+                    self._camera_fault(blocked, epoch)
 
     def _inference_loop(self) -> None:
         policy = self.policy
@@ -821,7 +934,7 @@ class Engine:
             depth = self.queue.depth(self.queue.next_tick)
             if not first and not self._next_chunk_due(depth):
                 continue
-            images = self._frames()
+            images = self._frames(state, epoch)
             if images is None:
                 continue
             if self._reset_policy:

@@ -153,8 +153,9 @@ class EngineState(enum.StrEnum):
 @dataclass(frozen=True)
 class Command:
     """UI -> engine. `kind` is one of: start, stop, set_task, estop, estop_torque_off, rearm,
-    set_dry_run, macro, quit. `task` for start/set_task, `flag` for set_dry_run, `name` for macro,
-    `go_home` for quit."""
+    set_dry_run, macro, quit, heartbeat. `task` for start/set_task, `flag` for set_dry_run (and, on
+    start, "run on a camera's synthetic fallback": the operator confirmed it), `name` for macro,
+    `go_home` for quit. `heartbeat` is sent a few times a second from the UI's event loop."""
 
     kind: str
     task: str = ""
@@ -185,6 +186,15 @@ class ChunkSample:
     length: int
     queue_depth_at_merge: int
     task: str
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    """A camera frame and when it was captured: inference refuses frames older than
+    `safety.camera_timeout_s`, so a camera that stopped can never feed the policy its last picture."""
+
+    image: npt.NDArray[np.uint8]  # H x W x 3 uint8 RGB
+    t: float  # time.monotonic() at capture
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from lepetpal_tui.sim.protocol import BROADCAST_ID, Instruction, Packet, build_packet, checksum
-from lepetpal_tui.sim.registers import register_at
+from lepetpal_tui.sim.registers import BY_NAME, register_at
 from lepetpal_tui.sim.servo import SimServo
+
+_PRESENT_LOAD = BY_NAME["Present_Load"].address  # the health block starts here (load, voltage, temperature)
 
 BYTE_TIME_S = 10 / 1_000_000  # 8N1 at 1 Mbps
 RETURN_DELAY_UNIT_S = 2e-6
@@ -78,6 +80,8 @@ class SimBus:
                 instr: str = "STATUS") -> Reply | None:
         if servo.faults.silent:
             return None
+        if servo.faults.no_health_reply and address is not None and address >= _PRESENT_LOAD and data:
+            return None  # the health registers (load, voltage, temperature) go unanswered
         error = servo.error_byte()
         pkt = build_packet(servo.motor_id, error, data)
         if servo.faults.bad_checksum:

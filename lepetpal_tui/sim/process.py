@@ -173,7 +173,8 @@ class SimArm:
     def set_fault(self, kind: str, motor_id: int | None = None, value: float | None = None) -> None:
         """Inject a fault on one servo (or all when `motor_id` is None). See FAULT_KINDS.
 
-        silent: stops answering. overheat/overload/voltage: that error bit in every status packet
+        silent: stops answering. no_health_reply: answers everything but reads of the health registers
+        (Present_Load and after: load, voltage, temperature). overheat/overload/voltage: that error bit in every status packet
         (overheat also reports `value` degrees C; overload also drops the torque). slow_reply: answers
         `value` ms late (default 100). bad_checksum: corrupt status packets. unplug: the pty closes and
         the link disappears (`clear_faults()` plugs back in). low_voltage: Present_Voltage = `value` volts
@@ -182,6 +183,12 @@ class SimArm:
         if kind not in FAULT_KINDS:
             raise ValueError(f"Unknown fault kind {kind!r}; use one of: {', '.join(FAULT_KINDS)}.")
         self._call("set_fault", kind, motor_id, value)
+
+    def set_limp_goal_kept(self, on: bool) -> None:
+        """Model the goal register as a real STS3215 does while torque is off (`on`): it keeps the last
+        goal written, and the servo drives there the moment torque comes back, so re-arming in the wrong
+        order (torque before goal) makes the arm jump. Off (the default): the goal follows the limp arm."""
+        self._call("set_limp_goal_kept", on)
 
     def clear_faults(self) -> None:
         """Clear every fault. After an unplug, plugs back in: a new pty, the link points at it again."""

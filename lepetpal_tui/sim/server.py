@@ -195,6 +195,8 @@ class SimServer:
             f = s.faults
             if kind == "silent":
                 f.silent = True
+            elif kind == "no_health_reply":
+                f.no_health_reply = True
             elif kind == "overheat":
                 f.error_bits |= ErrorBit.OVERHEAT
                 f.temperature_c = value if value is not None else s.get("Max_Temperature_Limit") + 5.0
@@ -225,6 +227,11 @@ class SimServer:
             self.port.plug()
             self.parser = PacketParser()
         return self.port.path
+
+    def cmd_set_limp_goal_kept(self, on: bool) -> None:
+        self.bus.advance()
+        for s in self.bus.servos:
+            s.limp_goal_kept = bool(on)
 
     def cmd_slave_path(self) -> str:
         return self.port.slave_path

@@ -50,6 +50,7 @@ FAULT_KINDS = (
     "low_voltage",
     "wrong_model",
     "firmware",
+    "no_health_reply",
 )
 
 _A = {name: reg.address for name, reg in BY_NAME.items()}
@@ -58,6 +59,7 @@ _A = {name: reg.address for name, reg in BY_NAME.items()}
 @dataclass
 class ServoFaults:
     silent: bool = False
+    no_health_reply: bool = False  # answers position reads and writes, but not reads from Present_Load on
     error_bits: int = 0
     slow_reply_ms: float = 0.0
     bad_checksum: bool = False
@@ -70,6 +72,8 @@ class ServoFaults:
         out = []
         if self.silent:
             out.append("silent")
+        if self.no_health_reply:
+            out.append("no_health_reply")
         if self.error_bits & ErrorBit.OVERHEAT:
             out.append("overheat")
         if self.error_bits & ErrorBit.OVERLOAD:
@@ -101,6 +105,10 @@ class SimServo:
         self.voltage = 12.0
         self.faults = ServoFaults()
         self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
+        # False (the default): while limp the goal follows the present position, so torque-on never jumps.
+        # True: like a real STS3215, the goal register keeps what was last written and the servo drives to
+        # it when torque comes back (a stale goal makes the arm jump; see SimArm.set_limp_goal_kept).
+        self.limp_goal_kept = False
         self._t = now
         self._sync_goal_to_present()
         self._refresh_present()
@@ -185,7 +193,8 @@ class SimServo:
         if not self.torque_on:
             self.velocity = 0.0
             self.load = 0.0
-            self._sync_goal_to_present()
+            if not self.limp_goal_kept:
+                self._sync_goal_to_present()
         elif self.get("Operating_Mode") == 0:
             target, excess = self._target()
             error = target - self.present()
@@ -255,7 +264,7 @@ class SimServo:
     def move_by_hand(self, actual: float) -> None:
         """Someone turns the horn: the encoder reads `actual`. With torque on the servo pulls back."""
         self.actual = float(actual) % RESOLUTION
-        if not self.torque_on:
+        if not self.torque_on and not self.limp_goal_kept:
             self._sync_goal_to_present()
         self._refresh_present()
 

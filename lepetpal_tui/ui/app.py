@@ -51,6 +51,9 @@ from lepetpal_tui.ui.widgets.task import TaskPane
 
 STATS_ENV = "LEPETPAL_UI_STATS"  # path: write first-paint time and redraw counts there (bench)
 POLL_S = 0.05
+# The engine holds when no heartbeat arrives for safety.ui_heartbeat_s (about 1 s): send four a second
+# so a slow frame or two never trips it, while a frozen event loop does.
+HEARTBEAT_S = 0.25
 
 
 def _engine_fix(exc: BaseException) -> str:
@@ -155,6 +158,8 @@ class LePetPalApp(App[int]):
         self.redraw()
         self.log_ui("info", f"settings: {self.settings.source_path or 'built-in defaults'}")
         self.set_interval(1.0 / self.refresh_hz, lambda: self.redraw(throttled=True))
+        # From the event loop itself, not a thread: a hung loop must stop the heartbeat.
+        self.set_interval(HEARTBEAT_S, self._send_heartbeat)
         self.scan_ports()
         if self.autoconnect:
             self.connect(self.settings.arm.port)
@@ -388,6 +393,12 @@ class LePetPalApp(App[int]):
             self.notify(str(exc), title=f"{kind} not delivered", severity="error")
             return False
         return True
+
+    def _send_heartbeat(self) -> None:
+        link = self.link
+        if link is not None:
+            with contextlib.suppress(Exception):  # a gone engine is reported by the worker's poll
+                link.send(Command("heartbeat", sent_at=self.clock()))
 
     def action_estop(self) -> None:
         if self.send("estop"):

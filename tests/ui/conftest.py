@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,52 +91,78 @@ HEALTH = tuple(
 )
 
 
+def _recorded() -> dict[str, Any]:
+    """What the real engine said in each state (tests/support/engine_record.py), loaded by path: pytest
+    runs in importlib mode, so tests/ is not a package."""
+    import importlib.util
+    import sys
+
+    key = "lepetpal_test_support_engine_record"
+    if key not in sys.modules:
+        path = Path(__file__).parents[1] / "support" / "engine_record.py"
+        spec = importlib.util.spec_from_file_location(key, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    recorded: dict[str, Any] = sys.modules[key].record()
+    return recorded
+
+
+def said(name: str, at: float) -> list[EngineEvent]:
+    """The engine's own events in state `name`, re-timed from `at` so the snapshot is stable."""
+    return [dataclasses.replace(e, t=at + 0.5 * i) for i, e in enumerate(_recorded()[name].events)]
+
+
+def _engine_batch(name: str, at: float, **fields: Any) -> TelemetryBatch:
+    """A batch with the state, hold reason and events the real engine reported in `name`."""
+    r = _recorded()[name]
+    return TelemetryBatch(r.state, hold_reason=r.hold_reason, events=said(name, at), **fields)
+
+
 def scenario(name: str) -> list[TelemetryBatch]:
-    """Telemetry that puts the UI in the named state."""
-    ev = [EngineEvent(T0 + 0.5, "info", "connected to the simulated arm (6 servos)")]
+    """Telemetry that puts the UI in the named state. Every event text is the engine's own (recorded)."""
+    if name == "connecting":
+        return [TelemetryBatch(EngineState.CONNECTING)]
+    ev = said("ready", T0 + 0.5)
     if name == "downloading":
         m = ModelStatus(
             phase="downloading", source=SOURCE, revision="main", bytes_done=312_400_000,
             bytes_total=906_700_000, current_file="model.safetensors",
         )
-        return [TelemetryBatch(EngineState.READY, model=m, events=ev, health=HEALTH,
+        return [TelemetryBatch(EngineState.READY, model=m, events=ev[:1], health=HEALTH,
                                ticks=ticks(3, goal=False, written=False))]
     if name == "loading":
         m = ModelStatus(phase="loading", source=SOURCE, revision="main", message="building SmolVLA", device="cpu")
-        return [TelemetryBatch(EngineState.READY, model=m, events=ev, ticks=ticks(3, goal=False, written=False))]
+        return [TelemetryBatch(EngineState.READY, model=m, events=ev[:1], ticks=ticks(3, goal=False, written=False))]
     if name == "ready":
         return [TelemetryBatch(EngineState.READY, model=ready_model(), events=ev, health=HEALTH,
                                ticks=ticks(40, goal=False, written=False), tick_count=40)]
     if name in ("running", "dry-run"):
         dry = name == "dry-run"
         state = EngineState.DRY_RUN if dry else EngineState.RUNNING
-        evs = [*ev, EngineEvent(T0 + 2.0, "info", "started: pick up the cube"),
-               EngineEvent(T0 + 3.0, "warning", "gripper goal clamped to 100")]
         return [
             TelemetryBatch(EngineState.READY, model=ready_model(), events=ev),
-            TelemetryBatch(state, task="pick up the cube", dry_run=dry, model=None, events=evs[1:], health=HEALTH,
-                           ticks=ticks(90, goal=True, written=not dry, clamp_gripper=True), chunks=chunks(8),
-                           starved_ticks=1, clamp_count=12, tick_count=130),
+            TelemetryBatch(state, task="pick up the cube", dry_run=dry, model=None, events=said("running", T0 + 2.0),
+                           health=HEALTH, ticks=ticks(90, goal=True, written=not dry, clamp_gripper=True),
+                           chunks=chunks(8), starved_ticks=1, clamp_count=12, tick_count=130),
         ]
-    if name == "estop":
-        evs = [EngineEvent(T0 + 4.0, "warning", "E-STOP (key F12): holding the measured pose")]
+    if name in ("estop", "estop_torque_off", "fault_running"):
         return [
             *scenario("running"),
-            TelemetryBatch(EngineState.ESTOP, task="pick up the cube", events=evs, hold_reason="e-stop (F12)",
-                           ticks=ticks(5, goal=False, written=False), estop_count=1, tick_count=135,
-                           starved_ticks=1, clamp_count=12),
+            _engine_batch(name, T0 + 4.0, task="pick up the cube", ticks=ticks(5, goal=False, written=False),
+                          estop_count=int(name != "fault_running"), tick_count=135, starved_ticks=1,
+                          clamp_count=12, health=HEALTH),
         ]
-    if name == "error":
-        m = ModelStatus(
-            phase="failed", source="me/my-policy", revision="main",
-            error="checkpoint expects camera 'wrist' but the arm has only 'front'",
-            fix="set [model.camera_map] front = \"wrist\" in lepetpal.toml",
-            preflight=(PreflightCheck("cameras", False, "ours: front / checkpoint: wrist",
-                                      "model.camera_map.front = \"wrist\""),),
-        )
-        evs = [EngineEvent(T0 + 1.0, "error", "policy failed to load: camera mismatch",
-                           "set [model.camera_map] front = \"wrist\"")]
-        return [TelemetryBatch(EngineState.ERROR, model=m, events=evs, hold_reason="policy failed to load")]
+    if name == "macro":
+        return [
+            TelemetryBatch(EngineState.READY, model=ready_model(), events=ev, health=HEALTH),
+            _engine_batch("macro", T0 + 2.0, ticks=ticks(40, goal=True, written=True), tick_count=80, health=HEALTH),
+        ]
+    if name in ("policy_failed", "scripted_fallback"):
+        r = _recorded()[name]
+        # The real engine stays READY (the arm holds; a fixed checkpoint needs a restart, not a re-arm).
+        return [_engine_batch(name, T0 + 0.5, model=r.model, health=HEALTH, ticks=ticks(20, goal=False, written=False))]
     raise ValueError(name)
 
 

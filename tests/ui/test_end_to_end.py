@@ -80,6 +80,9 @@ def test_type_run_f12_stops_goal_writes(sim_arm: Any, tiny_policy_dir: Path, tmp
         base,
         model=dataclasses.replace(base.model, path=str(tiny_policy_dir), fallback_to_scripted=False),
         logging=dataclasses.replace(base.logging, dir=str(tmp_path / "logs")),
+        # The default 1 s UI heartbeat bound held the arm in a full run on 2 shared cores (the Pilot-driven
+        # loop went 1 s without one while the tiny SmolVLA ran): this test is about F12, not the heartbeat.
+        safety=dataclasses.replace(base.safety, ui_heartbeat_s=3.0),
     )
     links: list[RecordingLink] = []
 

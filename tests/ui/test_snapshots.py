@@ -6,19 +6,28 @@ from typing import Any
 
 import pytest
 
+from lepetpal_tui.config import ArmSettings, Settings
+from lepetpal_tui.core.types import EngineState
+
 SIZE = (120, 40)
 
-# scenario, batches to wait for, autoconnect, ports
+# scenario, batches to wait for, autoconnect, ports. Engine states and event texts are recorded from the
+# real engine (conftest.scenario); only ticks, chunks and health are fixed figures.
 STATES: dict[str, tuple[str | None, int, bool, bool]] = {
     "no_arm": (None, 0, False, False),
     "ports_listed": (None, 0, False, True),
+    "connecting": ("connecting", 1, True, True),
     "downloading": ("downloading", 1, True, True),
     "loading": ("loading", 1, True, True),
     "ready": ("ready", 1, True, True),
+    "policy_failed": ("policy_failed", 1, True, True),
+    "scripted_fallback": ("scripted_fallback", 1, True, True),
     "running": ("running", 2, True, True),
     "dry_run": ("dry-run", 2, True, True),
+    "macro": ("macro", 2, True, True),
     "estop": ("estop", 3, True, True),
-    "error": ("error", 1, True, True),
+    "estop_torque_off": ("estop_torque_off", 3, True, True),
+    "fault_running": ("fault_running", 3, True, True),
 }
 
 
@@ -38,8 +47,29 @@ def test_state(state: str, make_app: Any, settle: Any, snap_compare: Any) -> Non
     kw: dict[str, Any] = {"autoconnect": autoconnect}
     if not with_ports:
         kw["ports"] = []
+    if state == "ports_listed":
+        # arm.port = "auto" (not the sim): the pane picks the SO-101 it found and shows its row.
+        kw["settings"] = Settings(arm=ArmSettings(port="auto"))
     app, _link = make_app(scenario, **kw)
     assert snap_compare(app, terminal_size=SIZE, run_before=_before(app, settle, batches))
+
+
+def test_engine_died(make_app: Any, settle: Any, snap_compare: Any) -> None:
+    """The engine process vanished while running: the UI says so (its own text) and shows ERROR."""
+    app, link = make_app("running")
+
+    async def run_before(pilot: Any) -> None:
+        await settle(pilot, app, 2)
+        link.die()
+        for _ in range(200):
+            await pilot.pause(0.01)
+            if app.store.state == EngineState.ERROR:
+                break
+        app.set_focus(None)
+        app.redraw()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
 @pytest.mark.parametrize("size", [(100, 30), (160, 50)])

@@ -1,4 +1,4 @@
-"""Cameras: synthetic scene, LeRobot OpenCVCamera on a real video file, fallback on failure."""
+"""Cameras: synthetic scene, LeRobot OpenCVCamera on a real video file; a failed camera gives no frames."""
 
 from __future__ import annotations
 
@@ -19,25 +19,29 @@ def test_synthetic_is_deterministic_and_moves() -> None:
     assert f0.shape == (120, 160, 3) and f0.dtype == np.uint8
     np.testing.assert_array_equal(f0, b.frame_at(0))
     assert np.abs(f0.astype(int) - f45.astype(int)).sum() > 1000  # the ball moved
-    assert a.latest().shape == (120, 160, 3)
+    assert a.latest().image.shape == (120, 160, 3)
 
 
 def test_open_synthetic_never_fails() -> None:
     events: list[EngineEvent] = []
     cam = open_camera("front", CameraSettings(source="synthetic", width=64, height=48), events.append)
-    assert cam.kind == "synthetic" and cam.failed_reason == "" and cam.latest().shape == (48, 64, 3)
+    frame = cam.latest()
+    assert cam.kind == "synthetic" and cam.failed_reason == ""
+    assert frame is not None and frame.image.shape == (48, 64, 3)
+    assert abs(frame.t - time.monotonic()) < 0.5
     cam.close()
     assert events == []
 
 
-def test_missing_device_falls_back_with_event() -> None:
+def test_missing_device_reports_and_gives_no_frame() -> None:
+    """The source never substitutes a frame: the engine decides whether a synthetic scene may stand in."""
     events: list[EngineEvent] = []
     cam = open_camera("wrist", CameraSettings(source=57, width=64, height=48), events.append)
     try:
-        assert cam.kind == "synthetic"
         assert "wrist" in cam.failed_reason and "57" in cam.failed_reason
-        assert len(events) == 1 and events[0].level == "warning" and "[cameras.wrist]" in events[0].fix
-        assert cam.latest().shape == (48, 64, 3)
+        assert len(events) == 1 and events[0].level == "error" and "[cameras.wrist]" in events[0].fix
+        assert "a live arm holds" in events[0].message
+        assert cam.latest() is None
     finally:
         cam.close()
 
@@ -47,7 +51,47 @@ def test_missing_file_without_fallback_reports_error() -> None:
     cam = open_camera("front", CameraSettings(source="/nonexistent/clip.mp4"), events.append,
                       fallback_synthetic=False)
     assert "does not exist" in cam.failed_reason and events[0].level == "error"
-    assert cam.latest().shape == (480, 640, 3)  # still never blocks or raises
+    assert cam.latest() is None  # never blocks or raises, and never hands out a made-up frame
+
+
+class _StallingLeRobotCamera:
+    """Stands in for LeRobot's OpenCVCamera: frames until `stall`, then read_latest raises as LeRobot does
+    when the newest frame is older than max_age_ms (the device stopped or was unplugged)."""
+
+    def __init__(self) -> None:
+        self.frame = np.full((48, 64, 3), 9, np.uint8)
+        self.latest_timestamp: float | None = time.perf_counter()
+        self.stalled = False
+        self.is_connected = True
+        self.thread = None
+
+    def read_latest(self, max_age_ms: int) -> np.ndarray:
+        if self.stalled:
+            raise TimeoutError(f"frame is older than {max_age_ms} ms")
+        return self.frame
+
+    def disconnect(self) -> None:
+        self.is_connected = False
+
+
+def test_stalled_opencv_camera_fails_and_stops_giving_frames() -> None:
+    from lepetpal_tui.core.camera import OpenCVFrameSource
+
+    events: list[EngineEvent] = []
+    src = OpenCVFrameSource("front", CameraSettings(source=0, width=64, height=48), events.append)
+    fake = _StallingLeRobotCamera()
+    src._cam = fake  # as if connect() had opened it
+    first = src.latest()
+    assert first is not None and first.image.shape == (48, 64, 3)
+    assert abs(first.t - time.monotonic()) < 0.5  # LeRobot's perf_counter stamp on the monotonic clock
+    time.sleep(0.05)
+    again = src.latest()
+    assert again is not None and again.t == first.t  # the same picture keeps its capture time: it ages
+    fake.stalled = True
+    assert src.latest() is None
+    assert "stopped delivering" in src.failed_reason and events and events[-1].level == "error"
+    fake.stalled = False
+    assert src.latest() is None  # a failed source stays failed (its frames can no longer be trusted)
 
 
 def test_video_file_through_opencv_loops(tmp_path: Path) -> None:
@@ -66,11 +110,13 @@ def test_video_file_through_opencv_loops(tmp_path: Path) -> None:
     try:
         assert cam.failed_reason == "", cam.failed_reason
         deadline = time.monotonic() + 5
-        frame = cam.latest()
-        while frame.shape != (48, 64, 3) or frame.max() == 0:
+        got = cam.latest()
+        while got is None or got.image.shape != (48, 64, 3) or got.image.max() == 0:
             assert time.monotonic() < deadline, "no frame from the video file"
             time.sleep(0.05)
-            frame = cam.latest()
+            got = cam.latest()
+        frame = got.image
+        assert time.monotonic() - got.t < 0.5
         assert frame[20, 20, 0] > 150 and frame[20, 20, 2] < 60  # converted to RGB
         t0 = time.perf_counter()
         cam.latest()

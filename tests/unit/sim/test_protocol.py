@@ -155,3 +155,13 @@ def test_register_table_has_no_overlaps() -> None:
         for a in range(reg.address, reg.address + reg.size):
             assert a not in used, f"{reg.name} overlaps {used[a]}"
             used[a] = reg.name
+
+
+def test_no_health_reply_answers_positions_but_not_health_registers() -> None:
+    bus = SimBus()
+    bus.servos[3].faults.no_health_reply = True
+    assert len(_send(bus, 4, Instruction.READ, bytes((56, 2)))) == 1
+    assert _send(bus, 4, Instruction.READ, bytes((60, 4))) == []  # load, voltage, temperature
+    replies = _send(bus, BROADCAST_ID, Instruction.SYNC_READ, bytes((60, 4, 3, 4, 5)))
+    assert [r[0] for r in replies] == [3, 5]
+    assert len(_send(bus, BROADCAST_ID, Instruction.SYNC_READ, bytes((56, 2, 3, 4, 5)))) == 3

@@ -102,3 +102,23 @@ def test_voltage_register_in_tenths_of_a_volt() -> None:
     s.faults.voltage_v = 6.5
     s.advance(0.01)
     assert s.get("Present_Voltage") == 65
+
+
+def test_limp_goal_kept_drives_to_the_stale_goal_when_torque_returns() -> None:
+    """A real STS3215 keeps its goal register while limp: torque before goal makes the arm jump."""
+    s = SimServo(1, now=0.0)
+    s.limp_goal_kept = True
+    _goal(s, 3000)  # written while limp
+    s.move_by_hand(1500)  # the limp arm sags
+    s.advance(1.0)
+    assert s.get("Present_Position") == 1500 and s.get("Goal_Position") == 3000
+    _torque(s, True)
+    s.advance(2.0)
+    assert s.get("Present_Position") == 3000  # the jump a wrong re-arm order causes
+    # Goal first, then torque: no jump.
+    _torque(s, False)
+    s.move_by_hand(1200)
+    _goal(s, 1200)
+    _torque(s, True)
+    s.advance(3.0)
+    assert s.get("Present_Position") == 1200

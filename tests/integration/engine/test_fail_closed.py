@@ -1,0 +1,411 @@
+"""Faults the engine cannot see through hold the arm, on the simulated arm's packet trace.
+
+Each test: the fault arrives while the policy drives the arm; the engine holds within a stated bound
+(no Goal_Position on the trace after the hold), says why, stays held when the fault clears, and moves
+again only after an explicit re-arm and start. Bounds are generous for a loaded 2-core machine; without
+the guard the engine keeps writing goals for the whole window, so each test still fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.engine import Engine
+from lepetpal_tui.core.types import Command, EngineEvent, EngineState, TelemetryBatch
+
+from .conftest import goal_writes, load_support, sim_settings  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.slow
+
+CAMERA_TIMEOUT_S = 0.5
+
+
+def _as_real_arm(sim: Any) -> dict[str, Any]:
+    """arm.port naming the pty itself: the engine treats the arm as real (arm.port = "sim" is the
+    simulated arm, where a synthetic stand-in for a lost camera is allowed)."""
+    return {"port": sim.port}
+
+
+class Events:
+    """Every engine event, from the telemetry the UI would get."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[EngineEvent] = []
+
+    def __call__(self, batch: TelemetryBatch) -> None:
+        with self._lock:
+            self.items.extend(batch.events)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(f"{e.level}: {e.message} | {e.fix}" for e in self.items)
+
+    def has(self, *parts: str, timeout: float = 2.0) -> bool:
+        """All `parts` in the event text within `timeout` (telemetry comes at about 20 Hz)."""
+        deadline = time.monotonic() + timeout
+        while not all(p in self.text() for p in parts):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def _scripted(settings: Settings) -> Any:
+    from lepetpal_tui.core.policy import load_policy
+
+    def make(on_status: Any, cancel: threading.Event) -> Any:
+        return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
+                           rate_hz=settings.control.rate_hz)
+
+    return make
+
+
+def _engine(settings: Settings, sim: Any, events: Events, *, arm_cls: Any = None,
+            camera: Any = None) -> Engine:
+    from lepetpal_tui.core.arm import Arm
+
+    make_arm = arm_cls or Arm
+    engine = Engine(
+        settings,
+        arm_factory=lambda: make_arm(settings.arm, sim.port, settings.safety, is_sim=True),
+        policy_factory=_scripted(settings),
+        camera_factory=(lambda on_event: {"front": camera}) if camera is not None else None,
+        on_telemetry=events,
+    )
+    engine.start()
+    assert engine.wait_policy(60.0), "policy did not load"
+    assert engine.wait_for((EngineState.READY,), 10.0)
+    return engine
+
+
+def _start_and_drive(engine: Engine, sim: Any, state: EngineState = EngineState.RUNNING) -> None:
+    engine.submit(Command("start", task="wave"))
+    assert engine.state == state, engine.snapshot()
+    time.sleep(1.0)
+    writes = goal_writes(sim.drain_trace())
+    if state == EngineState.RUNNING:
+        assert writes, "the policy was not driving the arm before the fault"
+
+
+def _wait_held(engine: Engine, t_fault: float, bound_s: float) -> float:
+    assert engine.wait_for((EngineState.ERROR, EngineState.READY), bound_s + 5.0), (
+        f"still {engine.state.value} {bound_s + 5.0:g} s after the fault"
+    )
+    held_after = time.monotonic() - t_fault
+    assert held_after <= bound_s, f"held {held_after:.2f} s after the fault (bound {bound_s:g} s)"
+    return held_after
+
+
+def _no_goal_after_hold(sim: Any, seconds: float = 1.0) -> None:
+    time.sleep(0.2)  # the halt's own hold write (present pose as the goal) lands right after the state change
+    sim.clear_trace()
+    time.sleep(seconds)
+    writes = goal_writes(sim.trace())
+    assert writes == [], f"{len(writes)} Goal_Position writes after the hold"
+
+
+def _recovers_only_on_start(engine: Engine, sim: Any) -> None:
+    """Held with the fault gone; an explicit re-arm (if faulted) and start drive the arm again."""
+    _no_goal_after_hold(sim, 1.0)
+    assert engine.state in (EngineState.ERROR, EngineState.READY)
+    if engine.state == EngineState.ERROR:
+        engine.submit(Command("rearm"))
+        assert engine.state == EngineState.READY
+        _no_goal_after_hold(sim, 0.5)  # re-arm alone moves nothing
+    engine.submit(Command("start", task="wave"))
+    assert engine.state == EngineState.RUNNING, engine.snapshot()
+    time.sleep(1.0)
+    assert engine.state == EngineState.RUNNING, engine.snapshot()
+    assert len(goal_writes(sim.trace())) >= 6 * 5, "the arm did not move again after the explicit start"
+
+
+# ----------------------------------------------------------------------------------------------- camera
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["fallback_off", "fallback_on"])
+@pytest.mark.parametrize("how", ["stale", "failed"])
+def test_live_camera_that_stops_holds_whatever_the_fallback(sim_arm: Any, tmp_path: Path, fallback: bool,
+                                                            how: str) -> None:
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"}, arm=_as_real_arm(sim_arm),
+                            safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": fallback})
+    cam, events = faults.StoppingCamera(), Events()
+    engine = _engine(settings, sim_arm, events, camera=cam)
+    try:
+        _start_and_drive(engine, sim_arm)
+        t_fault = time.monotonic()
+        cam.stop("" if how == "stale" else 'camera "front": camera device 0 stopped delivering frames')
+        # Stale: the last frame ages past the bound; failed: the source says so at once. The watch loop
+        # looks every 0.1 s.
+        _wait_held(engine, t_fault, CAMERA_TIMEOUT_S + 1.0 if how == "stale" else 1.0)
+        assert engine.state == EngineState.ERROR
+        assert "camera fault" in engine.snapshot()["hold_reason"]
+        assert events.has("Camera fault (front"), events.text()
+        cam.resume()
+        _recovers_only_on_start(engine, sim_arm)
+    finally:
+        engine.close()
+
+
+def test_dry_run_goes_on_with_the_synthetic_scene_when_allowed(sim_arm: Any, tmp_path: Path) -> None:
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"}, control={"dry_run": True}, arm=_as_real_arm(sim_arm),
+                            safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
+    cam, events = faults.StoppingCamera(), Events()
+    engine = _engine(settings, sim_arm, events, camera=cam)
+    try:
+        _start_and_drive(engine, sim_arm, EngineState.DRY_RUN)
+        cam.stop()
+        time.sleep(CAMERA_TIMEOUT_S + 0.5)
+        chunks = engine.chunk_count
+        time.sleep(3.0)
+        assert engine.state == EngineState.DRY_RUN, engine.snapshot()
+        assert engine.chunk_count > chunks, "dry-run stopped inferring on the synthetic scene"
+        assert events.has("the policy sees a synthetic scene"), events.text()
+        assert goal_writes(sim_arm.trace()) == []
+        # Going live on the stand-in is a live arm acting blind: it holds.
+        t_live = time.monotonic()
+        engine.submit(Command("set_dry_run", flag=False))
+        _wait_held(engine, t_live, 1.0)
+        assert "camera fault" in engine.snapshot()["hold_reason"]
+        _no_goal_after_hold(sim_arm)
+    finally:
+        engine.close()
+
+
+def test_dry_run_holds_on_camera_loss_without_fallback(sim_arm: Any, tmp_path: Path) -> None:
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"}, control={"dry_run": True}, arm=_as_real_arm(sim_arm),
+                            safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": False})
+    cam, events = faults.StoppingCamera(), Events()
+    engine = _engine(settings, sim_arm, events, camera=cam)
+    try:
+        _start_and_drive(engine, sim_arm, EngineState.DRY_RUN)
+        t_fault = time.monotonic()
+        cam.stop()
+        _wait_held(engine, t_fault, CAMERA_TIMEOUT_S + 1.0)
+        assert engine.state == EngineState.ERROR and "camera fault" in engine.snapshot()["hold_reason"]
+        chunks = engine.chunk_count
+        time.sleep(1.0)
+        assert engine.chunk_count == chunks, "inference went on without a camera"
+    finally:
+        engine.close()
+
+
+def test_simulated_arm_runs_on_the_stand_in(sim_arm: Any, tmp_path: Path) -> None:
+    """arm.port = "sim": nobody can be hurt, so a lost camera's synthetic scene keeps the demo going."""
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"},
+                            safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
+    assert settings.is_sim
+    cam, events = faults.StoppingCamera(), Events()
+    engine = _engine(settings, sim_arm, events, camera=cam)
+    try:
+        _start_and_drive(engine, sim_arm)
+        cam.stop()
+        time.sleep(CAMERA_TIMEOUT_S + 2.0)
+        assert engine.state == EngineState.RUNNING, engine.snapshot()
+        assert events.has("the policy sees a synthetic scene"), events.text()
+        assert goal_writes(sim_arm.drain_trace())
+    finally:
+        engine.close()
+
+
+def test_live_start_on_a_lost_camera_needs_confirmation(sim_arm: Any, tmp_path: Path) -> None:
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"}, arm=_as_real_arm(sim_arm),
+                            safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
+    cam, events = faults.StoppingCamera(), Events()
+    cam.stop('camera "front": camera device 0 failed to open')
+    engine = _engine(settings, sim_arm, events, camera=cam)
+    try:
+        sim_arm.clear_trace()
+        engine.submit(Command("start", task="wave"))
+        assert engine.state == EngineState.READY
+        time.sleep(0.5)
+        assert events.has("Press start again", "act blind"), events.text()
+        assert goal_writes(sim_arm.trace()) == []
+        engine.submit(Command("start", task="wave"))  # the operator confirms, the fallback on screen
+        assert engine.state == EngineState.RUNNING
+        time.sleep(1.5)
+        assert engine.state == EngineState.RUNNING, engine.snapshot()
+        assert events.has("(confirmed)"), events.text()
+        assert len(goal_writes(sim_arm.trace())) > 6 * 10
+        # The confirmation covered that start only: the next one asks again.
+        engine.submit(Command("stop"))
+        engine.submit(Command("start", task="wave"))
+        assert engine.state == EngineState.READY
+    finally:
+        engine.close()
+
+
+# -------------------------------------------------------------------------------------------------- bus
+
+
+def test_goal_writes_that_keep_failing_hold(sim_arm: Any, tmp_path: Path) -> None:
+    """Reads succeed every tick (which used to reset the count): writes alone must reach the bound."""
+    faults = load_support("faults")
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    events = Events()
+    engine = _engine(settings, sim_arm, events, arm_cls=faults.WriteFailingArm)
+    arm = engine.arm
+    assert isinstance(arm, faults.WriteFailingArm)
+    try:
+        _start_and_drive(engine, sim_arm)
+        t_fault = time.monotonic()
+        arm.fail_writes.set()
+        period = 1.0 / settings.control.rate_hz
+        _wait_held(engine, t_fault, (settings.safety.bus_retries + 1) * period + 1.0)
+        assert engine.state == EngineState.ERROR
+        assert "goal writes failing" in engine.snapshot()["hold_reason"]
+        assert events.has("goal writes failed in a row"), events.text()
+        arm.fail_writes.clear()
+        _recovers_only_on_start(engine, sim_arm)
+    finally:
+        engine.close()
+
+
+def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
+    """Positions and goals still go through; only the temperature/load/voltage block goes unanswered."""
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    events = Events()
+    engine = _engine(settings, sim_arm, events)
+    try:
+        _start_and_drive(engine, sim_arm)
+        t_fault = time.monotonic()
+        sim_arm.set_fault("no_health_reply", motor_id=4)
+        # Health is read about once a second: the bound is that many reads plus one, plus slack.
+        _wait_held(engine, t_fault, settings.safety.health_read_retries + 1 + 2.0)
+        assert engine.state == EngineState.ERROR
+        assert "servo health unreadable" in engine.snapshot()["hold_reason"]
+        assert events.has("unreadable 3 times in a row"), events.text()
+        sim_arm.clear_faults()
+        _recovers_only_on_start(engine, sim_arm)
+    finally:
+        sim_arm.clear_faults()
+        engine.close()
+
+
+# ------------------------------------------------------------------------------------------ re-arm order
+
+
+def test_rearm_after_torque_off_restores_the_goal_before_torque(sim_arm: Any, tmp_path: Path) -> None:
+    """With the goal register kept while limp (a real STS3215), torque before goal would jump the arm."""
+    sim_arm.set_limp_goal_kept(True)
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    events = Events()
+    engine = _engine(settings, sim_arm, events)
+    try:
+        _start_and_drive(engine, sim_arm)
+        engine.submit(Command("estop_torque_off"))
+        assert engine.state == EngineState.ESTOP
+        time.sleep(0.3)
+        before = sim_arm.state()[2]
+        assert not before["torque"]
+        fallen = (int(before["actual"]) + 500) % 4096  # the limp shoulder sags about 44 degrees
+        sim_arm.move_by_hand(2, fallen)
+        assert abs(sim_arm.state()[2]["goal"] - fallen) > 300, "the sim did not keep the pre-fall goal"
+        sim_arm.clear_trace()
+        engine.submit(Command("rearm"))
+        assert engine.state == EngineState.READY
+        time.sleep(0.8)
+        after = sim_arm.state()[2]
+        assert after["torque"]
+        assert abs(after["actual"] - fallen) < 20, f"the arm jumped from {fallen} to {after['actual']:.0f}"
+        trace = sim_arm.trace()
+        torque_on = [i for i, r in enumerate(trace) if r.direction == "rx" and r.register == "Torque_Enable"
+                     and r.motor_id == 2 and r.values and r.values[0] == 1]
+        goal = [i for i, r in enumerate(trace) if r.direction == "rx" and r.register == "Goal_Position"
+                and r.motor_id == 2]
+        assert torque_on and goal and goal[0] < torque_on[0], "torque came on before the goal was restored"
+    finally:
+        engine.close()
+
+
+# ------------------------------------------------------------------------------------------- heartbeat
+
+HEARTBEAT_CONTROLLER = """
+import dataclasses, sys, threading, time
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.engine_process import EngineClient
+from lepetpal_tui.core.types import Command
+
+def main():
+    s = Settings()
+    s = dataclasses.replace(s, model=dataclasses.replace(s.model, mode="scripted"),
+        logging=dataclasses.replace(s.logging, dir=sys.argv[2]),
+        safety=dataclasses.replace(s.safety, ui_lost_disconnect_s=1.5))
+    c = EngineClient.spawn(s, sim_port=sys.argv[1])
+    ready = False
+    while not ready:
+        for b in c.poll(0.1):
+            ready = ready or any("Policy ready" in e.message for e in b.events)
+
+    def commands():
+        for line in sys.stdin:
+            c.send(Command(line.strip(), task="keep moving"))
+
+    threading.Thread(target=commands, daemon=True).start()
+    c.send(Command("start", task="keep moving"))
+    print("RUNNING", c.pid, c.log_path, flush=True)
+    while True:  # like `lepetpal run`: the main loop polls and sends the heartbeat
+        c.poll(0.1)
+        c.send(Command("heartbeat"))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_sigstopped_controller_holds_within_the_heartbeat_bound(sim_arm: Any, tmp_path: Path) -> None:
+    """A frozen controller keeps its pipe open, so only the missing heartbeat can tell."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lepetpal_tui.core.telemetry import read_log
+
+    bound = Settings().safety.ui_heartbeat_s
+    script = tmp_path / "controller.py"
+    script.write_text(HEARTBEAT_CONTROLLER)
+    proc = subprocess.Popen([sys.executable, str(script), sim_arm.port, str(tmp_path / "logs")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("RUNNING"), line
+        _, _, log_path = line.split()
+        time.sleep(1.5)
+        assert goal_writes(sim_arm.drain_trace()), "the arm was not moving before the freeze"
+        t_stop = time.monotonic()
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(bound + 1.5)
+        writes = goal_writes(sim_arm.drain_trace())
+        assert writes, "no goal at all after the freeze: the test saw nothing"
+        last = max(t for t, _, _ in writes)
+        # The last heartbeat left at most 0.1 s before the freeze; the engine looks every tick.
+        assert last <= t_stop + bound + 0.5, f"goal written {last - t_stop:.2f} s after the freeze"
+        os.kill(proc.pid, signal.SIGCONT)  # the controller answers again: still held until start
+        time.sleep(1.0)
+        assert goal_writes(sim_arm.drain_trace()) == [], "moved again without an explicit start"
+        proc.stdin.write("start\n")
+        proc.stdin.flush()
+        time.sleep(1.5)
+        assert len(goal_writes(sim_arm.trace())) > 6 * 10, "did not move again after start"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)
+    time.sleep(2.5)  # the engine holds and disconnects after ui_lost_disconnect_s
+    recs = list(read_log(Path(log_path)))
+    assert any("UI not responding" in r.get("message", "") for r in recs)
