@@ -154,6 +154,7 @@ class Engine:
         self._late_s = 0.0
         self._latency_ticks: deque[int] = deque(maxlen=3)
         self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
+        self._ui_lost = False
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._cancel_load = threading.Event()
@@ -251,16 +252,22 @@ class Engine:
             self.submit(Command("quit", go_home=go_home, sent_at=time.monotonic()))
             self._finished.wait(timeout)
 
-    def ui_lost(self) -> None:
-        """The controlling process disappeared: hold now, disconnect after safety.ui_lost_disconnect_s."""
+    def ui_lost(self, cause: str = "the controlling process disappeared") -> None:
+        """The controlling process disappeared: hold now, disconnect after safety.ui_lost_disconnect_s.
+
+        Every way the UI can go away ends here once (its goodbye, then the pipe's EOF, count once)."""
+        with self._lock:
+            if self._ui_lost:
+                return
+            self._ui_lost = True
         delay = self.settings.safety.ui_lost_disconnect_s
         self._halt(
             EngineState.ERROR if self._state != EngineState.ESTOP else EngineState.ESTOP,
-            f"controlling process lost; holding, disconnecting in {delay:g} s",
+            f"UI lost ({cause}); holding, disconnecting in {delay:g} s",
         )
         self._event(
             "error",
-            f"The controlling process disappeared. Holding the arm; disconnecting in {delay:g} s.",
+            f"UI lost: {cause}. Holding the arm; disconnecting in {delay:g} s.",
             "Restart lepetpal to take control again.",
         )
 
@@ -503,6 +510,9 @@ class Engine:
             self._prev_goal = start
             self._set_state(EngineState.MACRO, f"macro {cmd.name}")
         self._event("info", f'Macro "{cmd.name}" started.')
+
+    def _cmd_ui_lost(self, cmd: Command) -> None:
+        self.ui_lost(cmd.reason or "the UI said it is going away")
 
     def _cmd_quit(self, cmd: Command) -> None:
         go_home = cmd.go_home or self.settings.control.quit_go_home

@@ -153,8 +153,8 @@ class EngineState(enum.StrEnum):
 @dataclass(frozen=True)
 class Command:
     """UI -> engine. `kind` is one of: start, stop, set_task, estop, estop_torque_off, rearm,
-    set_dry_run, macro, quit. `task` for start/set_task, `flag` for set_dry_run, `name` for macro,
-    `go_home` for quit."""
+    set_dry_run, macro, quit, ui_lost. `task` for start/set_task, `flag` for set_dry_run, `name` for macro,
+    `go_home` for quit, `reason` for ui_lost (the UI's last word: why it is going away)."""
 
     kind: str
     task: str = ""
@@ -162,6 +162,7 @@ class Command:
     name: str = ""
     go_home: bool = False
     sent_at: float = 0.0  # time.monotonic() in the sender, for e-stop latency figures
+    reason: str = ""
 
 
 @dataclass(frozen=True)

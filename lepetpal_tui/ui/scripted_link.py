@@ -78,6 +78,11 @@ class ScriptedLink:
             self._alive = False
             self._cond.notify_all()
 
+    def abandon(self, reason: str) -> None:
+        """The UI left without a quit (hangup, crash): recorded as a `ui_lost` command."""
+        self.send(Command("ui_lost", sent_at=self.clock(), reason=reason))
+        self.die()
+
     # -- test helpers
     def push(self, *batches: TelemetryBatch) -> None:
         with self._cond:
