@@ -6,6 +6,7 @@ test can tell whether anything of that session is still running after a hangup.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -117,7 +118,5 @@ class TmuxApp:
     def close(self) -> None:
         self.hang_up()
         for pid in marked_pids(self.mark):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
