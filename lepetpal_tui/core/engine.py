@@ -155,6 +155,8 @@ class Engine:
         self._latency_ticks: deque[int] = deque(maxlen=3)
         self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
         self._ui_lost = False
+        self._queued_task = ""  # a start that waits for the policy (LOADING); any halt drops it
+        self._load_failed = False
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._cancel_load = threading.Event()
@@ -313,6 +315,12 @@ class Engine:
             self._hold_reason = reason
             self._state_changed.notify_all()
 
+    def _idle(self) -> EngineState:
+        """Where the arm holds when nothing runs: READY only once a start would be accepted."""
+        if self.policy is not None:
+            return EngineState.READY
+        return EngineState.ERROR if self._load_failed else EngineState.LOADING
+
     def _model_status(self, status: ModelStatus) -> None:
         if self.log is not None:
             self.log.model(status)
@@ -328,6 +336,7 @@ class Engine:
         with self._lock:
             self._epoch += 1
             self._macro = None
+            self._queued_task = ""
             self.queue.clear()
             if self._state not in (EngineState.DISCONNECTED,):
                 self._set_state(state, reason)
@@ -384,8 +393,12 @@ class Engine:
     def _cmd_stop(self, cmd: Command) -> None:
         if self._state in (EngineState.ESTOP, EngineState.DISCONNECTED):
             return
-        self._halt(EngineState.READY if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
-        self._event("info", "Stopped: holding the measured pose.")
+        queued = self._queued_task
+        self._halt(self._idle() if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
+        if queued:
+            self._event("info", f'Queued start of "{queued}" cancelled.')
+        else:
+            self._event("info", "Stopped: holding the measured pose.")
 
     def _cmd_rearm(self, cmd: Command) -> None:
         arm = self.arm
@@ -412,7 +425,8 @@ class Engine:
             self._bus_failures = 0
             self._epoch += 1
             self._prev_goal = None if arm is None else np.asarray(pose, dtype=np.float64)
-            self._set_state(EngineState.READY if arm is not None else EngineState.DISCONNECTED)
+            idle = self._idle() if arm is not None else EngineState.DISCONNECTED
+            self._set_state(idle, "the policy failed to load: see the Model pane" if idle == EngineState.ERROR else "")
         self._event("info", "Re-armed. The policy restarts from a fresh chunk when started.")
         if cmd.flag and self._task:
             self._cmd_start(Command("start", task=self._task))
@@ -427,10 +441,17 @@ class Engine:
                 why = f"the engine is holding after a fault ({self._hold_reason}). Fix it, then re-arm."
             elif self._state in (EngineState.DISCONNECTED, EngineState.CONNECTING):
                 why = "the arm is not connected yet."
-            elif self.policy is None:
-                why = "the policy is still loading (or failed to load: see the Model pane)."
             elif not task:
                 why = "no task given. Type what the arm should do."
+            elif self.policy is None and self._state == EngineState.LOADING:
+                # Queued, not refused: the typed task starts as soon as the policy is installed (see
+                # _setup); F6, an e-stop or any fault before then drops it.
+                self._queued_task = task
+                self._set_state(EngineState.LOADING, f'start of "{task}" queued')
+                self._event("info", f'Start queued: "{task}" starts when the policy is ready (F6 or F12 cancels).')
+                return
+            elif self.policy is None:
+                why = "the policy failed to load (see the Model pane)."
             elif self._measured is None:
                 why = "the joints have not been read yet."
             if why:
@@ -505,6 +526,7 @@ class Engine:
         if self._state in _ACTIVE:
             self._halt(EngineState.READY, "starting macro")
         with self._lock:
+            self._queued_task = ""  # the operator chose the macro instead
             self._epoch += 1
             self._macro = _Macro(cmd.name, plan_macro(self.settings.macros[cmd.name], start, 1.0 / self.period))
             self._prev_goal = start
@@ -552,7 +574,7 @@ class Engine:
             self._event("warning", f"First joint read failed: {exc}")
         with self._lock:
             # An e-stop that arrived while connecting stays latched.
-            self._set_state(EngineState.ESTOP if self._estopped else EngineState.READY,
+            self._set_state(EngineState.ESTOP if self._estopped else EngineState.LOADING,
                             self._hold_reason if self._estopped else "")
         self._event("info", "Arm connected; holding.")
         self._spawn("engine-actuator", self._actuator_loop)
@@ -565,14 +587,28 @@ class Engine:
             policy = self._policy_factory(self._model_status, self._cancel_load)
         except Exception as exc:
             if not self._stopping.is_set():
+                with self._lock:
+                    self._load_failed = True
+                    dropped, self._queued_task = self._queued_task, ""
+                    if self._state == EngineState.LOADING:
+                        self._set_state(EngineState.ERROR, "the policy failed to load: see the Model pane")
                 self._event("error", f"The policy failed to load: {exc}", "See the Model pane for what to fix.")
+                if dropped:
+                    self._event("warning", f'Queued start of "{dropped}" dropped: there is no policy.')
             return
         if self._stopping.is_set():
             return
-        self.policy = policy
+        with self._lock:
+            self.policy = policy
+            if self._state == EngineState.LOADING:
+                self._set_state(EngineState.READY)
         self._event("info", f"Policy ready (chunk of {policy.chunk_length} actions).")
         self.coalescer.set_model(self._final_status or ModelStatus("ready", message="policy ready"))
         self._spawn("engine-inference", self._inference_loop)
+        with self._lock:  # held through the start: a stop or e-stop cannot slip in between
+            queued, self._queued_task = self._queued_task, ""
+            if queued:
+                self._cmd_start(Command("start", task=queued, sent_at=time.monotonic()))
 
     # --------------------------------------------------------------------------------------- actuator
 
@@ -643,7 +679,7 @@ class Engine:
                 with self._lock:
                     if self._epoch == epoch:
                         self._macro = None
-                        self._set_state(EngineState.READY)
+                        self._set_state(self._idle())
                 self._event("info", f'Macro "{macro.name}" done.')
         goal: FloatArray | None = None
         clamped: tuple[bool, ...] = (False,) * 6
@@ -876,7 +912,7 @@ class Engine:
             return
         self._cancel_load.set()
         if self._state in (*_ACTIVE, EngineState.MACRO):
-            self._halt(EngineState.READY, "quitting")
+            self._halt(self._idle(), "quitting")
         if go_home and self.arm is not None and not self._estopped and self._state == EngineState.READY:
             self._cmd_macro(Command("macro", name="home"))
             if self.state == EngineState.MACRO:

@@ -142,7 +142,8 @@ class ModelStatus:
 class EngineState(enum.StrEnum):
     DISCONNECTED = "DISCONNECTED"
     CONNECTING = "CONNECTING"
-    READY = "READY"  # connected, holding, policy loaded or loading
+    LOADING = "LOADING"  # connected, holding, the policy is still loading (a start waits for it)
+    READY = "READY"  # connected, holding, policy loaded: a start is accepted
     RUNNING = "RUNNING"  # policy actions are written to the arm
     DRY_RUN = "DRY-RUN"  # policy runs, nothing is written
     MACRO = "MACRO"

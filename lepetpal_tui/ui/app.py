@@ -286,12 +286,7 @@ class LePetPalApp(App[int]):
     @on(EngineStarted)
     def _engine_started(self, message: EngineStarted) -> None:
         self._set_connected(self.port)
-        if self.port != "sim":
-            where = message.port
-        elif message.port == "sim":
-            where = "simulated arm, started by the engine"
-        else:
-            where = "simulated arm on " + message.port
+        where = "simulated arm on " + message.port if self.port == "sim" else message.port
         self.log_ui("info", f"engine started ({where})")
 
     @on(EngineFailed)
@@ -369,18 +364,19 @@ class LePetPalApp(App[int]):
         self._drawn_version = store.version
         self.redraws += 1
         port = "" if store.state == EngineState.DISCONNECTED else self.port
-        loading = store.model is not None and store.model.phase not in ("ready", "fallback", "failed")
-        self.main.query_one(StateBanner).show(
-            store.state, task=store.task, reason=store.hold_reason, port=port, policy_loading=loading
-        )
+        self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
         self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
         self.main.query_one(ModelPane).show(store.model)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
+        if not self.screen_stack:  # a late message while the app exits
+            return
         with contextlib.suppress(NoMatches):
             self.main.query_one(EventLog).add(self.clock(), level, message, fix)
 
     def _set_connected(self, port: str) -> None:
+        if not self.screen_stack:  # a late message while the app exits
+            return
         with contextlib.suppress(NoMatches):
             self.main.query_one(PortPane).set_connected(port)
 
@@ -418,17 +414,8 @@ class LePetPalApp(App[int]):
     def _current_input(self) -> str:
         return self.main.query_one("#task-input", Input).value.strip()
 
-    def _policy_loading(self) -> bool:
-        """True while the engine reports the policy is still on its way (start would be refused)."""
-        m = self.store.model
-        loading = m is not None and m.phase in ("idle", "resolving", "downloading", "loading", "warming_up")
-        if loading:
-            self.notify("The policy is still loading: start when the Model pane says ready.", severity="warning")
-        return loading
-
     def action_start(self) -> None:
-        if self._policy_loading():
-            return
+        # While LOADING the engine queues the start (it says so); no need to wait here.
         if self.store.state == EngineState.ESTOP:
             self.notify("E-stop is latched: press r to re-arm first.", severity="warning")
             return
@@ -486,8 +473,9 @@ class LePetPalApp(App[int]):
         elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
             if self.send("set_task", task=message.task):
                 self.log_ui("info", f"task changed: {message.task}")
-        elif not self._policy_loading():
-            self.send("start", task=message.task)  # confirmed by the engine's "Running" event
+        else:
+            # Confirmed by the engine's "Running" event, or "Start queued" while the policy loads.
+            self.send("start", task=message.task)
         # Leave the field so Space is an e-stop again.
         self.set_focus(None)
 

@@ -123,6 +123,12 @@ class ScriptedLink:
             return replace(base, state=EngineState.READY, hold_reason="", events=[self._event("re-armed")])
         if s == EngineState.ESTOP:
             return replace(base, events=[self._event(f"{c.kind} refused: e-stop is latched, re-arm first", "warning")])
+        if c.kind == "start" and s == EngineState.LOADING:
+            task = c.task or last.task
+            return replace(base, hold_reason=f'start of "{task}" queued',
+                           events=[self._event(f'Start queued: "{task}" starts when the policy is ready')])
+        if c.kind == "stop" and s == EngineState.LOADING:
+            return replace(base, hold_reason="", events=[self._event("queued start cancelled")])
         if c.kind == "start":
             state = EngineState.DRY_RUN if last.dry_run else EngineState.RUNNING
             return replace(base, state=state, task=c.task or last.task, events=[self._event(f"started: {c.task}")])

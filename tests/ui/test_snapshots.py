@@ -14,6 +14,7 @@ STATES: dict[str, tuple[str | None, int, bool, bool]] = {
     "ports_listed": (None, 0, False, True),
     "downloading": ("downloading", 1, True, True),
     "loading": ("loading", 1, True, True),
+    "loading_queued": ("loading-queued", 1, True, True),
     "ready": ("ready", 1, True, True),
     "running": ("running", 2, True, True),
     "dry_run": ("dry-run", 2, True, True),
