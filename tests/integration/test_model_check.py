@@ -102,3 +102,24 @@ def test_make_test_policy_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(cfg["input_features"]) == {"observation.images.top", "observation.images.wrist", "observation.state"}
     assert main(["make-test-policy", str(tmp_path / "bad"), "--camera", "a b"]) == 2
     assert "not valid" in capsys.readouterr().err
+
+
+def _set_num_steps(ckpt: Path, steps: int) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["num_steps"] = steps
+    (ckpt / "config.json").write_text(json.dumps(cfg, indent=4))
+
+
+def test_flow_steps_default_to_the_checkpoints_own(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set_num_steps(ckpt, 5)  # trained with 5: must run with 5 unless the user says otherwise
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 0, out
+    assert "flow steps           5 (the checkpoint's own)" in out, out
+
+
+def test_flow_steps_setting_overrides_and_says_so(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set_num_steps(ckpt, 5)
+    Path("lepetpal.toml").write_text("[model]\nflow_steps = 3\n")
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 0, out
+    assert "3 ([model] flow_steps; the checkpoint says 5)" in out, out
