@@ -336,10 +336,12 @@ class Engine:
         with self._lock:
             self._epoch += 1
             self._macro = None
-            self._queued_task = ""
+            dropped, self._queued_task = self._queued_task, ""
             self.queue.clear()
             if self._state not in (EngineState.DISCONNECTED,):
                 self._set_state(state, reason)
+        if dropped:
+            self._event("info", f'Queued start of "{dropped}" cancelled ({reason}).')
         # From here no goal decided before can pass the actuator's epoch check (made inside the bus lock),
         # so at most a write already in flight (about a millisecond) still reaches the bus.
         arm = self.arm
@@ -395,9 +397,7 @@ class Engine:
             return
         queued = self._queued_task
         self._halt(self._idle() if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
-        if queued:
-            self._event("info", f'Queued start of "{queued}" cancelled.')
-        else:
+        if not queued:  # else _halt said the queued start was cancelled
             self._event("info", "Stopped: holding the measured pose.")
 
     def _cmd_rearm(self, cmd: Command) -> None:
@@ -439,15 +439,15 @@ class Engine:
                 why = "the arm is e-stopped. Re-arm first."
             elif self._state == EngineState.ERROR:
                 why = f"the engine is holding after a fault ({self._hold_reason}). Fix it, then re-arm."
-            elif self._state in (EngineState.DISCONNECTED, EngineState.CONNECTING):
+            elif self._state == EngineState.DISCONNECTED:
                 why = "the arm is not connected yet."
             elif not task:
                 why = "no task given. Type what the arm should do."
-            elif self.policy is None and self._state == EngineState.LOADING:
+            elif self.policy is None and self._state in (EngineState.CONNECTING, EngineState.LOADING):
                 # Queued, not refused: the typed task starts as soon as the policy is installed (see
                 # _setup); F6, an e-stop or any fault before then drops it.
                 self._queued_task = task
-                self._set_state(EngineState.LOADING, f'start of "{task}" queued')
+                self._set_state(self._state, f'start of "{task}" queued')
                 self._event("info", f'Start queued: "{task}" starts when the policy is ready (F6 or F12 cancels).')
                 return
             elif self.policy is None:
@@ -551,6 +551,7 @@ class Engine:
             arm = self._arm_factory()
             arm.connect()
         except Exception as exc:
+            self._queued_task = ""
             self._set_state(EngineState.ERROR, f"arm connection failed: {exc}")
             self._event(
                 "error",
@@ -574,8 +575,9 @@ class Engine:
             self._event("warning", f"First joint read failed: {exc}")
         with self._lock:
             # An e-stop that arrived while connecting stays latched.
+            queued = f'start of "{self._queued_task}" queued' if self._queued_task else ""
             self._set_state(EngineState.ESTOP if self._estopped else EngineState.LOADING,
-                            self._hold_reason if self._estopped else "")
+                            self._hold_reason if self._estopped else queued)
         self._event("info", "Arm connected; holding.")
         self._spawn("engine-actuator", self._actuator_loop)
         if self._camera_factory is not None:

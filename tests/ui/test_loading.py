@@ -141,6 +141,7 @@ def test_estop_or_stop_while_waiting_cancels_the_queued_start(sim_arm: Any, tmp_
         await pilot.press(key)
         want = EngineState.ESTOP if key == "f12" else EngineState.LOADING
         await _until(pilot, lambda: app.store.state == want and "queued" not in app.store.hold_reason, "cancelled")
+        await pilot.pause(0.3)  # F6 holds: its own Goal_Position write follows the state change
         sim_arm.clear_trace()
         gate.set()
         await _until(pilot, lambda: link.engine.policy_ready, "the policy")

@@ -64,7 +64,7 @@ class StateBanner(Static):
         if task:
             text.append(f"  task: {task}", style="italic")
         hint = _HINTS.get(state, "")
-        if reason and state == EngineState.LOADING:  # a queued start
+        if reason and state in (EngineState.CONNECTING, EngineState.LOADING):  # a queued start
             hint = f"{reason[0].upper()}{reason[1:]}: it starts when the policy is ready.  F6 / F12 cancels"
         if reason and state == EngineState.ESTOP:
             hint = f"{reason.rstrip('.')}.  r = re-arm (asks first)"
