@@ -915,7 +915,9 @@ class Engine:
         self._cancel_load.set()
         if self._state in (*_ACTIVE, EngineState.MACRO):
             self._halt(self._idle(), "quitting")
-        if go_home and self.arm is not None and not self._estopped and self._state == EngineState.READY:
+        if go_home and self.arm is not None and not self._estopped and self._state in (
+            EngineState.READY, EngineState.LOADING
+        ):
             self._cmd_macro(Command("macro", name="home"))
             if self.state == EngineState.MACRO:
                 self.wait_for((EngineState.READY, EngineState.ERROR, EngineState.ESTOP), timeout=30.0)
