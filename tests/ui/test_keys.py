@@ -397,3 +397,13 @@ def test_a_hangup_hands_over_to_the_engine_and_leaves(make_app: Any, settle: Any
         assert [(c.kind, "hung up" in c.reason) for c in link.sent] == [("ui_lost", True)]
 
     drive(make_app, settle, "running", body, 2)
+
+
+def test_model_pane_says_an_old_checkpoint_was_converted_and_where() -> None:
+    from lepetpal_tui.core.types import ModelStatus, PreflightCheck
+    from lepetpal_tui.ui.widgets.model import describe
+
+    note = PreflightCheck("format", True, "saved before LeRobot 0.4 (statistics in the weights): converted with "
+                          "LeRobot's migration into /cache/lepetpal/converted/x-1234; the original is untouched")
+    text = describe(ModelStatus("ready", source="me/old", preflight=(note,)), "me/old")
+    assert "converted with LeRobot's migration into /cache/lepetpal/converted/x-1234" in text
