@@ -93,3 +93,19 @@ def test_hangup_keeps_the_simulated_arm_the_engine_started(tmp_path: Path) -> No
     config = write_config(tmp_path, "sim", disconnect_s=DISCONNECT_S)
     t_hangup, recs = _run_then_hang_up(["--config", str(config), "--sim"], tmp_path)
     _check_ui_lost(recs, t_hangup)
+
+
+def test_hangup_of_a_headless_run(tmp_path: Path) -> None:
+    """`lepetpal run --headless` in a terminal that goes away: the same UI-lost path."""
+    config = write_config(tmp_path, "sim", disconnect_s=DISCONNECT_S)
+    app = TmuxApp(["run", "--headless", "--task", "wave", "--config", str(config)], tmp_path)
+    try:
+        app.wait_for("state RUNNING", 120)
+        time.sleep(1.0)
+        t_hangup = time.monotonic()
+        app.hang_up()
+        recs = _wait_end(tmp_path, 30)
+        app.wait_gone(15)
+    finally:
+        app.close()
+    _check_ui_lost(recs, t_hangup)
