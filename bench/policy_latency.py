@@ -141,14 +141,14 @@ def serve_ours(args: argparse.Namespace) -> int:
     """Child side: build and convert ours as the parent does, then time one chunk per line on stdin."""
     import torch
 
-    from lepetpal_tui.config import ModelSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ref, ours, obs, noise = our_runner(args)
     del ref
     {"int8": ours.to_int8, "bf16": ours.to_bf16, "fp32": lambda: None}[args.dtype]()
-    ours.policy.config.num_steps = args.flow_steps or ModelSettings().flow_steps
+    if args.flow_steps:  # else the checkpoint's own, as the app does
+        ours.policy.config.num_steps = args.flow_steps
     ours.raw_chunk(obs, noise=noise)  # warm-up
     print("ready", flush=True)
     for _ in sys.stdin:
@@ -175,7 +175,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="timed chunks per path (after one warm-up each)")
     ap.add_argument("--dtype", choices=["int8", "bf16", "fp32"], default=None,
                     help="our path's dtype (default: what dtype \"auto\" picks on this CPU)")
-    ap.add_argument("--flow-steps", type=int, default=None, help="our flow steps (default: ModelSettings default)")
+    ap.add_argument("--flow-steps", type=int, default=None, help="our flow steps (default: the checkpoint's own, as the app)")
     ap.add_argument("--observations", type=int, default=4, help="observations for the accuracy check")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -196,7 +196,6 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     defaults = ModelSettings()
-    our_steps = args.flow_steps or defaults.flow_steps
     auto_dtype = fast_path("auto", "cpu", 450_000_000, cpu_caps())[0] or "fp32"  # what "auto" picks here
     dtype = args.dtype or auto_dtype
     t0 = time.perf_counter()
@@ -213,6 +212,7 @@ def main() -> int:
     t0 = time.perf_counter()
     {"int8": ours_runner.to_int8, "bf16": ours_runner.to_bf16, "fp32": lambda: None}[dtype]()
     convert_s = time.perf_counter() - t0
+    our_steps = args.flow_steps or defaults.flow_steps or int(ours_runner.policy.config.num_steps)
     ours_runner.policy.config.num_steps = our_steps
     noises = [ref.make_noise(args.seed + k) for k in range(len(obs_list))]
 

@@ -108,7 +108,9 @@ class ModelSettings:
         default="auto",
         metadata=_meta('"auto" (int8 on CPU, bf16 on CUDA; checked against fp32 at load), "fp32", "bf16" or "int8"'),
     )
-    flow_steps: int = field(default=10, metadata=_meta("flow-matching denoising steps", lo=1, hi=100))
+    # 0: the checkpoint's own num_steps (what it was trained with); a number overrides it.
+    flow_steps: int = field(default=0, metadata=_meta("flow-matching denoising steps (0 = the checkpoint's own)",
+                                                      lo=0, hi=100))
     actions_per_chunk: int = field(default=50, metadata=_meta("actions used from each chunk", lo=1, hi=1000))
     fallback_to_scripted: bool = field(
         default=True, metadata=_meta("run the scripted policy when SmolVLA cannot load (reason shown)")

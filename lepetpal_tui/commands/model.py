@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="checkpoint folder or hub repo id (default: [model] path, or the demo checkpoint)")
     check.add_argument("--revision", default=None, help="hub branch, tag or commit (default: [model] revision)")
     check.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default=None, help="override [model] dtype")
-    check.add_argument("--flow-steps", type=int, default=None, help="override [model] flow_steps")
+    check.add_argument("--flow-steps", type=int, default=None,
+                       help="override the checkpoint's num_steps (default: [model] flow_steps, else the checkpoint's)")
 
 
 class _Printer:
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         ("state / action size", "6 / 6"),
         ("device / dtype", f"{policy.device} / {policy.dtype}  ({final.message.removeprefix('ready: ')})"),
         ("parameters", f"{policy.parameters:,}"),
-        ("chunk", f"{a.shape[0]} actions x {a.shape[1]} joints, flow steps {model.flow_steps}"),
+        ("chunk", f"{a.shape[0]} actions x {a.shape[1]} joints"),
+        ("flow steps", str(getattr(policy, "flow_steps_note", "n/a"))),
         ("load + warm-up", f"{load_s:.2f} s (first inference {final.warmup_s or 0.0:.3f} s)"),
         ("inference", f"{chunk.timing.total_s * 1000:.0f} ms (pre {chunk.timing.preprocess_s * 1000:.1f}, "
                       f"model {chunk.timing.model_s * 1000:.1f}, post {chunk.timing.postprocess_s * 1000:.1f})"),

@@ -7,9 +7,10 @@ safely: the engine holds the arm and disconnects (torque per control.quit_torque
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
-from contextlib import ExitStack
 from typing import Any
 
 HELP = "run the policy headless (no TUI) with printed progress; Ctrl-C stops safely"
@@ -24,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-timeout", type=float, default=600.0, metavar="S",
                         help="give up if the arm and policy are not ready after S seconds (default 600)")
     parser.add_argument("--go-home", action="store_true", help="run the home macro before disconnecting")
+
+
+class _HungUp(Exception):
+    """SIGHUP: this terminal went away (SSH dropped, the window closed)."""
+
+
+def _on_hangup(signum: int, frame: object) -> None:
+    raise _HungUp
 
 
 def _print(msg: str) -> None:
@@ -103,61 +112,60 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     progress = _Progress(t0)
     code = 0
-    with ExitStack() as stack:
-        sim_port = None
-        if settings.is_sim:
-            from lepetpal_tui.sim.process import SimArm, SimError
-
-            try:
-                sim = stack.enter_context(SimArm.start())
-            except SimError as exc:
-                print(f"lepetpal run: the simulated arm did not start: {exc}", file=sys.stderr)
-                return EXIT_FAILED
-            sim_port = sim.port
-            _print(f"simulated arm on {sim_port}")
-        try:
-            client = EngineClient.spawn(settings, sim_port=sim_port)
-        except EngineStartError as exc:
-            print(f"lepetpal run: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        _print(f"session log: {client.log_path}")
-        started_at: float | None = None
-        last_line = 0.0
-        try:
-            while True:
-                for batch in client.poll(0.1):
-                    progress.feed(batch)
-                # Headless, the main loop is the "UI": it stops beating if it hangs (safety.ui_heartbeat_s).
-                client.send(Command("heartbeat"))
-                now = time.monotonic()
-                if progress.failed or not client.alive:
-                    code = EXIT_FAILED
-                    break
-                if started_at is None:
-                    if progress.ready and progress.state == EngineState.READY.value:
-                        client.send(Command("start", task=task))
-                        started_at = now
-                    elif progress.state in (EngineState.ERROR.value,):
-                        code = EXIT_FAILED
-                        break
-                    elif now - t0 > args.load_timeout:
-                        _print(f"gave up: not ready after {args.load_timeout:g} s (raise --load-timeout)")
-                        code = EXIT_FAILED
-                        break
-                    continue
-                if now - last_line >= 1.0:
-                    _print(progress.line())
-                    last_line = now
-                if progress.state == EngineState.ERROR.value:
-                    code = EXIT_FAILED
-                    break
-                if args.duration is not None and now - started_at >= args.duration:
-                    break
-        except KeyboardInterrupt:
-            _print("Ctrl-C: holding the arm and disconnecting ...")
-        finally:
-            for batch in client.close(go_home=args.go_home, timeout=10.0):
+    # With --sim the engine starts the simulated arm itself: both then outlive a hangup of this
+    # terminal long enough to hold and disconnect (see engine_process).
+    try:
+        client = EngineClient.spawn(settings)
+    except EngineStartError as exc:
+        print(f"lepetpal run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print(f"session log: {client.log_path}")
+    started_at: float | None = None
+    last_line = 0.0
+    hung_up = False
+    signal.signal(signal.SIGHUP, _on_hangup)
+    try:
+        while True:
+            for batch in client.poll(0.1):
                 progress.feed(batch)
+            # Headless, the main loop is the "UI": it stops beating if it hangs (safety.ui_heartbeat_s).
+            client.send(Command("heartbeat"))
+            now = time.monotonic()
+            if progress.failed or not client.alive:
+                code = EXIT_FAILED
+                break
+            if started_at is None:
+                if progress.ready and progress.state == EngineState.READY.value:
+                    client.send(Command("start", task=task))
+                    started_at = now
+                elif progress.state in (EngineState.ERROR.value,):
+                    code = EXIT_FAILED
+                    break
+                elif now - t0 > args.load_timeout:
+                    _print(f"gave up: not ready after {args.load_timeout:g} s (raise --load-timeout)")
+                    code = EXIT_FAILED
+                    break
+                continue
+            if now - last_line >= 1.0:
+                _print(progress.line())
+                last_line = now
+            if progress.state == EngineState.ERROR.value:
+                code = EXIT_FAILED
+                break
+            if args.duration is not None and now - started_at >= args.duration:
+                break
+    except KeyboardInterrupt:
+        _print("Ctrl-C: holding the arm and disconnecting ...")
+    except _HungUp:
+        hung_up = True
+    finally:
+        if hung_up:
+            # Nobody is watching any more: the engine takes the UI-lost path (hold, then disconnect per
+            # [safety]) on its own; printing to a dead terminal could only fail.
+            client.abandon("the terminal of `lepetpal run` hung up (SIGHUP)")
+            os._exit(128 + signal.SIGHUP)
+        for batch in client.close(go_home=args.go_home, timeout=10.0):
+            progress.feed(batch)
     _print(progress.line())
     try:
         summary = summarize(client.log_path)

@@ -223,11 +223,10 @@ def open_robot(
     except OSError as exc:
         raise ArmError(P.open_error_note(port, exc)) from None
     try:
-        if not is_sim:
-            # Two programs on one bus garble each other's packets; refuse rather than misbehave.
-            others = P.port_holders(port)
-            if others:
-                raise ArmError(P.open_error_note(port, P.PortBusyError(errno.EBUSY, "held")))
+        # Two programs on one bus garble each other's packets; refuse rather than misbehave. A pty's own
+        # simulator (ours or another one) holds its slave too, and is not counted (see port_holders).
+        if P.port_holders(port):
+            raise ArmError(P.open_error_note(port, P.PortBusyError(errno.EBUSY, "held")))
         path = cal_dir if cal_dir is not None else calibration_path(arm, is_sim).parent
         config = SO101FollowerConfig(
             port=port,

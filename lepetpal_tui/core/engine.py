@@ -167,6 +167,9 @@ class Engine:
         self._speed = 1.0  # playback speed factor of the latest tick
         self._speed_floor_warned = False
         self._max_lag_ticks = max(2, round(_MAX_LAG_S * settings.control.rate_hz))
+        self._ui_lost = False
+        self._queued_task = ""  # a start that waits for the policy (LOADING); any halt drops it
+        self._load_failed = False
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._cancel_load = threading.Event()
@@ -272,16 +275,22 @@ class Engine:
             self.submit(Command("quit", go_home=go_home, sent_at=time.monotonic()))
             self._finished.wait(timeout)
 
-    def ui_lost(self) -> None:
-        """The controlling process disappeared: hold now, disconnect after safety.ui_lost_disconnect_s."""
+    def ui_lost(self, cause: str = "the controlling process disappeared") -> None:
+        """The controlling process disappeared: hold now, disconnect after safety.ui_lost_disconnect_s.
+
+        Every way the UI can go away ends here once (its goodbye, then the pipe's EOF, count once)."""
+        with self._lock:
+            if self._ui_lost:
+                return
+            self._ui_lost = True
         delay = self.settings.safety.ui_lost_disconnect_s
         self._halt(
             EngineState.ERROR if self._state != EngineState.ESTOP else EngineState.ESTOP,
-            f"controlling process lost; holding, disconnecting in {delay:g} s",
+            f"UI lost ({cause}); holding, disconnecting in {delay:g} s",
         )
         self._event(
             "error",
-            f"The controlling process disappeared. Holding the arm; disconnecting in {delay:g} s.",
+            f"UI lost: {cause}. Holding the arm; disconnecting in {delay:g} s.",
             "Restart lepetpal to take control again.",
         )
 
@@ -327,6 +336,12 @@ class Engine:
             self._hold_reason = reason
             self._state_changed.notify_all()
 
+    def _idle(self) -> EngineState:
+        """Where the arm holds when nothing runs: READY only once a start would be accepted."""
+        if self.policy is not None:
+            return EngineState.READY
+        return EngineState.ERROR if self._load_failed else EngineState.LOADING
+
     def _model_status(self, status: ModelStatus) -> None:
         if self.log is not None:
             self.log.model(status)
@@ -342,10 +357,13 @@ class Engine:
         with self._lock:
             self._epoch += 1
             self._macro = None
+            dropped, self._queued_task = self._queued_task, ""
             self.queue.clear()
             self._confirmed_stand_ins = set()  # a confirmation covers one start only
             if self._state not in (EngineState.DISCONNECTED,):
                 self._set_state(state, reason)
+        if dropped:
+            self._event("info", f'Queued start of "{dropped}" cancelled ({reason}).')
         # From here no goal decided before can pass the actuator's epoch check (made inside the bus lock),
         # so at most a write already in flight (about a millisecond) still reaches the bus.
         arm = self.arm
@@ -399,8 +417,10 @@ class Engine:
     def _cmd_stop(self, cmd: Command) -> None:
         if self._state in (EngineState.ESTOP, EngineState.DISCONNECTED):
             return
-        self._halt(EngineState.READY if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
-        self._event("info", "Stopped: holding the measured pose.")
+        queued = self._queued_task
+        self._halt(self._idle() if self._state != EngineState.ERROR else EngineState.ERROR, "stopped")
+        if not queued:  # else _halt said the queued start was cancelled
+            self._event("info", "Stopped: holding the measured pose.")
 
     def _cmd_rearm(self, cmd: Command) -> None:
         arm = self.arm
@@ -427,7 +447,8 @@ class Engine:
             self._read_failures = self._write_failures = self._health_failures = 0
             self._epoch += 1
             self._prev_goal = None if arm is None else np.asarray(pose, dtype=np.float64)
-            self._set_state(EngineState.READY if arm is not None else EngineState.DISCONNECTED)
+            idle = self._idle() if arm is not None else EngineState.DISCONNECTED
+            self._set_state(idle, "the policy failed to load: see the Model pane" if idle == EngineState.ERROR else "")
         self._event("info", "Re-armed. The policy restarts from a fresh chunk when started.")
         if cmd.flag and self._task:
             self._cmd_start(Command("start", task=self._task))
@@ -440,12 +461,19 @@ class Engine:
                 why = "the arm is e-stopped. Re-arm first."
             elif self._state == EngineState.ERROR:
                 why = f"the engine is holding after a fault ({self._hold_reason}). Fix it, then re-arm."
-            elif self._state in (EngineState.DISCONNECTED, EngineState.CONNECTING):
+            elif self._state == EngineState.DISCONNECTED:
                 why = "the arm is not connected yet."
-            elif self.policy is None:
-                why = "the policy is still loading (or failed to load: see the Model pane)."
             elif not task:
                 why = "no task given. Type what the arm should do."
+            elif self.policy is None and self._state in (EngineState.CONNECTING, EngineState.LOADING):
+                # Queued, not refused: the typed task starts as soon as the policy is installed (see
+                # _setup); F6, an e-stop or any fault before then drops it.
+                self._queued_task = task
+                self._set_state(self._state, f'start of "{task}" queued')
+                self._event("info", f'Start queued: "{task}" starts when the policy is ready (F6 or F12 cancels).')
+                return
+            elif self.policy is None:
+                why = "the policy failed to load (see the Model pane)."
             elif self._measured is None:
                 why = "the joints have not been read yet."
             confirmed: set[str] = set()
@@ -544,11 +572,15 @@ class Engine:
         if self._state in _ACTIVE:
             self._halt(EngineState.READY, "starting macro")
         with self._lock:
+            self._queued_task = ""  # the operator chose the macro instead
             self._epoch += 1
             self._macro = _Macro(cmd.name, plan_macro(self.settings.macros[cmd.name], start, 1.0 / self.period))
             self._prev_goal = start
             self._set_state(EngineState.MACRO, f"macro {cmd.name}")
         self._event("info", f'Macro "{cmd.name}" started.')
+
+    def _cmd_ui_lost(self, cmd: Command) -> None:
+        self.ui_lost(cmd.reason or "the UI said it is going away")
 
     def _cmd_quit(self, cmd: Command) -> None:
         go_home = cmd.go_home or self.settings.control.quit_go_home
@@ -565,6 +597,7 @@ class Engine:
             arm = self._arm_factory()
             arm.connect()
         except Exception as exc:
+            self._queued_task = ""
             self._set_state(EngineState.ERROR, f"arm connection failed: {exc}")
             self._event(
                 "error",
@@ -588,8 +621,9 @@ class Engine:
             self._event("warning", f"First joint read failed: {exc}")
         with self._lock:
             # An e-stop that arrived while connecting stays latched.
-            self._set_state(EngineState.ESTOP if self._estopped else EngineState.READY,
-                            self._hold_reason if self._estopped else "")
+            queued = f'start of "{self._queued_task}" queued' if self._queued_task else ""
+            self._set_state(EngineState.ESTOP if self._estopped else EngineState.LOADING,
+                            self._hold_reason if self._estopped else queued)
         self._event("info", "Arm connected; holding.")
         self._spawn("engine-actuator", self._actuator_loop)
         if self._camera_factory is not None:
@@ -604,14 +638,28 @@ class Engine:
             policy = self._policy_factory(self._model_status, self._cancel_load)
         except Exception as exc:
             if not self._stopping.is_set():
+                with self._lock:
+                    self._load_failed = True
+                    dropped, self._queued_task = self._queued_task, ""
+                    if self._state == EngineState.LOADING:
+                        self._set_state(EngineState.ERROR, "the policy failed to load: see the Model pane")
                 self._event("error", f"The policy failed to load: {exc}", "See the Model pane for what to fix.")
+                if dropped:
+                    self._event("warning", f'Queued start of "{dropped}" dropped: there is no policy.')
             return
         if self._stopping.is_set():
             return
-        self.policy = policy
+        with self._lock:
+            self.policy = policy
+            if self._state == EngineState.LOADING:
+                self._set_state(EngineState.READY)
         self._event("info", f"Policy ready (chunk of {policy.chunk_length} actions).")
         self.coalescer.set_model(self._final_status or ModelStatus("ready", message="policy ready"))
         self._spawn("engine-inference", self._inference_loop)
+        with self._lock:  # held through the start: a stop or e-stop cannot slip in between
+            queued, self._queued_task = self._queued_task, ""
+            if queued:
+                self._cmd_start(Command("start", task=queued, sent_at=time.monotonic()))
 
     # --------------------------------------------------------------------------------------- actuator
 
@@ -685,7 +733,7 @@ class Engine:
                 with self._lock:
                     if self._epoch == epoch:
                         self._macro = None
-                        self._set_state(EngineState.READY)
+                        self._set_state(self._idle())
                 self._event("info", f'Macro "{macro.name}" done.')
         goal: FloatArray | None = None
         clamped: tuple[bool, ...] = (False,) * 6
@@ -1021,8 +1069,10 @@ class Engine:
             return
         self._cancel_load.set()
         if self._state in (*_ACTIVE, EngineState.MACRO):
-            self._halt(EngineState.READY, "quitting")
-        if go_home and self.arm is not None and not self._estopped and self._state == EngineState.READY:
+            self._halt(self._idle(), "quitting")
+        if go_home and self.arm is not None and not self._estopped and self._state in (
+            EngineState.READY, EngineState.LOADING
+        ):
             self._cmd_macro(Command("macro", name="home"))
             if self.state == EngineState.MACRO:
                 self.wait_for((EngineState.READY, EngineState.ERROR, EngineState.ESTOP), timeout=30.0)

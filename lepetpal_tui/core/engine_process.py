@@ -5,14 +5,19 @@ owns the arm, cameras and policy (torch and lerobot are imported only there); th
 and receives `TelemetryBatch`es over one duplex pipe.
 
 Safety: the child reads commands on a dedicated thread, so an e-stop is applied even while the arm is
-connecting or the policy is loading. When the pipe reaches EOF (the parent exited or was killed, SSH
-dropped) or the parent pid changes, the child holds the arm at once and disconnects after
-`safety.ui_lost_disconnect_s`.
+connecting or the policy is loading. When the UI says goodbye (`ui_lost`: its terminal hung up, it
+crashed), the pipe reaches EOF (the parent exited or was killed) or the parent pid changes, the child
+holds the arm at once and disconnects after `safety.ui_lost_disconnect_s`.
+
+The child runs in its own session, so the terminal's signals (a hangup, Ctrl-C) never reach it or the
+simulated arm it starts for `arm.port = "sim"`: their lifetime follows the pipe and the engine's own
+shutdown, never the terminal's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -48,13 +53,43 @@ def session_log_path(settings: Settings) -> Path:
     return folder / f"session-{stamp}-{os.getpid()}-{int(time.time() * 1000) % 1000:03d}.jsonl"
 
 
+SIM_LOG = "lepetpal-sim.log"  # in the temp folder: the simulated arm's own output
+
+
+class OwnedSim:
+    """The simulated arm an engine starts for itself (arm.port = "sim" and no port given).
+
+    Started on the engine's setup thread when the arm connects, stopped by `_child_main` once the engine
+    has disconnected, so the arm outlives the UI for as long as the engine holds it."""
+
+    def __init__(self) -> None:
+        self.sim: Any = None
+
+    def start(self) -> str:
+        import tempfile
+
+        from lepetpal_tui.sim.process import SimArm
+
+        if self.sim is None:
+            self.sim = SimArm.start(log_path=os.path.join(tempfile.gettempdir(), SIM_LOG))
+        return str(self.sim.port)
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            with contextlib.suppress(Exception):
+                self.sim.stop()
+
+
 def build_engine(
     settings: Settings,
     sim_port: str | None,
     on_telemetry: Any = None,
     log_path: Path | None = None,
+    owned_sim: OwnedSim | None = None,
 ) -> Engine:
-    """An Engine wired to the real parts: Arm (LeRobot), load_policy, open_camera. Imports them lazily."""
+    """An Engine wired to the real parts: Arm (LeRobot), load_policy, open_camera. Imports them lazily.
+
+    With arm.port = "sim": the simulated arm at `sim_port`, else one started through `owned_sim`."""
     from lepetpal_tui.core.engine import Engine
     from lepetpal_tui.core.telemetry import SessionLog
 
@@ -63,9 +98,12 @@ def build_engine(
 
         port = settings.arm.port
         if port == "sim":
-            if not sim_port:
+            if sim_port:
+                port = sim_port
+            elif owned_sim is not None:
+                port = owned_sim.start()
+            else:
                 raise RuntimeError('arm.port is "sim" but no simulated arm was started (launcher bug)')
-            port = sim_port
         elif port == "auto":
             from lepetpal_tui.core.ports import find_so101_port
 
@@ -260,14 +298,31 @@ def _redirect_output(path: Path) -> None:
     os.close(fd)
 
 
+def _leave_terminal() -> None:
+    """Put this process in its own session, away from the UI's terminal.
+
+    A hangup (SSH dropped, `tmux kill-session`) sends SIGHUP to the terminal's session leader, and when
+    that dies, to its whole foreground process group: the engine, its policy process and the simulated
+    arm died with the UI, mid-tick, and the dead-man path never ran. In a session of its own no terminal
+    signal reaches the engine (nor the processes it starts); it stops when the UI's pipe says so."""
+    with contextlib.suppress(OSError):  # already a session leader: nothing to leave
+        os.setsid()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # belt and braces: a stray `kill -HUP` too
+    # Ctrl-C in the terminal signals the whole process group: the parent decides how to stop (it sends
+    # quit); the engine must not die mid-tick with the arm under torque and its log half written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # stdin was the terminal; nothing here reads it
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.close(fd)
+
+
 def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_path: str) -> None:
+    _leave_terminal()
     _redirect_output(engine_output_path(Path(log_path)))
     # A shorter GIL switch interval bounds how long Python work in other threads (pre/post-processing,
     # telemetry) can delay a tick.
     sys.setswitchinterval(0.001)
-    # Ctrl-C in the terminal signals the whole process group: the parent decides how to stop (it sends
-    # quit); the engine must not die mid-tick with the arm under torque and its log half written.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (a service manager, `kill`): stop like quit does: hold, then disconnect.
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.set())
@@ -278,7 +333,8 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
         with send_lock:
             conn.send(batch)
 
-    engine = build_engine(settings, sim_port, send, Path(log_path))
+    owned_sim = OwnedSim()
+    engine = build_engine(settings, sim_port, send, Path(log_path), owned_sim)
     engine.start()
 
     lost = threading.Event()
@@ -293,10 +349,12 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
             except (EOFError, OSError):
                 break
             if isinstance(cmd, Command):
+                if cmd.kind == "ui_lost":
+                    lost.set()
                 engine.submit(cmd)
         if not engine.finished:
             lost.set()
-            engine.ui_lost()
+            engine.ui_lost("its pipe closed without a quit: the UI process exited, crashed or was killed")
 
     threading.Thread(target=read_commands, name="engine-commands", daemon=True).start()
     while not engine.join(0.05):
@@ -306,8 +364,9 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
         # Belt and braces: a parent that died without closing the pipe (it was inherited elsewhere).
         if not lost.is_set() and os.getppid() != parent:
             lost.set()
-            engine.ui_lost()
+            engine.ui_lost(f"the UI process {parent} is gone (the engine has a new parent)")
     engine.flush_telemetry()
+    owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):
         conn.close()
 
@@ -328,12 +387,10 @@ class EngineClient:
 
     @classmethod
     def spawn(cls, settings: Settings, sim_port: str | None = None) -> EngineClient:
-        """Start the engine process; returns at once (state and model progress arrive via `poll`)."""
-        if settings.is_sim and not sim_port:
-            raise EngineStartError(
-                'arm.port is "sim" but no simulated arm port was given. Start one with '
-                "`SimArm.start()` (the UI and `lepetpal run` do this for you) and pass its port."
-            )
+        """Start the engine process; returns at once (state and model progress arrive via `poll`).
+
+        With arm.port = "sim" the engine drives the simulated arm at `sim_port`, or, when none is given,
+        starts its own (which then lives exactly as long as the engine)."""
         ctx = mp.get_context("spawn")  # torch/lerobot load in the child only; no forked threads
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         log_path = session_log_path(settings)
@@ -358,7 +415,7 @@ class EngineClient:
     def send(self, cmd: Command) -> None:
         """Queue a command for the engine; never blocks on the engine's work."""
         if cmd.sent_at == 0.0:
-            cmd = Command(cmd.kind, cmd.task, cmd.flag, cmd.name, cmd.go_home, time.monotonic())
+            cmd = dataclasses.replace(cmd, sent_at=time.monotonic())
         with self._send_lock:
             try:
                 self._conn.send(cmd)
@@ -392,6 +449,16 @@ class EngineClient:
         except (EOFError, OSError):
             pass
         return out
+
+    def abandon(self, reason: str) -> None:
+        """The UI is going away without a quit (its terminal hung up, it crashed): tell the engine why and
+        let go. The engine holds the arm and disconnects per [safety], as if the UI had been killed."""
+        if self._closed:
+            return
+        self._closed = True
+        self.send(Command("ui_lost", reason=reason))
+        with contextlib.suppress(Exception):
+            self._conn.close()
 
     def close(self, go_home: bool = False, timeout: float = 5.0) -> list[TelemetryBatch]:
         """Ask the engine to quit (hold, optionally home, disconnect) and wait; returns the last batches.

@@ -178,6 +178,27 @@ def resolve_backbone(dir: Path, model: ModelSettings, report: _Reporter, cancel:
                          patterns=BACKBONE_FILE_PATTERNS))
 
 
+def _convert_if_legacy(
+    dir: Path, model: ModelSettings, report: _Reporter
+) -> tuple[Path, tuple[PreflightCheck, ...]]:
+    """A pre-0.4 checkpoint -> its converted copy in our cache (made once), and a check that says so."""
+    from lepetpal_tui.core import legacy_checkpoint as legacy
+
+    if not legacy.is_legacy_checkpoint(dir):
+        return dir, ()
+    out = legacy.converted_dir(dir)
+    if not legacy.is_converted(out):
+        backbone = resolve_backbone(dir, model, report, report.cancel)
+        report("loading", message=f"converting a pre-0.4 checkpoint with LeRobot's migration into {out}")
+        out = legacy.convert(dir, backbone, out)
+    note = PreflightCheck(
+        "format", True,
+        f"saved before LeRobot 0.4 (statistics in the weights): converted with LeRobot's migration into "
+        f"{out}; the original is untouched",
+    )
+    return out, (note,)
+
+
 def _load_smolvla(
     model: ModelSettings, cameras: Mapping[str, CameraSettings], arm_units: str, report: _Reporter
 ) -> ChunkPolicy:
@@ -187,13 +208,14 @@ def _load_smolvla(
     from lepetpal_tui.core import policy_smolvla as sv
     from lepetpal_tui.core.preflight import failures, run_preflight
 
+    dir, converted = _convert_if_legacy(dir, model, report)
     device = sv.resolve_device(model.device)
     report.device = device
     checks = run_preflight(
         dir, cameras=cameras, camera_map=model.camera_map, arm_units=arm_units,
         requested_device=model.device, resolved_device=device, available_devices=sv.available_devices(),
     )
-    report.preflight = tuple(checks)
+    report.preflight = (*converted, *checks)
     bad = failures(checks)
     if bad:
         first = bad[0]

@@ -72,6 +72,7 @@ class SmolVLARunner:
         self.dtype = "fp32"
         self.camera_map = dict(camera_map)
         self.chunk_length = chunk_length
+        self.flow_steps_note = str(policy.config.num_steps)  # how many, and whose choice (load_local)
         self.parameters = int(sum(p.numel() for p in policy.parameters()))
         self.image_keys: tuple[str, ...] = tuple(k for k in policy.config.image_features if k.startswith(IMAGE_PREFIX))
         self.cameras = tuple(k[len(IMAGE_PREFIX):] for k in self.image_keys)
@@ -201,10 +202,12 @@ def load_local(
             f"{dir} holds a {getattr(cfg, 'type', '?')} policy, not SmolVLA.",
             "Use a SmolVLA checkpoint (config.json \"type\": \"smolvla\"), or set [model] mode = \"scripted\".",
         )
+    saved_steps = int(cfg.num_steps)
     cfg.device = device
     cfg.vlm_model_name = backbone
     cfg.load_vlm_weights = False  # the checkpoint's weights are loaded on top
-    cfg.num_steps = int(model.flow_steps)
+    if model.flow_steps:  # else the checkpoint's own num_steps, as trained
+        cfg.num_steps = int(model.flow_steps)
     n = min(int(model.actions_per_chunk), int(cfg.chunk_size))
     cfg.n_action_steps = n
     try:
@@ -241,10 +244,13 @@ def load_local(
             f"the processor files in {dir} cannot be loaded ({type(exc).__name__}: {exc}).",
             "Copy or download the complete checkpoint again (policy_*processor*.json and .safetensors).",
         ) from exc
-    return SmolVLARunner(
+    runner = SmolVLARunner(
         source=str(dir), policy=policy, pre=pre, post=post, device=device,
         camera_map=model.camera_map, chunk_length=n,
     )
+    runner.flow_steps_note = (f"{cfg.num_steps} ([model] flow_steps; the checkpoint says {saved_steps})"
+                              if model.flow_steps else f"{cfg.num_steps} (the checkpoint's own)")
+    return runner
 
 
 def _compare(

@@ -35,6 +35,7 @@ __all__ = [
     "open_error_note",
     "port_holders",
     "probe_port",
+    "pty_index",
 ]
 
 SIM_LINK = "/tmp/lepetpal-so101-sim"  # where `lepetpal sim` links its pty by default
@@ -84,12 +85,36 @@ def open_error_note(device: str, exc: OSError) -> str:
     return f"{device} could not be opened ({exc.strerror or exc}). Replug the arm and run `lepetpal ports`."
 
 
+def pty_index(device: str) -> int | None:
+    """N for the pty slave /dev/pts/N (through any symlink), else None."""
+    real = os.path.realpath(device)
+    head, _, tail = real.rpartition("/")
+    return int(tail) if head == "/dev/pts" and tail.isdigit() else None
+
+
+def _holds_pty_master(fd_path: str, fdinfo_path: str, index: int) -> bool:
+    """Whether this fd is the master side (/dev/ptmx) of pty `index`: Linux names it in fdinfo."""
+    try:
+        if os.path.basename(os.readlink(fd_path)) != "ptmx":
+            return False
+        with open(fdinfo_path) as fh:
+            return any(line.split(":", 1)[0] == "tty-index" and line.split(":", 1)[1].strip() == str(index)
+                       for line in fh)
+    except (OSError, ValueError):
+        return False
+
+
 def port_holders(device: str, exclude_pids: Iterable[int] = ()) -> list[tuple[int, str]]:
-    """Processes that have `device` open (like `lsof`), read from /proc; empty where not permitted."""
+    """Processes that have `device` open (like `lsof`), read from /proc; empty where not permitted.
+
+    On a pty, the process that also holds its master side is the pty's own server (a simulator keeps the
+    slave open so the pty survives a client closing it): that one is the arm, not a rival client, and is
+    not listed. Any other process with the slave open is."""
     try:
         target = os.stat(os.path.realpath(device))
     except OSError:
         return []
+    index = pty_index(device)
     skip = {os.getpid(), *exclude_pids}
     found: list[tuple[int, str]] = []
     for entry in os.listdir("/proc"):
@@ -100,19 +125,23 @@ def port_holders(device: str, exclude_pids: Iterable[int] = ()) -> list[tuple[in
             fds = os.listdir(fd_dir)
         except OSError:
             continue
+        holds = server = False
         for fd in fds:
             try:
                 st = os.stat(f"{fd_dir}/{fd}")
             except OSError:
                 continue
             if st.st_rdev == target.st_rdev and st.st_ino == target.st_ino:
-                try:
-                    with open(f"/proc/{entry}/comm") as fh:
-                        name = fh.read().strip()
-                except OSError:
-                    name = "?"
-                found.append((int(entry), name))
-                break
+                holds = True
+            elif index is not None and _holds_pty_master(f"{fd_dir}/{fd}", f"/proc/{entry}/fdinfo/{fd}", index):
+                server = True
+        if holds and not server:
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    name = fh.read().strip()
+            except OSError:
+                name = "?"
+            found.append((int(entry), name))
     return found
 
 

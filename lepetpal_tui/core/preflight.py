@@ -104,11 +104,16 @@ def read_checkpoint(dir: Path) -> CheckpointInfo:
     info = CheckpointInfo(dir=dir)
     missing = [f for f in REQUIRED_FILES if not (dir / f).is_file()]
     if missing:
+        # A checkpoint from before LeRobot 0.4 lacks the processor files too, but is converted before
+        # preflight runs (core.legacy_checkpoint); reaching here, its weights had no statistics either.
+        older = (" Its model.safetensors holds no normalisation statistics either, so it is not a "
+                 "pre-0.4 checkpoint that could be converted." if "policy_preprocessor.json" in missing
+                 and "model.safetensors" not in missing else "")
         info.problems.append(PreflightCheck(
             "files", False, f"{dir} lacks {', '.join(missing)}; a LeRobot SmolVLA checkpoint has "
-            + ", ".join(REQUIRED_FILES) + " and the statistics files.",
+            + ", ".join(REQUIRED_FILES) + " and the statistics files." + older,
             "Point [model] path at the folder that holds config.json (often .../pretrained_model), or "
-            "download the checkpoint again.",
+            "copy the complete checkpoint folder (all policy_*processor* files).",
         ))
     try:
         info.config = json.loads((dir / "config.json").read_text())

@@ -142,7 +142,8 @@ class ModelStatus:
 class EngineState(enum.StrEnum):
     DISCONNECTED = "DISCONNECTED"
     CONNECTING = "CONNECTING"
-    READY = "READY"  # connected, holding, policy loaded or loading
+    LOADING = "LOADING"  # connected, holding, the policy is still loading (a start waits for it)
+    READY = "READY"  # connected, holding, policy loaded: a start is accepted
     RUNNING = "RUNNING"  # policy actions are written to the arm
     DRY_RUN = "DRY-RUN"  # policy runs, nothing is written
     MACRO = "MACRO"
@@ -153,9 +154,10 @@ class EngineState(enum.StrEnum):
 @dataclass(frozen=True)
 class Command:
     """UI -> engine. `kind` is one of: start, stop, set_task, estop, estop_torque_off, rearm,
-    set_dry_run, macro, quit, heartbeat. `task` for start/set_task, `flag` for set_dry_run (and, on
-    start, "run on a camera's synthetic fallback": the operator confirmed it), `name` for macro,
-    `go_home` for quit. `heartbeat` is sent a few times a second from the UI's event loop."""
+    set_dry_run, macro, quit, heartbeat, ui_lost. `task` for start/set_task, `flag` for set_dry_run (and,
+    on start, "run on a camera's synthetic fallback": the operator confirmed it), `name` for macro,
+    `go_home` for quit, `reason` for ui_lost (the UI's last word: why it is going away). `heartbeat` is
+    sent a few times a second from the UI's event loop."""
 
     kind: str
     task: str = ""
@@ -163,6 +165,7 @@ class Command:
     name: str = ""
     go_home: bool = False
     sent_at: float = 0.0  # time.monotonic() in the sender, for e-stop latency figures
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ telemetry into an inbox and posts a coalescing `TelemetryArrived`. The UI thread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +38,6 @@ from lepetpal_tui.ui.link import (
     SimHandle,
     list_serial_ports,
     spawn_engine,
-    start_sim,
 )
 from lepetpal_tui.ui.messages import EngineClosed, EngineFailed, EngineStarted, PortsListed, TelemetryArrived
 from lepetpal_tui.ui.store import TelemetryStore
@@ -95,7 +96,8 @@ class LePetPalApp(App[int]):
         settings: Settings,
         *,
         link_factory: LinkFactory = spawn_engine,
-        sim_factory: SimFactory | None = start_sim,
+        # None: the engine starts the simulated arm itself, so that both outlive this process (a hangup).
+        sim_factory: SimFactory | None = None,
         port_lister: PortLister = list_serial_ports,
         clock: Callable[[], float] = time.monotonic,
         refresh_hz: float = 12.0,
@@ -129,6 +131,8 @@ class LePetPalApp(App[int]):
         self._quitting = False
         self._pending_connect: str | None = None
         self._first_paint: float | None = None
+        self._abandoned = False  # the UI is going away without a quit: the engine takes the UI-lost path
+        self.hard_exit: Callable[[int], None] = os._exit
 
     # ------------------------------------------------------------------------------------------ layout
 
@@ -161,6 +165,8 @@ class LePetPalApp(App[int]):
         # From the event loop itself, not a thread: a hung loop must stop the heartbeat.
         self.set_interval(HEARTBEAT_S, self._send_heartbeat)
         self.scan_ports()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.terminal_hung_up)
         if self.autoconnect:
             self.connect(self.settings.arm.port)
         # Typing goes to the task field first: stray letters must not become macro keys.
@@ -241,7 +247,7 @@ class LePetPalApp(App[int]):
         self.link = link
         self.post_message(EngineStarted(sim_port or port))
         try:
-            while not worker.is_cancelled:
+            while not worker.is_cancelled and not self._abandoned:
                 batches = link.poll(POLL_S)
                 if batches:
                     with self._inbox_lock:
@@ -258,7 +264,8 @@ class LePetPalApp(App[int]):
         finally:
             self.link = None
             try:
-                last = link.close(go_home=self._close_go_home, timeout=5.0)
+                # Abandoned: the engine already knows why the UI left and holds; a quit would skip that.
+                last = None if self._abandoned else link.close(go_home=self._close_go_home, timeout=5.0)
                 if last:
                     with self._inbox_lock:
                         self._inbox.extend(last)
@@ -362,18 +369,19 @@ class LePetPalApp(App[int]):
         self._drawn_version = store.version
         self.redraws += 1
         port = "" if store.state == EngineState.DISCONNECTED else self.port
-        loading = store.model is not None and store.model.phase not in ("ready", "fallback", "failed")
-        self.main.query_one(StateBanner).show(
-            store.state, task=store.task, reason=store.hold_reason, port=port, policy_loading=loading
-        )
+        self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
         self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
         self.main.query_one(ModelPane).show(store.model)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
+        if not self.screen_stack:  # a late message while the app exits
+            return
         with contextlib.suppress(NoMatches):
             self.main.query_one(EventLog).add(self.clock(), level, message, fix)
 
     def _set_connected(self, port: str) -> None:
+        if not self.screen_stack:  # a late message while the app exits
+            return
         with contextlib.suppress(NoMatches):
             self.main.query_one(PortPane).set_connected(port)
 
@@ -417,17 +425,8 @@ class LePetPalApp(App[int]):
     def _current_input(self) -> str:
         return self.main.query_one("#task-input", Input).value.strip()
 
-    def _policy_loading(self) -> bool:
-        """True while the engine reports the policy is still on its way (start would be refused)."""
-        m = self.store.model
-        loading = m is not None and m.phase in ("idle", "resolving", "downloading", "loading", "warming_up")
-        if loading:
-            self.notify("The policy is still loading: start when the Model pane says ready.", severity="warning")
-        return loading
-
     def action_start(self) -> None:
-        if self._policy_loading():
-            return
+        # While LOADING the engine queues the start (it says so); no need to wait here.
         if self.store.state == EngineState.ESTOP:
             self.notify("E-stop is latched: press r to re-arm first.", severity="warning")
             return
@@ -485,10 +484,41 @@ class LePetPalApp(App[int]):
         elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
             if self.send("set_task", task=message.task):
                 self.log_ui("info", f"task changed: {message.task}")
-        elif not self._policy_loading():
-            self.send("start", task=message.task)  # confirmed by the engine's "Running" event
+        else:
+            # Confirmed by the engine's "Running" event, or "Start queued" while the policy loads.
+            self.send("start", task=message.task)
         # Leave the field so Space is an e-stop again.
         self.set_focus(None)
+
+    # ---------------------------------------------------------------------------------------- UI lost
+
+    def abandon_engine(self, reason: str) -> None:
+        """This UI is going away without a quit: tell the engine why, then let go of it. The engine holds
+        the arm, logs "UI lost" with `reason` and disconnects per [safety], as after a kill -9."""
+        if self._abandoned:
+            return
+        self._abandoned = True
+        link = self.link
+        if link is None:
+            return
+        with contextlib.suppress(Exception):
+            abandon = getattr(link, "abandon", None)
+            if callable(abandon):
+                abandon(reason)
+            else:
+                link.send(Command("ui_lost", sent_at=self.clock(), reason=reason))
+
+    def terminal_hung_up(self) -> None:
+        """SIGHUP: the terminal is gone (SSH dropped, tmux session killed). Nobody can see this screen
+        or press F12 any more: hand over to the engine (it lives in its own session) and leave at once;
+        restoring a dead terminal on the way out could block."""
+        self.abandon_engine("the terminal hung up (SIGHUP: SSH dropped or the terminal closed)")
+        self.hard_exit(128 + signal.SIGHUP)
+
+    def _handle_exception(self, error: Exception) -> None:
+        # A bug in the UI ends the app: the engine must take the UI-lost path with the reason, not a quit.
+        self.abandon_engine(f"the UI crashed ({type(error).__name__}: {error})")
+        super()._handle_exception(error)
 
     # -------------------------------------------------------------------------------------------- quit
 

@@ -7,7 +7,6 @@ the real client and the simulated arm are imported lazily, inside the worker thr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -30,9 +29,13 @@ class EngineLink(Protocol):
         """Stop the engine safely; may return the last batches it sent."""
         ...
 
+    # Optional: `abandon(reason: str) -> None`, the UI leaving without a quit (hangup, crash). Links
+    # without it get a `ui_lost` command instead.
+
 
 class SimHandle(Protocol):
-    """A running simulated arm (`lepetpal_tui.sim.process.SimArm`)."""
+    """A running simulated arm (`lepetpal_tui.sim.process.SimArm`) the UI owns (tests); by default the
+    engine starts its own."""
 
     @property
     def port(self) -> str: ...
@@ -52,17 +55,6 @@ def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
 
     client: EngineLink = EngineClient.spawn(settings, sim_port=sim_port)
     return client
-
-
-def start_sim() -> SimHandle:
-    """Start the simulated SO-101 in its own process and return it (its `.port` is the pty path)."""
-    import tempfile
-
-    from lepetpal_tui.sim.process import SimArm
-
-    log = os.path.join(tempfile.gettempdir(), "lepetpal-sim.log")
-    sim: SimHandle = SimArm.start(log_path=log)
-    return sim
 
 
 def list_serial_ports() -> list[PortInfo]:

@@ -82,6 +82,11 @@ class ScriptedLink:
             self._alive = False
             self._cond.notify_all()
 
+    def abandon(self, reason: str) -> None:
+        """The UI left without a quit (hangup, crash): recorded as a `ui_lost` command."""
+        self.send(Command("ui_lost", sent_at=self.clock(), reason=reason))
+        self.die()
+
     # -- test helpers
     def push(self, *batches: TelemetryBatch) -> None:
         with self._cond:
@@ -122,6 +127,12 @@ class ScriptedLink:
             return replace(base, state=EngineState.READY, hold_reason="", events=[self._event("re-armed")])
         if s == EngineState.ESTOP:
             return replace(base, events=[self._event(f"{c.kind} refused: e-stop is latched, re-arm first", "warning")])
+        if c.kind == "start" and s == EngineState.LOADING:
+            task = c.task or last.task
+            return replace(base, hold_reason=f'start of "{task}" queued',
+                           events=[self._event(f'Start queued: "{task}" starts when the policy is ready')])
+        if c.kind == "stop" and s == EngineState.LOADING:
+            return replace(base, hold_reason="", events=[self._event("queued start cancelled")])
         if c.kind == "start":
             state = EngineState.DRY_RUN if last.dry_run else EngineState.RUNNING
             return replace(base, state=state, task=c.task or last.task, events=[self._event(f"started: {c.task}")])

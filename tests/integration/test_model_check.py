@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,96 @@ def test_make_test_policy_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(cfg["input_features"]) == {"observation.images.top", "observation.images.wrist", "observation.state"}
     assert main(["make-test-policy", str(tmp_path / "bad"), "--camera", "a b"]) == 2
     assert "not valid" in capsys.readouterr().err
+
+
+def _set_num_steps(ckpt: Path, steps: int) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["num_steps"] = steps
+    (ckpt / "config.json").write_text(json.dumps(cfg, indent=4))
+
+
+def test_flow_steps_default_to_the_checkpoints_own(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set_num_steps(ckpt, 5)  # trained with 5: must run with 5 unless the user says otherwise
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 0, out
+    assert "flow steps           5 (the checkpoint's own)" in out, out
+
+
+def test_flow_steps_setting_overrides_and_says_so(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _set_num_steps(ckpt, 5)
+    Path("lepetpal.toml").write_text("[model]\nflow_steps = 3\n")
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 0, out
+    assert "3 ([model] flow_steps; the checkpoint says 5)" in out, out
+
+
+# ------------------------------------------------------------------------- checkpoints from before 0.4
+
+
+def _make_legacy(new: Path, legacy: Path) -> None:
+    """The same weights as `new`, laid out as LeRobot < 0.4 saved them: the statistics inside
+    model.safetensors as normalisation buffers, no policy_*processor* files."""
+    from safetensors.numpy import load_file, save_file
+
+    legacy.mkdir()
+    shutil.copy(new / "config.json", legacy / "config.json")
+    shutil.copytree(new / "vlm_backbone", legacy / "vlm_backbone")
+    weights = load_file(str(new / "model.safetensors"))
+    stats = load_file(str(next(new.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))))
+    for key, value in stats.items():
+        feature, _, stat = key.rpartition(".")
+        buffer = feature.replace(".", "_")
+        if feature == "action":
+            weights[f"normalize_targets.buffer_{buffer}.{stat}"] = value
+            weights[f"unnormalize_outputs.buffer_{buffer}.{stat}"] = value
+        else:
+            weights[f"normalize_inputs.buffer_{buffer}.{stat}"] = value
+    save_file(weights, str(legacy / "model.safetensors"))
+
+
+def _tree(dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(dir)): p.stat().st_mtime_ns for p in dir.rglob("*")}
+
+
+def test_pre_0_4_checkpoint_is_converted_once_and_acts_the_same(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from lepetpal_tui.config import CameraSettings, ModelSettings
+    from lepetpal_tui.core.legacy_checkpoint import converted_dir, is_legacy_checkpoint
+    from lepetpal_tui.core.policy import load_policy
+    from lepetpal_tui.core.policy_smolvla import warmup_observation
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    legacy = tmp_path / "legacy"
+    _make_legacy(ckpt, legacy)
+    assert is_legacy_checkpoint(legacy) and not is_legacy_checkpoint(ckpt)
+    before = _tree(legacy)
+
+    rc, out = _check(capsys, str(legacy))
+    assert rc == 0, out
+    where = converted_dir(legacy)
+    assert "ok   format" in out and "converted with LeRobot's migration" in out and str(where) in out, out
+    assert "FITS" in out
+    assert _tree(legacy) == before, "the original checkpoint was modified"
+    marker = (where / "lepetpal_converted.json").stat().st_mtime_ns
+
+    def chunk(path: Path) -> Any:
+        runner: Any = load_policy(ModelSettings(path=str(path), fallback_to_scripted=False),
+                                  {"front": CameraSettings()}, "degrees", lambda s: None)
+        obs = warmup_observation(("front",), task="pick up the cube")
+        return runner.raw_chunk(obs, noise=runner.make_noise(7))[0]
+
+    ours, reference = chunk(legacy), chunk(ckpt)
+    assert (where / "lepetpal_converted.json").stat().st_mtime_ns == marker, "converted a second time"
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_neither_format_keeps_a_clear_error(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for f in ckpt.glob("policy_*processor*"):
+        f.unlink()  # new-style weights (no statistics inside) and no processor files: nothing to convert
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 2, out
+    assert "FAIL files" in out and "policy_preprocessor.json" in out
+    assert "no normalisation statistics" in out, out

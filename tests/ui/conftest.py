@@ -130,11 +130,17 @@ def scenario(name: str) -> list[TelemetryBatch]:
             phase="downloading", source=SOURCE, revision="main", bytes_done=312_400_000,
             bytes_total=906_700_000, current_file="model.safetensors",
         )
-        return [TelemetryBatch(EngineState.READY, model=m, events=ev[:1], health=HEALTH,
+        return [TelemetryBatch(EngineState.LOADING, model=m, events=ev[:1], health=HEALTH,
                                ticks=ticks(3, goal=False, written=False))]
     if name == "loading":
         m = ModelStatus(phase="loading", source=SOURCE, revision="main", message="building SmolVLA", device="cpu")
-        return [TelemetryBatch(EngineState.READY, model=m, events=ev[:1], ticks=ticks(3, goal=False, written=False))]
+        return [TelemetryBatch(EngineState.LOADING, model=m, events=ev[:1], ticks=ticks(3, goal=False, written=False))]
+    if name == "loading-queued":
+        m = ModelStatus(phase="warming_up", source=SOURCE, revision="main", message="first inference", device="cpu")
+        evs = [*ev[:1], EngineEvent(T0 + 1.0, "info",
+                                'Start queued: "pick up the cube" starts when the policy is ready (F6 or F12 cancels).')]
+        return [TelemetryBatch(EngineState.LOADING, model=m, events=evs, ticks=ticks(3, goal=False, written=False),
+                               hold_reason='start of "pick up the cube" queued')]
     if name == "ready":
         return [TelemetryBatch(EngineState.READY, model=ready_model(), events=ev, health=HEALTH,
                                ticks=ticks(40, goal=False, written=False), tick_count=40)]

@@ -348,15 +348,19 @@ def test_command_palette_offers_the_operator_actions(make_app: Any, settle: Any)
     drive(make_app, settle, "ready", body)
 
 
-def test_start_waits_for_the_policy(make_app: Any, settle: Any) -> None:
+def test_enter_while_loading_queues_the_start_and_keeps_the_task(make_app: Any, settle: Any) -> None:
     async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        banner = app.main.query_one("#banner")
+        assert "LOADING" in str(banner.render()) and "READY" not in str(banner.render())
         await pilot.press(*"wave", "enter")
-        await pilot.pause()
-        await pilot.press("f5")
-        await pilot.pause()
-        assert link.kinds() == []
-        assert any("still loading" in str(n.message) for n in app._notifications)
-        assert "policy is loading" in str(app.main.query_one("#banner").render())
+        await until(pilot, lambda: "queued" in app.store.hold_reason, "the queued start shown")
+        assert [(c.kind, c.task) for c in link.sent] == [("start", "wave")]
+        assert app.main.query_one("#task-input", Input).value == "wave"
+        app.redraw()
+        assert "starts when the policy is ready" in str(banner.render())
+        await pilot.press("f6")
+        await until(pilot, lambda: app.store.hold_reason == "", "the queued start cancelled")
+        assert link.kinds() == ["start", "stop"]
 
     drive(make_app, settle, "loading", body)
 
@@ -371,3 +375,46 @@ def test_the_event_loop_sends_heartbeats(make_app: Any, settle: Any) -> None:
         assert "heartbeat" not in link.kinds()  # kept out of the operator's commands
 
     drive(make_app, settle, "running", body, 2)
+
+
+def test_a_crash_in_the_ui_hands_over_to_the_engine(make_app: Any, settle: Any) -> None:
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        app.call_later(lambda: 1 / 0)
+        await until(pilot, lambda: "ui_lost" in link.kinds(), "the engine told")
+        lost = [c for c in link.sent if c.kind == "ui_lost"]
+        assert "the UI crashed (ZeroDivisionError" in lost[0].reason
+        assert link.closed_with is None  # not a quit: the engine holds and disconnects per [safety]
+
+    async def go() -> None:
+        app, link = make_app("running")
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(pilot, app, 2)
+                await body(pilot, app, link)
+        except ZeroDivisionError:
+            pass  # run_test re-raises the UI's crash, as it should
+        assert [c.kind for c in link.sent] == ["ui_lost"]
+
+    asyncio.run(go())
+
+
+def test_a_hangup_hands_over_to_the_engine_and_leaves(make_app: Any, settle: Any) -> None:
+    codes: list[int] = []
+
+    async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
+        app.hard_exit = codes.append
+        app.terminal_hung_up()
+        assert codes == [129]
+        assert [(c.kind, "hung up" in c.reason) for c in link.sent] == [("ui_lost", True)]
+
+    drive(make_app, settle, "running", body, 2)
+
+
+def test_model_pane_says_an_old_checkpoint_was_converted_and_where() -> None:
+    from lepetpal_tui.core.types import ModelStatus, PreflightCheck
+    from lepetpal_tui.ui.widgets.model import describe
+
+    note = PreflightCheck("format", True, "saved before LeRobot 0.4 (statistics in the weights): converted with "
+                          "LeRobot's migration into /cache/lepetpal/converted/x-1234; the original is untouched")
+    text = describe(ModelStatus("ready", source="me/old", preflight=(note,)), "me/old")
+    assert "converted with LeRobot's migration into /cache/lepetpal/converted/x-1234" in text

@@ -19,6 +19,7 @@ STATES: dict[str, tuple[str | None, int, bool, bool]] = {
     "connecting": ("connecting", 1, True, True),
     "downloading": ("downloading", 1, True, True),
     "loading": ("loading", 1, True, True),
+    "loading_queued": ("loading-queued", 1, True, True),
     "ready": ("ready", 1, True, True),
     "policy_failed": ("policy_failed", 1, True, True),
     "scripted_fallback": ("scripted_fallback", 1, True, True),

@@ -10,6 +10,7 @@ from lepetpal_tui.core.types import EngineState
 _CLASSES = {
     EngineState.DISCONNECTED: "-disconnected",
     EngineState.CONNECTING: "-connecting",
+    EngineState.LOADING: "-loading",
     EngineState.READY: "-ready",
     EngineState.RUNNING: "-running",
     EngineState.DRY_RUN: "-dry-run",
@@ -21,6 +22,7 @@ _CLASSES = {
 _HINTS = {
     EngineState.DISCONNECTED: "No arm. Pick a port in the Port pane and press Connect (or start with --sim).",
     EngineState.CONNECTING: "Connecting to the arm and loading the policy...",
+    EngineState.LOADING: "Holding its pose while the policy loads (Model pane). Enter / F5 queues the typed task.",
     EngineState.READY: "Holding its pose. Type a task and press Enter (or F5) to start.",
     EngineState.RUNNING: "The policy is MOVING the arm.  F12 / Space = E-STOP   F6 = stop",
     EngineState.DRY_RUN: "The policy runs, the arm does NOT move (d toggles dry-run).  F12 = E-STOP",
@@ -30,6 +32,7 @@ _HINTS = {
 }
 
 _ICONS = {
+    EngineState.LOADING: "◐",
     EngineState.RUNNING: "▶",
     EngineState.DRY_RUN: "◌",
     EngineState.ESTOP: "■",
@@ -45,10 +48,8 @@ class StateBanner(Static):
         super().__init__("", id=id)
         self._shown: tuple[str, ...] = ()
 
-    def show(
-        self, state: EngineState, *, task: str = "", reason: str = "", port: str = "", policy_loading: bool = False
-    ) -> None:
-        key = (state.value, task, reason, port, str(policy_loading))
+    def show(self, state: EngineState, *, task: str = "", reason: str = "", port: str = "") -> None:
+        key = (state.value, task, reason, port)
         if key == self._shown:
             return
         self._shown = key
@@ -63,8 +64,8 @@ class StateBanner(Static):
         if task:
             text.append(f"  task: {task}", style="italic")
         hint = _HINTS.get(state, "")
-        if state == EngineState.READY and policy_loading:
-            hint = "Holding its pose. The policy is loading (see the Model pane); start when it is ready."
+        if reason and state in (EngineState.CONNECTING, EngineState.LOADING):  # a queued start
+            hint = f"{reason[0].upper()}{reason[1:]}: it starts when the policy is ready.  F6 / F12 cancels"
         if reason and state == EngineState.ESTOP:
             hint = f"{reason.rstrip('.')}.  r = re-arm (asks first)"
         elif reason and state == EngineState.ERROR:

@@ -66,6 +66,8 @@ def describe(m: ModelStatus | None, configured: str) -> str:
     if passed:  # one line for what passed; details only for what failed
         lines.append("[b]checks[/]  " + "  ".join(f"[green]✓[/] {escape(c.name)}" for c in passed))
     for check in m.preflight:
+        if check.ok and check.name == "format":  # a converted old checkpoint: say so, and where
+            lines.append(f"[b]format[/]  {escape(check.detail)}")
         if check.ok:
             continue
         line = f"[red]✗ {escape(check.name)}[/]: {escape(check.detail)}"

@@ -302,3 +302,29 @@ def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path)
     events = [e for b in batches for e in b.events]
     assert any("Cannot connect" in e.message and "lepetpal ports" in e.fix for e in events)
     assert summarize(tmp_path / "s.jsonl").ended_cleanly
+
+
+def test_never_ready_without_a_policy(fakes: ModuleType) -> None:
+    """LOADING until the policy is installed; a failed load holds in ERROR, never READY (start is refused)."""
+    import threading
+
+    from lepetpal_tui.config import Settings
+
+    gate = threading.Event()
+
+    def failing(on_status: Any, cancel: threading.Event) -> Any:
+        gate.wait(5.0)
+        raise RuntimeError("no such checkpoint")
+
+    engine = Engine(Settings(), arm_factory=fakes.FakeArm, policy_factory=failing)
+    engine.start()
+    try:
+        assert engine.wait_for((EngineState.LOADING,), 2.0)
+        gate.set()
+        assert engine.wait_for((EngineState.ERROR,), 2.0)
+        assert "failed to load" in engine.snapshot()["hold_reason"]
+        engine.submit(Command("start", task="wave"))
+        engine.submit(Command("stop"))
+        assert engine.state == EngineState.ERROR
+    finally:
+        engine.close(timeout=5.0)

@@ -58,6 +58,17 @@ def test_config_overrides_flow_steps(tiny_policy_dir: Path) -> None:
     assert policy.policy.config.num_steps == 2  # type: ignore[attr-defined]
 
 
+def test_flow_steps_unset_keeps_the_checkpoints_num_steps(tiny_policy_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "five-steps"
+    shutil.copytree(tiny_policy_dir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["num_steps"] = 5
+    (copy / "config.json").write_text(json.dumps(cfg))
+    policy = _load(copy)
+    assert ModelSettings().flow_steps == 0
+    assert policy.policy.config.num_steps == 5  # type: ignore[attr-defined]
+
+
 def test_camera_map_renames(tiny_policy_dir: Path) -> None:
     cams = {"top": CameraSettings()}
     policy = _load(tiny_policy_dir, cams=cams, camera_map={"top": "front"})
