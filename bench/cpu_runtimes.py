@@ -32,7 +32,7 @@ the torch int8 path by a margin that survives the noise; the JSON holds the figu
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
-Writes bench/results/cpu_runtimes-<cpu kind>.json (kind from the CPU flags, e.g. x86-avx2).
+Writes bench/results/<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.core.cpu_caps, e.g. x86-avx2).
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,31 +66,17 @@ PAUSE_S = 0.05  # between variants: OpenMP / ORT workers stop spinning first
 # ------------------------------------------------------------------------------------------------ CPU
 
 def cpu_info() -> dict[str, Any]:
-    """lscpu's model name, the ISA flags that matter for int8/bf16 kernels, and a kind for the file name."""
-    model, flags = platform.processor() or "?", set[str]()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-              "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve")
-    have = [f for f in wanted if f in flags]
-    machine = platform.machine()
-    if machine in ("x86_64", "AMD64"):
-        kind = ("x86-amx" if "amx_int8" in flags else "x86-avx512-vnni" if "avx512_vnni" in flags
-                else "x86-avx512" if "avx512f" in flags else "x86-avx2-vnni" if "avx_vnni" in flags
-                else "x86-avx2" if "avx2" in flags else "x86")
-    else:
-        kind = f"{machine}-{'i8mm' if 'i8mm' in flags else 'dotprod' if 'asimddp' in flags else 'neon'}"
-    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    return {"model": model, "machine": machine, "flags": have, "kind": kind, "vnni": vnni,
-            "cpus": os.cpu_count()}
+    """The CPU as bench/machine.py describes it (model, kind, ISA flags), in the keys this bench uses."""
+    from lepetpal_tui.core.cpu_caps import cpu_caps
+
+    caps = cpu_caps()
+    return {"model": caps.model, "machine": caps.arch, "flags": sorted(caps.flags & WANTED_FLAGS),
+            "kind": caps.kind, "vnni": caps.int8_vnni, "cpus": os.cpu_count()}
+
+
+WANTED_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
+                          "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "bf16",
+                          "sve"})
 
 
 def ort_int8_kernel(cpu: dict[str, Any], weights: str) -> str:
@@ -634,7 +618,7 @@ def main() -> int:
           f"(shared machine: compare ratios, not absolute times)")
     result["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
     result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    out = RESULTS / f"cpu_runtimes-{cpu['kind']}.json"
+    out = RESULTS / cpu["kind"] / "cpu_runtimes.json"
     if out.exists():  # keep parts measured by an earlier run with other --parts
         try:
             old = json.loads(out.read_text())
