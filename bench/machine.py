@@ -22,7 +22,7 @@ def machine_info() -> dict[str, Any]:
     caps = cpu_caps()
     return {
         "cpu": caps.model, "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
-        "torch_cpu_capability": caps.torch_capability, "int8_weight_bits": caps.int8_weight_bits,
+        "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": caps.int8_activation_bits,
         "bf16_native": caps.bf16_native, "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
     }

@@ -2,7 +2,7 @@
 
 The check (a chunk in fp32 and in the fast path with the same noise, compared) costs a whole fp32 chunk
 plus the conversion: 5-10 s with the full-size model on a 2-core CPU. Its answer only changes with the
-checkpoint's weights, the CPU's kernels (cpu_caps kind, int8 weight width) and the library versions,
+checkpoint's weights, the CPU's kernels (cpu_caps kind, int8 activation width) and the library versions,
 so it is stored in `$XDG_CACHE_HOME/lepetpal/accuracy.json` (default ~/.cache), or the file named by
 LEPETPAL_ACCURACY_CACHE ("off": check on every start). A damaged file is ignored and rewritten.
 """
@@ -20,7 +20,7 @@ ENV = "LEPETPAL_ACCURACY_CACHE"
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    path: str  # "int8 (7-bit weights)", "bf16"
+    path: str  # "int8 (7-bit activations)", "bf16"
     max_diff: float  # robot units (degrees), max over joints and chunk steps
     tolerance: float
     speedup: float  # fp32 chunk time / fast-path chunk time in the check (one sample: indicative)

@@ -3,12 +3,9 @@
 Measured facts behind the choices (real SmolVLA linears, 2-core AMD EPYC VMs):
 - int8 (fbgemm, u8 activations x s8 weights) multiplies with VNNI (`vpdpbusd`, int32 accumulation) on
   AVX-512 VNNI machines. Without it (AVX2, or AVX-512 without VNNI) fbgemm uses `vpmaddubsw`, which sums
-  pairs of u8 x s8 products in int16 and saturates with full-range operands (up to 2 x 255 x 128): 0.09-0.16
-  relative error on SmolVLA-sized linears instead of 0.01. Weights quantized to 7 bits (|q| <= 63) keep a
-  pair below 2^15 (2 x 255 x 63 = 32130) and the result exact: 0.012-0.013 relative error against fp32,
-  better than 7-bit activations (`reduce_range`, 0.018-0.020; with outlier channels 0.039 vs 0.077),
-  because weights have a scale per output channel and activations one per call. ARM's qnnpack
-  accumulates in int32 (no saturation).
+  pairs of u8 x s8 products in int16 and saturates when activations use all 8 bits: 0.157 relative
+  error on a 960-wide linear instead of 0.004. With 7-bit activations (`reduce_range`) a pair's sum stays
+  below 2^15 (2 x 127 x 128): 0.02. ARM's qnnpack accumulates in int32 (no saturation).
 - bf16 matmuls are only fast with bf16 dot products in hardware (AVX512-BF16, AMX, ARMv8.6 BF16);
   elsewhere they are emulated: 17 GFLOP/s against 130 for fp32 on the AVX2-only EPYC.
 Everything here is a pure function of /proc/cpuinfo (or the platform) and torch's own CPU report, so the
@@ -54,8 +51,8 @@ class CpuCaps:
         return bool(self.flags & {"avx512_vnni", "amx_int8"})
 
     @property
-    def int8_weight_bits(self) -> int:
-        """8 where the kernel accumulates in int32; 7 where int16 pair sums would saturate."""
+    def int8_activation_bits(self) -> int:
+        """8 where full-range activations are exact enough; 7 where int16 pair sums would saturate."""
         if self.is_x86 and not self.int8_vnni:
             return 7
         return 8

@@ -2,8 +2,8 @@
 
 Measured with the real SmolVLA shapes: an int8 linear (fbgemm, weights quantized per output channel,
 activations per call) runs at 500-700 GFLOP/s on the AVX-512 VNNI EPYC (fp32 120-190, bf16 200-400) and
-at ~250 on the AVX2-only EPYC (fp32 130). Weights use 8 bits where the kernel accumulates in int32 (VNNI)
-and 7 bits elsewhere, where int16 pair sums would saturate (core/cpu_caps.py). Also: q/k/v and
+at ~250 on the AVX2-only EPYC (fp32 130). Activations use 8 bits where the kernel accumulates in int32
+(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (core/cpu_caps.py). Also: q/k/v and
 gate/up fused into one int8 linear each, and the cross-attention K/V projections memoised within a chunk.
 """
 
@@ -75,15 +75,15 @@ class Int8Linear(nn.Module):
 
     weight: torch.Tensor
 
-    def __init__(self, linear: nn.Linear, engine: str | None = None, weight_bits: int | None = None) -> None:
+    def __init__(self, linear: nn.Linear, engine: str | None = None, activation_bits: int | None = None) -> None:
         super().__init__()
-        self.weight_bits = cpu_caps().int8_weight_bits if weight_bits is None else weight_bits
-        if self.weight_bits not in (7, 8):
-            raise ValueError(f"int8 weights use 7 or 8 bits, not {self.weight_bits}")
+        self.activation_bits = cpu_caps().int8_activation_bits if activation_bits is None else activation_bits
+        if self.activation_bits not in (7, 8):
+            raise ValueError(f"int8 activations use 7 or 8 bits, not {self.activation_bits}")
+        # reduce_range: 7-bit activations (0..127), so a u8 x s8 pair sum fits in int16 (no saturation).
+        self._reduce_range = self.activation_bits == 7
         w = linear.weight.detach().to(torch.float32)
-        # 7 bits: |q| <= 63, so a u8 x s8 pair sum (2 x 255 x 63) fits in int16 without VNNI.
-        q_max = 127.0 if self.weight_bits == 8 else 63.0
-        scales = (w.abs().amax(dim=1) / q_max).clamp_min(1e-8).to(torch.float64)
+        scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8).to(torch.float64)
         zero_points = torch.zeros(w.shape[0], dtype=torch.int64)
         qweight = torch.quantize_per_channel(w, scales, zero_points, axis=0, dtype=torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.float32)
@@ -107,8 +107,7 @@ class Int8Linear(nn.Module):
         if wide:
             torch.set_num_threads(wide)  # ~0.3 us
         try:
-            # Full 8-bit activations (quantized per call); see `weight_bits` for why nothing saturates.
-            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
+            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=self._reduce_range)
         finally:
             if wide:
                 torch.set_num_threads(1)
@@ -116,7 +115,7 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, "
-                f"{self.weight_bits}-bit weights")
+                f"{self.activation_bits}-bit activations")
 
 
 def quantize_linears(module: nn.Module, keep: Callable[[str], bool] = lambda name: False,

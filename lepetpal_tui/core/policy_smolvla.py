@@ -265,7 +265,7 @@ def fast_path(setting: str, device: str, parameters: int, caps: CpuCaps) -> tupl
     """The one fast path worth trying for this setting, device and CPU (None: fp32), and why.
 
     Decided from the CPU's capabilities, instantly: int8 where a quantized engine exists (7-bit
-    weights without VNNI), bf16 only with bf16 dot products in hardware (emulated bf16 runs at 17
+    activations without VNNI), bf16 only with bf16 dot products in hardware (emulated bf16 runs at 17
     GFLOP/s against fp32's 130 on the AVX2-only EPYC), fp32 for models too small to gain.
     """
     if setting == "fp32":
@@ -292,7 +292,7 @@ def fast_path(setting: str, device: str, parameters: int, caps: CpuCaps) -> tupl
 
 
 def _path_label(name: str, caps: CpuCaps) -> str:
-    return f"int8 ({caps.int8_weight_bits}-bit weights)" if name == "int8" else name
+    return f"int8 ({caps.int8_activation_bits}-bit activations)" if name == "int8" else name
 
 
 def _versions() -> str:

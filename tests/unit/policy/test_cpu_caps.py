@@ -1,4 +1,4 @@
-"""The CPU path follows the processor's flags: 7-bit int8 weights without VNNI, bf16 only when native."""
+"""The CPU path follows the processor's flags: 7-bit int8 activations without VNNI, bf16 only when native."""
 
 from __future__ import annotations
 
@@ -30,16 +30,16 @@ def caps(text: str, arch: str = "x86_64") -> CpuCaps:
 )
 def test_path_follows_the_flags(text: str, arch: str, kind: str, bits: int, bf16: bool) -> None:
     c = caps(text, arch)
-    assert (c.kind, c.int8_weight_bits, c.bf16_native) == (kind, bits, bf16)
+    assert (c.kind, c.int8_activation_bits, c.bf16_native) == (kind, bits, bf16)
     assert kind in c.describe()
 
 
 def test_avx512_without_vnni_still_uses_seven_bits() -> None:
     c = caps("model name\t: Xeon Skylake\nflags\t\t: avx2 avx512f avx512bw\n")
-    assert c.int8_weight_bits == 7 and not c.bf16_native and c.kind == "x86-avx512"
+    assert c.int8_activation_bits == 7 and not c.bf16_native and c.kind == "x86-avx512"
 
 
 def test_this_machine_is_described() -> None:
     c = cpu_caps()
     assert c.model and c.kind and c.torch_capability
-    assert c.int8_weight_bits in (7, 8)
+    assert c.int8_activation_bits in (7, 8)
