@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from lepetpal_tui.config import Settings
 from lepetpal_tui.core.camera_guard import CameraGuard, CameraReading
-from lepetpal_tui.core.chunks import ChunkQueue, playback_speed
+from lepetpal_tui.core.chunks import ChunkQueue, playback_speed, sustainable_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
 from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
 from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
@@ -819,8 +819,10 @@ class Engine:
         remaining = latency - (k - started) if started is not None else latency
         ticks = max(1, remaining) + _MARGIN_TICKS
         left = self.queue.plan_left(k)
-        speed = playback_speed(left, ticks, control.min_speed)
-        if speed <= control.min_speed and left < ticks * control.min_speed and not self._speed_floor_warned:
+        steady = sustainable_speed(self._chunk_len(), self._max_lag_ticks, latency + _MARGIN_TICKS)
+        speed = max(control.min_speed, min(playback_speed(left, ticks, control.min_speed), steady))
+        too_slow = steady < control.min_speed or (speed <= control.min_speed and left < ticks * control.min_speed)
+        if too_slow and not self._speed_floor_warned:
             self._speed_floor_warned = True
             self._event(
                 "warning",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lepetpal_tui.config import ArmSettings, MacroSettings, SafetySettings, Settings
-from lepetpal_tui.core.chunks import ChunkQueue, playback_speed
+from lepetpal_tui.core.chunks import ChunkQueue, playback_speed, sustainable_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
 from lepetpal_tui.core.safety import SafetyFilter, health_problem
 from lepetpal_tui.core.types import ServoHealth
@@ -211,6 +211,32 @@ def test_chunk_is_placed_by_the_plan_position_of_its_observation() -> None:
     assert info.dropped == 1
     nxt = q.pop(12, 0.5)
     assert nxt is not None and float(nxt[0]) == 101.0
+
+
+def test_sustainable_speed_keeps_chunk_after_chunk_fed() -> None:
+    assert sustainable_speed(50, 4, 20) == 1.0  # inference well under half a chunk: full speed
+    assert sustainable_speed(50, 4, 62) == pytest.approx(54 / 124)  # the 2-core AVX2 full-size case
+    assert sustainable_speed(50, 4, 0) == 1.0
+
+
+def test_playing_at_the_sustainable_speed_never_runs_dry() -> None:
+    """Simulated: chunks of 50 computed back to back, each 60 ticks late. At the sustainable speed the
+    queue never empties; at the speed that just reaches the next chunk (0.83) it does."""
+
+    def starved_ticks(speed: float) -> int:
+        q = ChunkQueue()
+        q.merge(_line(50), obs_tick=-1, blend_steps=0)
+        starved, obs = 0, 0
+        for k in range(1200):
+            if q.pop(k, speed) is None:
+                starved += 1
+            if k == obs + 60:  # the chunk computed from tick `obs` lands; the next starts from here
+                q.merge(_line(50, start=float(k)), obs_tick=obs, blend_steps=0, min_keep=62, max_lag=4)
+                obs = k
+        return starved
+
+    assert starved_ticks(sustainable_speed(50, 4, 62)) == 0
+    assert starved_ticks(50 / 60) > 10
 
 
 def test_playback_speed_keeps_the_plan_from_running_dry() -> None:
