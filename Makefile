@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/arm_cycle.py
 	$(PY) bench/control_loop.py
 	$(PY) bench/policy_latency.py
+	$(PY) bench/full_size_run.py
 	$(PY) bench/ui_figures.py
 
 clean:

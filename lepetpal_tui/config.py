@@ -138,7 +138,7 @@ class ControlSettings:
         metadata=_meta('inference slower than the plan: "slow_down" (play the plan slower) or "hold" (wait)'),
     )
     min_speed: float = field(
-        default=0.25,
+        default=0.2,
         metadata=_meta("slowest playback speed factor; below it the arm holds between chunks", lo=0.05, hi=1.0),
     )
     quit_go_home: bool = field(default=False, metadata=_meta("run the home macro on quit"))
