@@ -236,7 +236,7 @@ def _load_smolvla(
     try:
         runner, dtype_note, warm_s = sv.choose_dtype(
             runner, model.dtype, obs, load,
-            progress=lambda step: report("warming_up", message=f"{step} (weights loaded in {load_s:.1f} s)"),
+            progress=lambda step: report("warming_up", message=f"{step} (policy built and loaded in {load_s:.1f} s)"),
         )
     except PolicyError:
         raise
@@ -245,7 +245,7 @@ def _load_smolvla(
             f"the first inference of {dir} failed ({type(exc).__name__}: {exc}).",
             "Check the checkpoint with `lepetpal model check`; try [model] dtype = \"fp32\" or device = \"cpu\".",
         ) from exc
-    report("ready", message=f"ready: {dtype_note}; weights loaded in {load_s:.1f} s", parameters=runner.parameters, dtype=runner.dtype,
+    report("ready", message=f"ready: {dtype_note}; policy built and loaded in {load_s:.1f} s", parameters=runner.parameters, dtype=runner.dtype,
            warmup_s=warm_s)
     return runner
 
