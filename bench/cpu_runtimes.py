@@ -105,8 +105,8 @@ def wanted(label: str) -> bool:
 
 
 def patch_reduce_range() -> None:
-    """Our Int8Linear with a switchable reduce_range (main hard-codes False; 7-bit activations are being
-    made the default on non-VNNI CPUs). `_REDUCE_RANGE[0]` is read on every call."""
+    """Our Int8Linear with a switchable reduce_range, to time 7-bit and full-range activations side by side
+    (the app picks 7-bit on CPUs without VNNI, core/cpu_caps.py). `_REDUCE_RANGE[0]` is read on every call."""
     from lepetpal_tui.core import int8_linear
 
     def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +127,9 @@ def patch_reduce_range() -> None:
 
 
 def convert_7bit_weights(runner: Any) -> float:
-    """`runner.to_int8()` with 7-bit weights (|q| <= 63) and full 8-bit activations: main's scheme for
-    CPUs without VNNI since b6ec2e9 (a u8 x s8 pair sum, 2 x 255 x 63, fits in int16). Returns seconds."""
+    """`runner.to_int8()` with 7-bit weights (|q| <= 63) and full 8-bit activations (a u8 x s8 pair sum,
+    2 x 255 x 63, fits in int16): tried for CPUs without VNNI and rejected (whole chunks 2.8-3.2 degrees
+    off fp32, see core/cpu_caps.py); kept here as a variant to time. Returns seconds."""
     from lepetpal_tui.core import int8_linear
 
     cls = int8_linear.Int8Linear

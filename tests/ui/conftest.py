@@ -222,3 +222,23 @@ def settle() -> Settle:
         await pilot.pause()
 
     return wait
+
+
+class BorrowedSim:
+    """The sim_arm fixture owns the simulated arm; the app must not stop it."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+
+    @property
+    def port(self) -> str:
+        return str(self.sim.port)
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def borrowed_sim(sim_arm: Any) -> Callable[[], BorrowedSim]:
+    """A sim_factory for LePetPalApp that lends it the test's simulated arm."""
+    return lambda: BorrowedSim(sim_arm)

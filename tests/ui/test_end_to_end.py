@@ -44,20 +44,6 @@ class RecordingLink:
         return self.inner.close(go_home, timeout)
 
 
-class BorrowedSim:
-    """The fixture owns the simulated arm; the app must not stop it."""
-
-    def __init__(self, sim: Any) -> None:
-        self.sim = sim
-
-    @property
-    def port(self) -> str:
-        return str(self.sim.port)
-
-    def stop(self) -> None:
-        pass
-
-
 def goal_write_times(trace: list[Any]) -> list[float]:
     return [
         r.t for r in trace
@@ -74,7 +60,7 @@ async def wait_until(pilot: Any, pred: Callable[[], bool], timeout: float, what:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_type_run_f12_stops_goal_writes(sim_arm: Any, tiny_policy_dir: Path, tmp_path: Path) -> None:
+def test_type_run_f12_stops_goal_writes(sim_arm: Any, borrowed_sim: Any, tiny_policy_dir: Path, tmp_path: Path) -> None:
     base = Settings()
     settings = dataclasses.replace(
         base,
@@ -91,7 +77,7 @@ def test_type_run_f12_stops_goal_writes(sim_arm: Any, tiny_policy_dir: Path, tmp
         links.append(link)
         return link
 
-    app = LePetPalApp(settings, link_factory=factory, sim_factory=lambda: BorrowedSim(sim_arm), animations=False)
+    app = LePetPalApp(settings, link_factory=factory, sim_factory=borrowed_sim, animations=False)
     period = 1.0 / settings.control.rate_hz
 
     async def go() -> None:

@@ -23,20 +23,6 @@ from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
 pytestmark = pytest.mark.slow
 
 
-class BorrowedSim:
-    """The fixture owns the simulated arm; the app must not stop it."""
-
-    def __init__(self, sim: Any) -> None:
-        self.sim = sim
-
-    @property
-    def port(self) -> str:
-        return str(self.sim.port)
-
-    def stop(self) -> None:
-        pass
-
-
 async def wait_until(pilot: Any, pred: Callable[[], bool], timeout: float, what: str) -> None:
     def app_state() -> str:
         store = pilot.app.store
@@ -50,7 +36,7 @@ async def wait_until(pilot: Any, pred: Callable[[], bool], timeout: float, what:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the UI shows {app_state()}")
 
 
-def test_keys_drive_the_real_engine(sim_arm: Any, tmp_path: Path) -> None:
+def test_keys_drive_the_real_engine(sim_arm: Any, borrowed_sim: Any, tmp_path: Path) -> None:
     base = Settings()
     settings = dataclasses.replace(
         base,
@@ -66,7 +52,7 @@ def test_keys_drive_the_real_engine(sim_arm: Any, tmp_path: Path) -> None:
         links.append(spawn_engine(s, sim_port))
         return links[-1]
 
-    app = LePetPalApp(settings, link_factory=factory, sim_factory=lambda: BorrowedSim(sim_arm), animations=False)
+    app = LePetPalApp(settings, link_factory=factory, sim_factory=borrowed_sim, animations=False)
 
     def engine_says(state: EngineState, reason: str = "") -> Callable[[], bool]:
         # The UI sets ESTOP itself the moment F12 leaves ("e-stop sent"): wait for the engine's reason.
