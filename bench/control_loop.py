@@ -24,10 +24,10 @@ from typing import Any
 
 from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine_process import EngineClient
-from lepetpal_tui.core.telemetry import percentile, read_log
-from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch, TickSample
+from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.engine.telemetry import percentile, read_log
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import Command, EngineState, TelemetryBatch, TickSample
 
 
 def busy_ui(stop: threading.Event) -> None:
@@ -62,7 +62,7 @@ def main() -> int:
     settings = Settings()
     model = dataclasses.replace(settings.model, mode="scripted")
     if args.policy == "tiny":
-        from lepetpal_tui.core.testpolicy import build_test_policy
+        from lepetpal_tui.policy.demo_checkpoint import build_test_policy
 
         path = build_test_policy(tmp / "tiny-smolvla")
         model = dataclasses.replace(settings.model, path=str(path), fallback_to_scripted=False)

@@ -32,7 +32,7 @@ the torch int8 path by a margin that survives the noise; the JSON holds the figu
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
-Writes bench/results/<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.core.cpu_caps, e.g. x86-avx2).
+Writes bench/results/<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.policy.speed.cpu_caps, e.g. x86-avx2).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ PAUSE_S = 0.05  # between variants: OpenMP / ORT workers stop spinning first
 
 def cpu_info() -> dict[str, Any]:
     """The CPU as bench/machine.py describes it (model, kind, ISA flags), in the keys this bench uses."""
-    from lepetpal_tui.core.cpu_caps import cpu_caps
+    from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 
     caps = cpu_caps()
     return {"model": caps.model, "machine": caps.arch, "flags": sorted(caps.flags & WANTED_FLAGS),
@@ -106,8 +106,8 @@ def wanted(label: str) -> bool:
 
 def patch_reduce_range() -> None:
     """Our Int8Linear with a switchable reduce_range, to time 7-bit and full-range activations side by side
-    (the app picks 7-bit on CPUs without VNNI, core/cpu_caps.py). `_REDUCE_RANGE[0]` is read on every call."""
-    from lepetpal_tui.core import int8_linear
+    (the app picks 7-bit on CPUs without VNNI, policy/speed/cpu_caps.py). `_REDUCE_RANGE[0]` is read on every call."""
+    from lepetpal_tui.policy.speed import int8_linear
 
     def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -129,8 +129,8 @@ def patch_reduce_range() -> None:
 def convert_7bit_weights(runner: Any) -> float:
     """`runner.to_int8()` with 7-bit weights (|q| <= 63) and full 8-bit activations (a u8 x s8 pair sum,
     2 x 255 x 63, fits in int16): tried for CPUs without VNNI and rejected (whole chunks 2.8-3.2 degrees
-    off fp32, see core/cpu_caps.py); kept here as a variant to time. Returns seconds."""
-    from lepetpal_tui.core import int8_linear
+    off fp32, see policy/speed/cpu_caps.py); kept here as a variant to time. Returns seconds."""
+    from lepetpal_tui.policy.speed import int8_linear
 
     cls = int8_linear.Int8Linear
     original = cls.__init__
@@ -512,7 +512,7 @@ def part_layers(ref: Any, ours: Any, ours7: Any, args: argparse.Namespace, cpu: 
 
 def part_chunk(ref: Any, ours: Any, obs: Any, args: argparse.Namespace) -> list[Variant]:
     """Whole chunks through LeRobot's processors: fp32, ours, fp32 with the VLM + expert compiled."""
-    from lepetpal_tui.core.policy_smolvla import SmolVLARunner
+    from lepetpal_tui.policy.smolvla import SmolVLARunner
 
     noise = ref.make_noise(args.seed)
     comp = SmolVLARunner(source="bench", policy=copy.deepcopy(ref.policy), pre=ref.pre, post=ref.post,
@@ -563,7 +563,7 @@ def main() -> int:
     for name in without:
         sys.modules[name] = None  # type: ignore[assignment]  # import now raises ImportError
 
-    from lepetpal_tui.config import ModelSettings
+    from lepetpal_tui.settings import ModelSettings
 
     cpu = cpu_info()
     versions = runtime_versions(without)
@@ -583,7 +583,7 @@ def main() -> int:
     ours.policy.config.num_steps = ModelSettings().flow_steps
     ours7 = None
     if not args.no_7bit_weights and parts & {"vision", "layers"}:
-        from lepetpal_tui.core.policy_smolvla import SmolVLARunner
+        from lepetpal_tui.policy.smolvla import SmolVLARunner
 
         ours7 = SmolVLARunner(source="bench", policy=copy.deepcopy(ref.policy), pre=ref.pre, post=ref.post,
                               device="cpu", camera_map={}, chunk_length=ref.chunk_length)

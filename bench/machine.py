@@ -1,6 +1,6 @@
 """What every benchmark prints and stores beside its figures: the CPU (model, kind, ISA flags) it ran on.
 
-Results go to bench/results/<cpu kind>/<bench>.json (kinds from lepetpal_tui.core.cpu_caps, e.g.
+Results go to bench/results/<cpu kind>/<bench>.json (kinds from lepetpal_tui.policy.speed.cpu_caps, e.g.
 x86-avx2, x86-avx512-vnni-bf16): one result per CPU kind, kept in git, so figures from different
 machines sit side by side instead of overwriting each other.
 """
@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.core.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 

@@ -40,7 +40,7 @@ from machine import machine_line, write_result  # bench/machine.py (the script's
 def goal_ratio() -> float:
     """Issue 12's goal for our chunk time over LeRobot's fp32 one: 1/3 where int8 runs on VNNI (500-700
     GFLOP/s against fp32's 120-190), 0.45 without (the linears' int8 peak is only ~2x fp32 there)."""
-    from lepetpal_tui.core.cpu_caps import cpu_caps
+    from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 
     return 1 / 3 if cpu_caps().int8_vnni else 0.45
 
@@ -113,8 +113,8 @@ def build_policy(backbone: Path, seed: int) -> tuple[Any, Any, Any]:
 
 def observations(n: int) -> list[Any]:
     """n different observations: frames of the synthetic camera, joint vectors and tasks."""
-    from lepetpal_tui.core.camera import SyntheticCamera
-    from lepetpal_tui.core.types import Observation
+    from lepetpal_tui.arm.camera import SyntheticCamera
+    from lepetpal_tui.wire import Observation
 
     cam = SyntheticCamera("front", 640, 480)
     rng = np.random.default_rng(1)
@@ -125,7 +125,7 @@ def observations(n: int) -> list[Any]:
 
 def our_runner(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """(LeRobot's fp32 runner, ours converted, the first observation, its noise), built from args.seed."""
-    from lepetpal_tui.core.policy_smolvla import SmolVLARunner
+    from lepetpal_tui.policy.smolvla import SmolVLARunner
 
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         build_backbone(Path(tmp))
@@ -159,7 +159,7 @@ def serve_ours(args: argparse.Namespace) -> int:
 
 
 def start_app_setting_child(args: argparse.Namespace, dtype: str) -> subprocess.Popen[str]:
-    from lepetpal_tui.core.engine_process import POLICY_PROCESS_ENV
+    from lepetpal_tui.engine.process import POLICY_PROCESS_ENV
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", "--seed", str(args.seed), "--dtype", dtype]
     if args.flow_steps:
@@ -188,9 +188,9 @@ def main() -> int:
 
     import torch
 
-    from lepetpal_tui.config import ModelSettings
-    from lepetpal_tui.core.cpu_caps import cpu_caps
-    from lepetpal_tui.core.policy_smolvla import ACTION_TOLERANCE, fast_path
+    from lepetpal_tui.policy.smolvla import ACTION_TOLERANCE, fast_path
+    from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+    from lepetpal_tui.settings import ModelSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -283,7 +283,7 @@ def main() -> int:
           f"best-of ratio {best_ratio:.2f}")
     app_ratio = statistics.median(app_s) / lr if app_s else 0.0
     if app_s:
-        from lepetpal_tui.core.engine_process import POLICY_PROCESS_ENV
+        from lepetpal_tui.engine.process import POLICY_PROCESS_ENV
 
         env = " ".join(f"{k}={v}" for k, v in POLICY_PROCESS_ENV.items())
         print(f"ours as the app's policy process runs it ({env}): median {statistics.median(app_s):.3f} s, "

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from lepetpal_tui import __version__
-from lepetpal_tui.config import ConfigError, Settings, load_settings
+from lepetpal_tui.settings import ConfigError, Settings, load_settings
 
 # Subcommand name -> module under lepetpal_tui.commands, in the order --help lists them.
 COMMANDS: tuple[tuple[str, str], ...] = (

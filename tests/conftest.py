@@ -27,6 +27,6 @@ def sim_arm(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SmolVLA checkpoint in the real format, built offline once per test session."""
-    from lepetpal_tui.core.testpolicy import build_test_policy
+    from lepetpal_tui.policy.demo_checkpoint import build_test_policy
 
     return build_test_policy(tmp_path_factory.mktemp("tiny-smolvla") / "policy")

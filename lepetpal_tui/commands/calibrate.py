@@ -61,15 +61,15 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepetpal_tui.cli import settings_from_args
-    from lepetpal_tui.config import JOINT_NAMES
-    from lepetpal_tui.core import ports as P
-    from lepetpal_tui.core.calibration import (
+    from lepetpal_tui.arm import ports as P
+    from lepetpal_tui.arm.calibration import (
         CalibrationError,
         calibration_path,
         record_calibration,
         save_calibration,
     )
+    from lepetpal_tui.cli import settings_from_args
+    from lepetpal_tui.settings import JOINT_NAMES
 
     settings = settings_from_args(args)
     port = settings.arm.port
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     is_sim = P.is_pty(port)
     out = Path(args.output).expanduser() if args.output else calibration_path(settings.arm, is_sim)
 
-    from lepetpal_tui.core.arm import ArmError, close_robot, open_robot, to_motor_calibration
+    from lepetpal_tui.arm.adapter import ArmError, close_robot, open_robot, to_motor_calibration
 
     lines = _Lines() if interactive else None
     tty_out = sys.stdout is not None and sys.stdout.isatty()

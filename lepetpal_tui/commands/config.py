@@ -6,7 +6,7 @@ import argparse
 import json
 
 from lepetpal_tui.cli import settings_from_args
-from lepetpal_tui.config import flatten, origin_of
+from lepetpal_tui.settings import flatten, origin_of
 
 HELP = "print the resolved settings and where each value came from"
 

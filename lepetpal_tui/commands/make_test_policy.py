@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lepetpal: {target} is not empty and is not a checkpoint; choose an empty or new folder.",
               file=sys.stderr)
         return 2
-    from lepetpal_tui.core.testpolicy import build_test_policy
+    from lepetpal_tui.policy.demo_checkpoint import build_test_policy
 
     t0 = time.perf_counter()
     out = build_test_policy(target, camera_names=tuple(cameras), seed=args.seed)

@@ -14,7 +14,7 @@ import time
 from typing import TextIO
 
 from lepetpal_tui.cli import settings_flags_parser, settings_from_args
-from lepetpal_tui.core.types import ModelStatus, PreflightCheck
+from lepetpal_tui.wire import ModelStatus, PreflightCheck
 
 HELP = "check a SmolVLA checkpoint against the configured arm and cameras (model check PATH_OR_REPO)"
 EXIT_MISFIT = 2
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"checking {model.path or '(built-in demo checkpoint)'} against arm units \"{settings.arm.units}\" "
           f"and cameras {', '.join(settings.cameras) or '(none)'}", file=out)
 
-    from lepetpal_tui.core.policy import PolicyCancelled, PolicyError, load_policy
+    from lepetpal_tui.policy.load import PolicyCancelled, PolicyError, load_policy
 
     printer = _Printer(out)
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     assert final is not None  # load_policy always reports "ready" before returning
     _print_checks(final.preflight, out)
 
-    from lepetpal_tui.core.policy_smolvla import warmup_observation
+    from lepetpal_tui.policy.smolvla import warmup_observation
 
     obs = warmup_observation(tuple(settings.cameras), task="pick up the cube")
     try:

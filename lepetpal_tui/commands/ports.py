@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lepetpal_tui.core.types import PortInfo
+    from lepetpal_tui.wire import PortInfo
 
 HELP = "list serial ports and probe each for an SO-101 (read-only: nothing moves)"
 
@@ -28,7 +28,7 @@ def _kind(p: PortInfo) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepetpal_tui.core.ports import list_ports
+    from lepetpal_tui.arm.ports import list_ports
 
     ports = list_ports(probe=not args.no_probe, extra=list(args.paths))
     if args.json:

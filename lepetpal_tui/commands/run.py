@@ -96,9 +96,9 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from lepetpal_tui.cli import settings_from_args
-    from lepetpal_tui.core.engine_process import EngineClient, EngineStartError
-    from lepetpal_tui.core.telemetry import LogError, summarize
-    from lepetpal_tui.core.types import Command, EngineState
+    from lepetpal_tui.engine.process import EngineClient, EngineStartError
+    from lepetpal_tui.engine.telemetry import LogError, summarize
+    from lepetpal_tui.wire import Command, EngineState
 
     settings = settings_from_args(args)
     task = args.task.strip()

@@ -6,8 +6,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from lepetpal_tui.sim.protocol import BROADCAST_ID, Instruction, Packet, build_packet, checksum
-from lepetpal_tui.sim.registers import BY_NAME, register_at
+from lepetpal_tui.feetech.protocol import BROADCAST_ID, Instruction, Packet, build_packet, checksum
+from lepetpal_tui.feetech.registers import BY_NAME, register_at
 from lepetpal_tui.sim.servo import SimServo
 
 _PRESENT_LOAD = BY_NAME["Present_Load"].address  # the health block starts here (load, voltage, temperature)

@@ -20,8 +20,8 @@ import tty
 from multiprocessing.connection import Connection
 from typing import Any
 
+from lepetpal_tui.feetech.protocol import ErrorBit, PacketParser
 from lepetpal_tui.sim.bus import Reply, SimBus
-from lepetpal_tui.sim.protocol import ErrorBit, PacketParser
 from lepetpal_tui.sim.servo import ServoFaults, SimServo
 
 IDLE_TICK_S = 0.05  # physics also advances when nobody talks to the bus (temperature, state())

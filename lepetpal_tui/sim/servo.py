@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lepetpal_tui.sim.protocol import ErrorBit
-from lepetpal_tui.sim.registers import (
+from lepetpal_tui.feetech.protocol import ErrorBit
+from lepetpal_tui.feetech.registers import (
     BY_NAME,
     RESOLUTION,
     WRITABLE,

@@ -28,8 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 from textual.worker import Worker, get_current_worker
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch
+from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.link import (
     EngineLink,
     LinkFactory,
@@ -49,6 +48,7 @@ from lepetpal_tui.ui.widgets.log import EventLog
 from lepetpal_tui.ui.widgets.model import ModelPane
 from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.task import TaskPane
+from lepetpal_tui.wire import Command, EngineState, TelemetryBatch
 
 STATS_ENV = "LEPETPAL_UI_STATS"  # path: write first-paint time and redraw counts there (bench)
 POLL_S = 0.05

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.types import Command, PortInfo, TelemetryBatch
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import Command, PortInfo, TelemetryBatch
 
 
 @runtime_checkable
@@ -51,7 +51,7 @@ PortLister = Callable[[], list[PortInfo]]
 
 def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
     """Start the real engine process (it alone imports torch and lerobot)."""
-    from lepetpal_tui.core.engine_process import EngineClient
+    from lepetpal_tui.engine.process import EngineClient
 
     client: EngineLink = EngineClient.spawn(settings, sim_port=sim_port)
     return client
@@ -59,7 +59,7 @@ def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
 
 def list_serial_ports() -> list[PortInfo]:
     """Probe serial ports for an SO-101 (slow: run it in a thread worker)."""
-    from lepetpal_tui.core.ports import list_ports
+    from lepetpal_tui.arm.ports import list_ports
 
     ports: list[PortInfo] = list_ports()
     return ports

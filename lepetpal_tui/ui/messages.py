@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from lepetpal_tui.core.types import PortInfo
+from lepetpal_tui.wire import PortInfo
 
 
 class TelemetryArrived(Message):

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Literal
 
-from lepetpal_tui.config import JOINT_NAMES
-from lepetpal_tui.core.types import (
+from lepetpal_tui.settings import JOINT_NAMES
+from lepetpal_tui.wire import (
     ChunkSample,
     Command,
     EngineEvent,

@@ -10,8 +10,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from lepetpal_tui.core.telemetry import percentile
-from lepetpal_tui.core.types import (
+from lepetpal_tui.engine.telemetry import percentile
+from lepetpal_tui.wire import (
     EngineEvent,
     EngineState,
     ModelStatus,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lepetpal_tui.core.calibration import default_sim_calibration, save_calibration
+from lepetpal_tui.arm.calibration import default_sim_calibration, save_calibration
 
 LEPETPAL = str(Path(sys.executable).with_name("lepetpal"))
 MARK = "LEPETPAL_TEST_SESSION"

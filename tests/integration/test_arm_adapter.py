@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings, SafetySettings
-from lepetpal_tui.core.arm import Arm, ArmError
-from lepetpal_tui.core.calibration import default_sim_calibration, load_calibration
+from lepetpal_tui.arm.adapter import Arm, ArmError
+from lepetpal_tui.arm.calibration import default_sim_calibration, load_calibration
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 
 REPO = Path(__file__).resolve().parents[2]
 

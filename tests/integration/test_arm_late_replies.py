@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import ArmSettings, SafetySettings
-from lepetpal_tui.core.arm import Arm
+from lepetpal_tui.arm.adapter import Arm
+from lepetpal_tui.settings import ArmSettings, SafetySettings
 
 pytestmark = pytest.mark.slow
 

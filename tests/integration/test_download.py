@@ -18,9 +18,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from lepetpal_tui.config import CameraSettings, ModelSettings
-from lepetpal_tui.core.policy import PolicyError, load_policy
-from lepetpal_tui.core.types import ModelStatus
+from lepetpal_tui.policy.load import PolicyError, load_policy
+from lepetpal_tui.settings import CameraSettings, ModelSettings
+from lepetpal_tui.wire import ModelStatus
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_test_secret"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES
+from lepetpal_tui.settings import JOINT_NAMES
 from lepetpal_tui.sim.process import SimArm
 
 ROBOT_ID = "sim_test_arm"

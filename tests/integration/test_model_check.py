@@ -159,10 +159,10 @@ def test_pre_0_4_checkpoint_is_converted_once_and_acts_the_same(
 ) -> None:
     import numpy as np
 
-    from lepetpal_tui.config import CameraSettings, ModelSettings
-    from lepetpal_tui.core.legacy_checkpoint import converted_dir, is_legacy_checkpoint
-    from lepetpal_tui.core.policy import load_policy
-    from lepetpal_tui.core.policy_smolvla import warmup_observation
+    from lepetpal_tui.policy.legacy_checkpoint import converted_dir, is_legacy_checkpoint
+    from lepetpal_tui.policy.load import load_policy
+    from lepetpal_tui.policy.smolvla import warmup_observation
+    from lepetpal_tui.settings import CameraSettings, ModelSettings
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     legacy = tmp_path / "legacy"

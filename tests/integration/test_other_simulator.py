@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lepetpal_tui.core.ports import port_holders
+from lepetpal_tui.arm.ports import port_holders
 
 from .app_session import LEPETPAL, TmuxApp, session_logs, write_config  # type: ignore[import-not-found]
 

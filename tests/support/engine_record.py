@@ -20,9 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.types import Command, EngineEvent, EngineState, ModelStatus, TelemetryBatch
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import Command, EngineEvent, EngineState, ModelStatus, TelemetryBatch
 
 MISSING_MODEL = "/models/my-smolvla"  # a checkpoint folder that does not exist: load_policy's own error
 
@@ -81,7 +81,7 @@ def _engine(settings: Settings, arm: Any, policy_factory: Any, sink: _Sink) -> E
 
 
 def _load_policy_factory(settings: Settings) -> Any:
-    from lepetpal_tui.core.policy import load_policy
+    from lepetpal_tui.policy.load import load_policy
 
     def make(on_status: Any, cancel: threading.Event) -> Any:
         return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.core.arm import Arm, ArmError
-from lepetpal_tui.core.types import CapturedFrame
+from lepetpal_tui.arm.adapter import Arm, ArmError
+from lepetpal_tui.wire import CapturedFrame
 
 
 class WriteFailingArm(Arm):

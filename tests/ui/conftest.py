@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES, Settings
-from lepetpal_tui.core.types import (
+from lepetpal_tui.settings import JOINT_NAMES, Settings
+from lepetpal_tui.ui.app import LePetPalApp
+from lepetpal_tui.ui.scripted_link import ScriptedLink
+from lepetpal_tui.wire import (
     ChunkSample,
     EngineEvent,
     EngineState,
@@ -22,8 +24,6 @@ from lepetpal_tui.core.types import (
     TelemetryBatch,
     TickSample,
 )
-from lepetpal_tui.ui.app import LePetPalApp
-from lepetpal_tui.ui.scripted_link import ScriptedLink
 
 T0 = 1000.0
 SIZE = (120, 40)

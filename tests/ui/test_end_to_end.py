@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.types import Command, EngineState, TelemetryBatch
+from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.link import EngineLink, spawn_engine
+from lepetpal_tui.wire import Command, EngineState, TelemetryBatch
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
     import lepetpal_tui.cli, lepetpal_tui.commands.ui
-    from lepetpal_tui.config import Settings
+    from lepetpal_tui.settings import Settings
     from lepetpal_tui.ui.app import LePetPalApp
     from lepetpal_tui.ui.link import list_serial_ports
     from lepetpal_tui.ui.scripted_link import SyntheticLink

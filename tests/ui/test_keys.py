@@ -13,11 +13,11 @@ from textual.command import CommandPalette
 from textual.widgets import Input, Select
 from textual.widgets._select import SelectOverlay
 
-from lepetpal_tui.config import ArmSettings, Settings
-from lepetpal_tui.core.types import EngineState
+from lepetpal_tui.settings import ArmSettings, Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.scripted_link import ScriptedLink
 from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
+from lepetpal_tui.wire import EngineState
 
 SIZE = (120, 40)
 Body = Callable[[Any, LePetPalApp, ScriptedLink], Awaitable[None]]
@@ -411,8 +411,8 @@ def test_a_hangup_hands_over_to_the_engine_and_leaves(make_app: Any, settle: Any
 
 
 def test_model_pane_says_an_old_checkpoint_was_converted_and_where() -> None:
-    from lepetpal_tui.core.types import ModelStatus, PreflightCheck
     from lepetpal_tui.ui.widgets.model import describe
+    from lepetpal_tui.wire import ModelStatus, PreflightCheck
 
     note = PreflightCheck("format", True, "saved before LeRobot 0.4 (statistics in the weights): converted with "
                           "LeRobot's migration into /cache/lepetpal/converted/x-1234; the original is untouched")

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.telemetry import read_log
-from lepetpal_tui.core.types import EngineState
+from lepetpal_tui.engine.telemetry import read_log
+from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.link import spawn_engine
 from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
+from lepetpal_tui.wire import EngineState
 
 pytestmark = pytest.mark.slow
 

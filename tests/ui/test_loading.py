@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.types import Command, EngineState, ModelStatus, TelemetryBatch
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
+from lepetpal_tui.wire import Command, EngineState, ModelStatus, TelemetryBatch
 
 pytestmark = pytest.mark.slow
 SIZE = (120, 40)
@@ -55,8 +55,8 @@ class InProcessEngine:
 
 
 def _engine(sim_arm: Any, tmp_path: Path, gate: threading.Event) -> tuple[Settings, InProcessEngine]:
-    from lepetpal_tui.core.arm import Arm
-    from lepetpal_tui.core.policy import PolicyCancelled, load_policy
+    from lepetpal_tui.arm.adapter import Arm
+    from lepetpal_tui.policy.load import PolicyCancelled, load_policy
 
     base = Settings()
     settings = dataclasses.replace(

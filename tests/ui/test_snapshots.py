@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import ArmSettings, Settings
-from lepetpal_tui.core.types import EngineState
+from lepetpal_tui.settings import ArmSettings, Settings
+from lepetpal_tui.wire import EngineState
 
 SIZE = (120, 40)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from lepetpal_tui.core.types import EngineState
+from lepetpal_tui.wire import EngineState
 
 _CLASSES = {
     EngineState.DISCONNECTED: "-disconnected",

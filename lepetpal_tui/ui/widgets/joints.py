@@ -7,8 +7,8 @@ import math
 from rich.text import Text
 from textual.widget import Widget
 
-from lepetpal_tui.config import JOINT_NAMES, SafetySettings
-from lepetpal_tui.core.types import ServoHealth, TickSample
+from lepetpal_tui.settings import JOINT_NAMES, SafetySettings
+from lepetpal_tui.wire import ServoHealth, TickSample
 
 NAME_W = 14
 NUM_W = 7

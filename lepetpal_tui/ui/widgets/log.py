@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from textual.widgets import RichLog
 
-from lepetpal_tui.core.types import EngineEvent
+from lepetpal_tui.wire import EngineEvent
 
 _STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
-from lepetpal_tui.core.types import ModelStatus
+from lepetpal_tui.wire import ModelStatus
 
 _PHASES = {
     "idle": "not loaded",

@@ -7,7 +7,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Select, Static
 
-from lepetpal_tui.core.types import PortInfo
+from lepetpal_tui.wire import PortInfo
 
 SIM_PORT = PortInfo(device="sim", description="simulated SO-101 (no hardware)", is_sim=True, is_so101=True)
 

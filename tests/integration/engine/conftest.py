@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from lepetpal_tui.config import JOINT_NAMES, Settings
-from lepetpal_tui.core.calibration import calibration_path, load_calibration
+from lepetpal_tui.arm.calibration import calibration_path, load_calibration
+from lepetpal_tui.settings import JOINT_NAMES, Settings
 
 STEPS = 4095  # LeRobot's max_res for the STS3215 (resolution 4096 - 1)
 
@@ -78,7 +78,7 @@ def delayed(factory: Any, total_latency_s: float) -> Any:
 
 def adversarial(kind: str, chunk_length: int = 30, seed: int = 0) -> Any:
     """A policy factory whose chunks jump wildly, leave the joint limits, or contain NaN."""
-    from lepetpal_tui.core.types import ActionChunk
+    from lepetpal_tui.wire import ActionChunk
 
     rng = np.random.default_rng(seed)
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES, Settings
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.engine_process import EngineClient
-from lepetpal_tui.core.telemetry import SessionLog, read_log, summarize
-from lepetpal_tui.core.types import Command, EngineState
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.engine.telemetry import SessionLog, read_log, summarize
+from lepetpal_tui.settings import JOINT_NAMES, Settings
+from lepetpal_tui.wire import Command, EngineState
 
 from .conftest import adversarial, delayed, goal_writes, raw_to_units, sim_settings, unit_tolerance  # type: ignore[import-not-found]
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _engine(settings: Settings, sim: Any, policy_factory: Any, log: Path | None = None) -> Engine:
-    from lepetpal_tui.core.arm import Arm
+    from lepetpal_tui.arm.adapter import Arm
 
     engine = Engine(
         settings,
@@ -37,7 +37,7 @@ def _engine(settings: Settings, sim: Any, policy_factory: Any, log: Path | None 
 
 
 def _scripted(settings: Settings) -> Any:
-    from lepetpal_tui.core.policy import load_policy
+    from lepetpal_tui.policy.load import load_policy
 
     def make(on_status: Any, cancel: threading.Event) -> Any:
         return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
@@ -160,9 +160,9 @@ def test_nan_from_policy_holds_and_reports(sim_arm: Any, tmp_path: Path) -> None
 
 CONTROLLER = """
 import dataclasses, sys, time
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine_process import EngineClient
-from lepetpal_tui.core.types import Command
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.wire import Command
 
 def main():
     s = Settings()

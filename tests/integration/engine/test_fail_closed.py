@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.types import Command, EngineEvent, EngineState, TelemetryBatch
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import Command, EngineEvent, EngineState, TelemetryBatch
 
 from .conftest import goal_writes, load_support, sim_settings  # type: ignore[import-not-found]
 
@@ -59,7 +59,7 @@ class Events:
 
 
 def _scripted(settings: Settings) -> Any:
-    from lepetpal_tui.core.policy import load_policy
+    from lepetpal_tui.policy.load import load_policy
 
     def make(on_status: Any, cancel: threading.Event) -> Any:
         return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
@@ -70,7 +70,7 @@ def _scripted(settings: Settings) -> Any:
 
 def _engine(settings: Settings, sim: Any, events: Events, *, arm_cls: Any = None,
             camera: Any = None) -> Engine:
-    from lepetpal_tui.core.arm import Arm
+    from lepetpal_tui.arm.adapter import Arm
 
     make_arm = arm_cls or Arm
     engine = Engine(
@@ -334,9 +334,9 @@ def test_rearm_after_torque_off_restores_the_goal_before_torque(sim_arm: Any, tm
 
 HEARTBEAT_CONTROLLER = """
 import dataclasses, sys, threading, time
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine_process import EngineClient
-from lepetpal_tui.core.types import Command
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.wire import Command
 
 def main():
     s = Settings()
@@ -372,7 +372,7 @@ def test_sigstopped_controller_holds_within_the_heartbeat_bound(sim_arm: Any, tm
     import subprocess
     import sys
 
-    from lepetpal_tui.core.telemetry import read_log
+    from lepetpal_tui.engine.telemetry import read_log
 
     bound = Settings().safety.ui_heartbeat_s
     script = tmp_path / "controller.py"

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings, SafetySettings
-from lepetpal_tui.core.arm import Arm, ArmError
-from lepetpal_tui.core.calibration import (
+from lepetpal_tui.arm.adapter import Arm, ArmError
+from lepetpal_tui.arm.calibration import (
     CalibrationError,
     calibration_dir,
     calibration_path,
@@ -18,6 +17,7 @@ from lepetpal_tui.core.calibration import (
     load_calibration,
     save_calibration,
 )
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 
 
 def test_round_trip_and_lerobot_reads_our_file(tmp_path: Path) -> None:

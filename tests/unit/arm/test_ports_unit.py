@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from lepetpal_tui.config import SafetySettings
-from lepetpal_tui.core import ports as P
-from lepetpal_tui.core.arm import diagnose_probe
-from lepetpal_tui.core.types import PortInfo
+from lepetpal_tui.arm import ports as P
+from lepetpal_tui.arm.adapter import diagnose_probe
+from lepetpal_tui.settings import SafetySettings
+from lepetpal_tui.wire import PortInfo
 
 
 def test_ping_packet_matches_the_feetech_checksum() -> None:

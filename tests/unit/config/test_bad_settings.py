@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lepetpal_tui.config import ConfigError, load_settings
+from lepetpal_tui.settings import ConfigError, load_settings
 
 BAD = sorted((Path(__file__).parent / "bad").glob("*.toml"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lepetpal_tui.config import JOINT_NAMES, Settings, flatten, load_settings, origin_of
+from lepetpal_tui.settings import JOINT_NAMES, Settings, flatten, load_settings, origin_of
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "lepetpal.toml"

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.telemetry import SessionLog
-from lepetpal_tui.core.types import TelemetryBatch
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.engine.telemetry import SessionLog
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import TelemetryBatch
 
 
 def _load_fakes() -> ModuleType:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import JOINT_NAMES
-from lepetpal_tui.core.types import ActionChunk, InferenceTiming, ModelStatus, Observation, ServoHealth
+from lepetpal_tui.settings import JOINT_NAMES
+from lepetpal_tui.wire import ActionChunk, InferenceTiming, ModelStatus, Observation, ServoHealth
 
 FloatArray = npt.NDArray[np.float64]
 

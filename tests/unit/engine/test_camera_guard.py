@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lepetpal_tui.config import CameraSettings, Settings
-from lepetpal_tui.core.camera import SyntheticCamera
-from lepetpal_tui.core.camera_guard import CameraGuard
-from lepetpal_tui.core.types import CapturedFrame
+from lepetpal_tui.arm.camera import SyntheticCamera
+from lepetpal_tui.engine.camera_guard import CameraGuard
+from lepetpal_tui.settings import CameraSettings, Settings
+from lepetpal_tui.wire import CapturedFrame
 
 
 class Source:

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from lepetpal_tui.core.engine import Engine
-from lepetpal_tui.core.telemetry import read_log, summarize
-from lepetpal_tui.core.types import Command, EngineState
+from lepetpal_tui.engine.facade import Engine
+from lepetpal_tui.engine.telemetry import read_log, summarize
+from lepetpal_tui.wire import Command, EngineState
 
 from .conftest import with_settings  # type: ignore[import-not-found]
 
@@ -196,7 +196,7 @@ def test_bus_errors_hold_after_retries(fakes: ModuleType, make_engine: Any) -> N
 
 
 def test_health_guard_holds(fakes: ModuleType, make_engine: Any) -> None:
-    from lepetpal_tui.core.types import ServoHealth
+    from lepetpal_tui.wire import ServoHealth
 
     arm = fakes.FakeArm()
     engine = make_engine(arm, fakes.ramp_policy(0.2))
@@ -256,7 +256,7 @@ def test_session_log_has_every_tick_and_summary(fakes: ModuleType, make_engine: 
 def test_estop_while_connecting_is_latched(fakes: ModuleType, tmp_path: Path) -> None:
     import threading
 
-    from lepetpal_tui.config import Settings
+    from lepetpal_tui.settings import Settings
 
     gate = threading.Event()
     arm = fakes.FakeArm()
@@ -282,8 +282,8 @@ def test_estop_while_connecting_is_latched(fakes: ModuleType, tmp_path: Path) ->
 
 
 def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path) -> None:
-    from lepetpal_tui.config import Settings
-    from lepetpal_tui.core.telemetry import SessionLog
+    from lepetpal_tui.engine.telemetry import SessionLog
+    from lepetpal_tui.settings import Settings
 
     arm = fakes.FakeArm()
 
@@ -308,7 +308,7 @@ def test_never_ready_without_a_policy(fakes: ModuleType) -> None:
     """LOADING until the policy is installed; a failed load holds in ERROR, never READY (start is refused)."""
     import threading
 
-    from lepetpal_tui.config import Settings
+    from lepetpal_tui.settings import Settings
 
     gate = threading.Event()
 

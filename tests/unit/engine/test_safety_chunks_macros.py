@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import ArmSettings, MacroSettings, SafetySettings, Settings
-from lepetpal_tui.core.chunks import ChunkQueue, playback_speed, sustainable_speed
-from lepetpal_tui.core.macros import macro_refusal, plan_macro
-from lepetpal_tui.core.safety import SafetyFilter, health_problem
-from lepetpal_tui.core.types import ServoHealth
+from lepetpal_tui.engine.chunks import ChunkQueue, playback_speed, sustainable_speed
+from lepetpal_tui.engine.macros import macro_refusal, plan_macro
+from lepetpal_tui.engine.safety import SafetyFilter, health_problem
+from lepetpal_tui.settings import ArmSettings, MacroSettings, SafetySettings, Settings
+from lepetpal_tui.wire import ServoHealth
 
 ZERO = np.zeros(6)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lepetpal_tui.cli import main
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer, read_log, summarize
-from lepetpal_tui.core.types import (
+from lepetpal_tui.engine.telemetry import SessionLog, TelemetryCoalescer, read_log, summarize
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import (
     ChunkSample,
     Command,
     EngineEvent,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import CameraSettings
-from lepetpal_tui.core.camera import SyntheticCamera, open_camera
-from lepetpal_tui.core.types import EngineEvent
+from lepetpal_tui.arm.camera import SyntheticCamera, open_camera
+from lepetpal_tui.settings import CameraSettings
+from lepetpal_tui.wire import EngineEvent
 
 
 def test_synthetic_is_deterministic_and_moves() -> None:
@@ -75,7 +75,7 @@ class _StallingLeRobotCamera:
 
 
 def test_stalled_opencv_camera_fails_and_stops_giving_frames() -> None:
-    from lepetpal_tui.core.camera import OpenCVFrameSource
+    from lepetpal_tui.arm.camera import OpenCVFrameSource
 
     events: list[EngineEvent] = []
     src = OpenCVFrameSource("front", CameraSettings(source=0, width=64, height=48), events.append)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lepetpal_tui.core.cpu_caps import CpuCaps, cpu_caps, parse_cpuinfo
+from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, cpu_caps, parse_cpuinfo
 
 EPYC_AVX2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx fma avx2 bmi2\n"
 EPYC_AVX512 = ("model name\t: AMD EPYC 9R14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n")

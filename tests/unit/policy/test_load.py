@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepetpal_tui.config import CameraSettings, ModelSettings
-from lepetpal_tui.core.policy import ChunkPolicy, PolicyCancelled, PolicyError, load_policy
-from lepetpal_tui.core.scripted import ScriptedPolicy
-from lepetpal_tui.core.types import ModelStatus, Observation
+from lepetpal_tui.policy.load import ChunkPolicy, PolicyCancelled, PolicyError, load_policy
+from lepetpal_tui.policy.scripted import ScriptedPolicy
+from lepetpal_tui.settings import CameraSettings, ModelSettings
+from lepetpal_tui.wire import ModelStatus, Observation
 
 CAMS = {"front": CameraSettings()}
 
@@ -118,7 +118,7 @@ def test_bf16_setting_converts_only_the_vlm(tiny_policy_dir: Path) -> None:
 
 
 def test_demo_policy_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lepetpal_tui.core.testpolicy import ensure_demo_policy
+    from lepetpal_tui.policy.demo_checkpoint import ensure_demo_policy
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = ensure_demo_policy()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lepetpal_tui.config import ModelSettings
-from lepetpal_tui.core import int8_linear, vision_encoder
-from lepetpal_tui.core import policy_smolvla as sv
-from lepetpal_tui.core.row_halves import halves_of, run_halves
-from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
+from lepetpal_tui.policy import smolvla as sv
+from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
+from lepetpal_tui.policy.speed import int8_linear, vision_encoder
+from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
+from lepetpal_tui.settings import ModelSettings
 
 
 @pytest.fixture(autouse=True)

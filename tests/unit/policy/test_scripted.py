@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings
-from lepetpal_tui.core.scripted import ScriptedPolicy
-from lepetpal_tui.core.types import Observation
+from lepetpal_tui.policy.scripted import ScriptedPolicy
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings
+from lepetpal_tui.wire import Observation
 
 
 def _obs(t: float, joints: list[float] | None = None) -> Observation:

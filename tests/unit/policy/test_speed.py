@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lepetpal_tui.config import ModelSettings
-from lepetpal_tui.core import accuracy_cache, int8_linear, lean_denoiser, policy_speed
-from lepetpal_tui.core import policy_smolvla as sv
-from lepetpal_tui.core.cpu_caps import cpu_caps
-from lepetpal_tui.core.int8_linear import Int8Linear, quantize_linears
-from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
+from lepetpal_tui.policy import smolvla as sv
+from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
+from lepetpal_tui.policy.speed import accuracy_cache, int8_linear, lean_denoiser
+from lepetpal_tui.policy.speed import apply as policy_speed
+from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed.int8_linear import Int8Linear, quantize_linears
+from lepetpal_tui.settings import ModelSettings
 
 pytestmark = pytest.mark.skipif(not int8_linear.int8_supported(), reason="no quantized CPU engine")
 
@@ -172,7 +173,7 @@ def test_a_path_off_fp32_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path
 
 
 def test_fast_path_follows_the_cpu() -> None:
-    from lepetpal_tui.core.cpu_caps import CpuCaps
+    from lepetpal_tui.policy.speed.cpu_caps import CpuCaps
 
     avx2 = CpuCaps("EPYC", "x86_64", frozenset({"avx2"}), "AVX2")
     bf16 = CpuCaps("EPYC", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}), "AVX512")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lepetpal_tui.feetech.protocol import BROADCAST_ID, Instruction, PacketParser, build_packet, checksum
+from lepetpal_tui.feetech.registers import BY_NAME, REGISTERS, STS3215_MODEL_NUMBER
 from lepetpal_tui.sim.bus import SimBus
-from lepetpal_tui.sim.protocol import BROADCAST_ID, Instruction, PacketParser, build_packet, checksum
-from lepetpal_tui.sim.registers import BY_NAME, REGISTERS, STS3215_MODEL_NUMBER
 
 
 def _status(raw: bytes) -> tuple[int, int, bytes]:

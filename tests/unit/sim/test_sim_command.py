@@ -13,7 +13,7 @@ from pathlib import Path
 def test_lepetpal_sim_serves_until_ctrl_c_and_cleans_up(tmp_path: Path) -> None:
     import serial
 
-    from lepetpal_tui.sim.protocol import Instruction, build_packet
+    from lepetpal_tui.feetech.protocol import Instruction, build_packet
 
     link = tmp_path / "arm"
     proc = subprocess.Popen(

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from lepetpal_tui.feetech.protocol import Instruction, build_packet
 from lepetpal_tui.sim.process import SimArm, SimError
-from lepetpal_tui.sim.protocol import Instruction, build_packet
 
 NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings, SafetySettings
-from lepetpal_tui.core.types import ServoHealth
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
+from lepetpal_tui.wire import ServoHealth
 
 FloatArray = npt.NDArray[np.float64]
 GRIPPER_INDEX = JOINT_NAMES.index("gripper")

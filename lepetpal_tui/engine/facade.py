@@ -29,13 +29,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.camera_guard import CameraGuard, CameraReading
-from lepetpal_tui.core.chunks import ChunkQueue, playback_speed, sustainable_speed
-from lepetpal_tui.core.macros import macro_refusal, plan_macro
-from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
-from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
-from lepetpal_tui.core.types import (
+from lepetpal_tui.engine.camera_guard import CameraGuard, CameraReading
+from lepetpal_tui.engine.chunks import ChunkQueue, playback_speed, sustainable_speed
+from lepetpal_tui.engine.macros import macro_refusal, plan_macro
+from lepetpal_tui.engine.safety import HEALTH_FIX, SafetyFilter, health_problem
+from lepetpal_tui.engine.telemetry import SessionLog, TelemetryCoalescer
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import (
     ActionChunk,
     CapturedFrame,
     ChunkSample,

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import CameraSettings
-from lepetpal_tui.core.types import CapturedFrame, EngineEvent
+from lepetpal_tui.settings import CameraSettings
+from lepetpal_tui.wire import CapturedFrame, EngineEvent
 
 Frame = npt.NDArray[np.uint8]
 EventFn = Callable[[EngineEvent], None]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import JOINT_NAMES, MacroSettings
+from lepetpal_tui.settings import JOINT_NAMES, MacroSettings
 
 FloatArray = npt.NDArray[np.float64]
 

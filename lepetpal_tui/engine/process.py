@@ -29,8 +29,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.types import (
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import (
     ActionChunk,
     Command,
     EngineEvent,
@@ -40,7 +40,7 @@ from lepetpal_tui.core.types import (
 )
 
 if TYPE_CHECKING:
-    from lepetpal_tui.core.engine import Engine
+    from lepetpal_tui.engine.facade import Engine
 
 
 class EngineStartError(Exception):
@@ -90,11 +90,11 @@ def build_engine(
     """An Engine wired to the real parts: Arm (LeRobot), load_policy, open_camera. Imports them lazily.
 
     With arm.port = "sim": the simulated arm at `sim_port`, else one started through `owned_sim`."""
-    from lepetpal_tui.core.engine import Engine
-    from lepetpal_tui.core.telemetry import SessionLog
+    from lepetpal_tui.engine.facade import Engine
+    from lepetpal_tui.engine.telemetry import SessionLog
 
     def arm_factory() -> Any:
-        from lepetpal_tui.core.arm import Arm
+        from lepetpal_tui.arm.adapter import Arm
 
         port = settings.arm.port
         if port == "sim":
@@ -105,21 +105,21 @@ def build_engine(
             else:
                 raise RuntimeError('arm.port is "sim" but no simulated arm was started (launcher bug)')
         elif port == "auto":
-            from lepetpal_tui.core.ports import find_so101_port
+            from lepetpal_tui.arm.ports import find_so101_port
 
             port = find_so101_port()
         return Arm(settings.arm, port, settings.safety, is_sim=settings.is_sim)
 
     def policy_factory(on_status: Any, cancel: threading.Event) -> Any:
         if settings.model.mode == "scripted":  # microseconds per chunk: no need for its own process
-            from lepetpal_tui.core.policy import load_policy
+            from lepetpal_tui.policy.load import load_policy
 
             return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
                                rate_hz=settings.control.rate_hz)
         return spawn_policy_process(settings, on_status, cancel)
 
     def camera_factory(on_event: Any) -> dict[str, Any]:
-        from lepetpal_tui.core.camera import open_camera
+        from lepetpal_tui.arm.camera import open_camera
 
         fallback = settings.safety.camera_fallback_synthetic
         return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback)
@@ -177,7 +177,7 @@ def _policy_main(conn: Connection, settings: Settings) -> None:
     for name, value in POLICY_PROCESS_ENV.items():
         os.environ.setdefault(name, value)
     lower_policy_priority()
-    from lepetpal_tui.core.policy import load_policy
+    from lepetpal_tui.policy.load import load_policy
 
     try:
         policy = load_policy(settings.model, settings.cameras, settings.arm.units,
@@ -340,7 +340,7 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
     lost = threading.Event()
 
     def read_commands() -> None:
-        from lepetpal_tui.core.engine import raise_thread_priority
+        from lepetpal_tui.engine.facade import raise_thread_priority
 
         raise_thread_priority()  # an e-stop must not wait for a CPU behind inference
         while True:

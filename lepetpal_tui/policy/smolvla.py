@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lepetpal_tui.config import JOINT_NAMES, ModelSettings
-from lepetpal_tui.core import accuracy_cache, policy_speed
-from lepetpal_tui.core.cpu_caps import CpuCaps, cpu_caps
-from lepetpal_tui.core.int8_linear import int8_supported
-from lepetpal_tui.core.policy_errors import PolicyError
-from lepetpal_tui.core.types import ActionChunk, InferenceTiming, Observation
+from lepetpal_tui.policy.errors import PolicyError
+from lepetpal_tui.policy.speed import accuracy_cache
+from lepetpal_tui.policy.speed import apply as policy_speed
+from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, cpu_caps
+from lepetpal_tui.policy.speed.int8_linear import int8_supported
+from lepetpal_tui.settings import JOINT_NAMES, ModelSettings
+from lepetpal_tui.wire import ActionChunk, InferenceTiming, Observation
 
 IMAGE_PREFIX = "observation.images."
 # Below this size int8/bf16 cannot pay for themselves on a CPU: small matmuls are bound by overhead.
@@ -141,7 +142,7 @@ class SmolVLARunner:
 
 def warmup_observation(cameras: Sequence[str], task: str = "warm up") -> Observation:
     """A synthetic observation with one frame per configured camera (our names)."""
-    from lepetpal_tui.core.camera import SyntheticCamera
+    from lepetpal_tui.arm.camera import SyntheticCamera
 
     images = {name: SyntheticCamera(name, 640, 480).frame_at(0) for name in cameras}
     return Observation(joints=np.zeros(len(JOINT_NAMES)), images=images, task=task, timestamp=0.0)
@@ -313,7 +314,7 @@ def choose_dtype(
     accuracy check first (same noise, max abs difference to fp32 within ACTION_TOLERANCE degrees), for
     "auto" and for an explicit int8/bf16 alike: a path whose kernels are off falls back to fp32 with the
     reason (fail closed). The check's result is cached per checkpoint + CPU kind + path
-    (core/accuracy_cache.py), so it runs on the first start only. `reload()` gives a fresh fp32 runner
+    (policy/speed/accuracy_cache.py), so it runs on the first start only. `reload()` gives a fresh fp32 runner
     (int8 and bf16 convert in place). `progress` hears each step as it starts.
     """
     caps = cpu_caps()

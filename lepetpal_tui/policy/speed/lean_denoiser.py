@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.core.int8_linear import Project, side_by_side
-from lepetpal_tui.core.row_halves import halves_of, run_halves
+from lepetpal_tui.policy.speed.int8_linear import Project, side_by_side
+from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -157,7 +157,7 @@ class LeanDenoiser:
                  halves: bool = False) -> None:
         """`small_ops`: the context the layer stack runs in when it runs whole (int8 with passive OpenMP
         waiting: `small_ops_on_one_thread`); `halves`: run the action tokens' rows in two halves on two
-        threads (core/row_halves.py) when torch has two or more threads."""
+        threads (policy/speed/row_halves.py) when torch has two or more threads."""
         self.model = model
         self.small_ops = small_ops
         self.halves = halves

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lepetpal_tui.config import JOINT_NAMES, CameraSettings
-from lepetpal_tui.core.types import PreflightCheck
+from lepetpal_tui.settings import JOINT_NAMES, CameraSettings
+from lepetpal_tui.wire import PreflightCheck
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings
 
 BACKBONE_DIRNAME = "vlm_backbone"
 # Marker written last: a folder without it is a half-built checkpoint and gets rebuilt.

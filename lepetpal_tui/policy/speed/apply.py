@@ -1,5 +1,5 @@
-"""CPU speed settings for SmolVLA: int8 linears (core/int8_linear.py), a lean denoise step
-(core/lean_denoiser.py), the vision encoder in row halves (core/vision_encoder.py), SDPA attention, and
+"""CPU speed settings for SmolVLA: int8 linears (policy/speed/int8_linear.py), a lean denoise step
+(policy/speed/lean_denoiser.py), the vision encoder in row halves (policy/speed/vision_encoder.py), SDPA attention, and
 bf16 of the VLM + action expert.
 
 int8 is the CPU default (see int8_linear for the measured throughputs); bf16 stays available. Only the
@@ -14,15 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.core.int8_linear import (
+from lepetpal_tui.policy.speed.int8_linear import (
     Int8Linear,
     fuse_projections,
     openmp_waits_passively,
     quantize_linears,
     small_ops_on_one_thread,
 )
-from lepetpal_tui.core.lean_denoiser import use_lean_denoiser
-from lepetpal_tui.core.vision_encoder import use_row_halves_vision
+from lepetpal_tui.policy.speed.lean_denoiser import use_lean_denoiser
+from lepetpal_tui.policy.speed.vision_encoder import use_row_halves_vision
 
 
 def contiguous_vision_embeddings(module: nn.Module) -> int:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from lepetpal_tui.config import CameraSettings, ModelSettings
-from lepetpal_tui.core.policy_errors import PolicyCancelled, PolicyError
-from lepetpal_tui.core.policy_hub import download_snapshot, looks_like_repo_id
-from lepetpal_tui.core.scripted import ScriptedPolicy
-from lepetpal_tui.core.types import ActionChunk, ModelStatus, Observation, PreflightCheck
+from lepetpal_tui.policy.errors import PolicyCancelled, PolicyError
+from lepetpal_tui.policy.hub import download_snapshot, looks_like_repo_id
+from lepetpal_tui.policy.scripted import ScriptedPolicy
+from lepetpal_tui.settings import CameraSettings, ModelSettings
+from lepetpal_tui.wire import ActionChunk, ModelStatus, Observation, PreflightCheck
 
 __all__ = [
     "BACKBONE_FILE_PATTERNS",
@@ -113,7 +113,7 @@ def load_policy(
 def resolve_checkpoint(model: ModelSettings, report: _Reporter, cancel: threading.Event | None) -> Path:
     """The local folder of the configured checkpoint (demo, local path or hub download)."""
     if not model.path:
-        from lepetpal_tui.core.testpolicy import demo_policy_dir, ensure_demo_policy
+        from lepetpal_tui.policy.demo_checkpoint import demo_policy_dir, ensure_demo_policy
 
         report("resolving", message=f"demo checkpoint in {demo_policy_dir()}")
         return ensure_demo_policy()
@@ -156,7 +156,7 @@ def resolve_backbone(dir: Path, model: ModelSettings, report: _Reporter, cancel:
     """A local folder with the VLM backbone's config, processor and tokenizer."""
     import json
 
-    from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
+    from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
 
     bundled = dir / BACKBONE_DIRNAME
     if bundled.is_dir():
@@ -182,7 +182,7 @@ def _convert_if_legacy(
     dir: Path, model: ModelSettings, report: _Reporter
 ) -> tuple[Path, tuple[PreflightCheck, ...]]:
     """A pre-0.4 checkpoint -> its converted copy in our cache (made once), and a check that says so."""
-    from lepetpal_tui.core import legacy_checkpoint as legacy
+    from lepetpal_tui.policy import legacy_checkpoint as legacy
 
     if not legacy.is_legacy_checkpoint(dir):
         return dir, ()
@@ -205,8 +205,8 @@ def _load_smolvla(
     dir = resolve_checkpoint(model, report, report.cancel)
     report.source = model.path or str(dir)
     report("loading", message=f"checking {dir}")
-    from lepetpal_tui.core import policy_smolvla as sv
-    from lepetpal_tui.core.preflight import failures, run_preflight
+    from lepetpal_tui.policy import smolvla as sv
+    from lepetpal_tui.policy.preflight import failures, run_preflight
 
     dir, converted = _convert_if_legacy(dir, model, report)
     device = sv.resolve_device(model.device)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.core.policy_errors import PolicyCancelled, PolicyError
+from lepetpal_tui.policy.errors import PolicyCancelled, PolicyError
 
 # (bytes_done, bytes_total, current_file)
 ProgressFn = Callable[[int, int, str], None]

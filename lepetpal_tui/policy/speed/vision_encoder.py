@@ -1,5 +1,5 @@
 """SmolVLA's vision encoder (SigLIP, 12 layers over 1024 patches) for the int8 CPU path: the patches'
-rows in two halves on two threads (core/row_halves.py), attention in bf16 where the CPU has bf16 dot
+rows in two halves on two threads (policy/speed/row_halves.py), attention in bf16 where the CPU has bf16 dot
 products.
 
 Same layer math as transformers' SmolVLMEncoderLayer (pre-norm attention and MLP with residuals); the
@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.core.cpu_caps import cpu_caps
-from lepetpal_tui.core.int8_linear import Project, side_by_side
-from lepetpal_tui.core.row_halves import halves_of, run_halves
+from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed.int8_linear import Project, side_by_side
+from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 
 
 def bf16_matmul_supported() -> bool:
     """bf16 matmuls beat fp32 only with hardware bf16 dot products (AVX512-BF16, AMX, ARM BF16); elsewhere
-    they are emulated and slower (core/cpu_caps.py)."""
+    they are emulated and slower (policy/speed/cpu_caps.py)."""
     return cpu_caps().bf16_native
 
 

@@ -3,7 +3,7 @@
 Measured with the real SmolVLA shapes: an int8 linear (fbgemm, weights quantized per output channel,
 activations per call) runs at 500-700 GFLOP/s on the AVX-512 VNNI EPYC (fp32 120-190, bf16 200-400) and
 at ~250 on the AVX2-only EPYC (fp32 130). Activations use 8 bits where the kernel accumulates in int32
-(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (core/cpu_caps.py). Also: q/k/v and
+(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (policy/speed/cpu_caps.py). Also: q/k/v and
 gate/up fused into one int8 linear each, and the cross-attention K/V projections memoised within a chunk.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from lepetpal_tui.core.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 
 # Modules never quantized: the VLM's lm_head is never called by SmolVLA (quantizing it only costs time).
 SKIP_NAMES = ("lm_head",)

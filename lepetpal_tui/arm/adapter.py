@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings, SafetySettings
-from lepetpal_tui.core import ports as P
-from lepetpal_tui.core.calibration import (
+from lepetpal_tui.arm import ports as P
+from lepetpal_tui.arm.calibration import (
     CalibrationError,
     JointCalibration,
     calibration_id,
@@ -37,7 +36,8 @@ from lepetpal_tui.core.calibration import (
     load_calibration,
     save_calibration,
 )
-from lepetpal_tui.core.types import ServoHealth
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
+from lepetpal_tui.wire import ServoHealth
 
 __all__ = ["Arm", "ArmError", "close_robot", "diagnose_connect_failure", "open_robot"]
 

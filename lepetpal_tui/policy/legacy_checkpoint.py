@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.core.policy_errors import PolicyError
+from lepetpal_tui.policy.errors import PolicyError
 
 # Weight-name prefixes of the pre-0.4 normalisation buffers (LeRobot's migration extracts these).
 LEGACY_STAT_PREFIXES = ("normalize_inputs.buffer_", "unnormalize_outputs.buffer_", "normalize_targets.buffer_")
@@ -152,7 +152,7 @@ def _migrate(dir: Path, backbone: str, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     saved["vlm_model_name"] = config.get("vlm_model_name", backbone)
     (out / "config.json").write_text(json.dumps(saved, indent=4) + "\n")
-    from lepetpal_tui.core.testpolicy import BACKBONE_DIRNAME
+    from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
 
     if (dir / BACKBONE_DIRNAME).is_dir():  # a backbone shipped inside the checkpoint travels with it
         shutil.copytree(dir / BACKBONE_DIRNAME, out / BACKBONE_DIRNAME)

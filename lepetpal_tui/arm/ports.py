@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from lepetpal_tui.config import JOINT_NAMES
-from lepetpal_tui.core.types import PortInfo
+from lepetpal_tui.settings import JOINT_NAMES
+from lepetpal_tui.wire import PortInfo
 
 __all__ = [
     "BAUDRATE",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.config import JOINT_NAMES, ArmSettings
+from lepetpal_tui.settings import JOINT_NAMES, ArmSettings
 
 __all__ = [
     "FULL_TURN_JOINT",

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import JOINT_NAMES
+from lepetpal_tui.settings import JOINT_NAMES
 
 __all__ = [
     "JOINT_NAMES",

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from lepetpal_tui import __version__
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.types import (
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import (
     ChunkSample,
     Command,
     EngineEvent,

@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.config import Settings
-from lepetpal_tui.core.camera import SyntheticCamera
-from lepetpal_tui.core.types import CapturedFrame
+from lepetpal_tui.arm.camera import SyntheticCamera
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import CapturedFrame
 
 Frame = npt.NDArray[np.uint8]
 
