@@ -16,9 +16,9 @@ from typing import Any
 
 from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 
-from lepetpal_tui.engine.telemetry import percentile
 from lepetpal_tui.settings import JOINT_NAMES
 from lepetpal_tui.sim.process import SimArm
+from lepetpal_tui.stats import percentile
 
 
 def _bus(port: str) -> Any:

@@ -24,10 +24,11 @@ from typing import Any
 
 from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 
-from lepetpal_tui.engine.process import EngineClient
-from lepetpal_tui.engine.telemetry import percentile, read_log
+from lepetpal_tui.engine.launcher import EngineClient
+from lepetpal_tui.engine.session_log import read_log
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.wire import Command, EngineState, TelemetryBatch, TickSample
+from lepetpal_tui.stats import percentile
+from lepetpal_tui.wire import EngineState, EStop, Rearm, Start, TelemetryBatch, TickSample
 
 
 def busy_ui(stop: threading.Event) -> None:
@@ -83,7 +84,7 @@ def main() -> int:
                 threading.Thread(target=busy_ui, args=(stop_busy,), daemon=True).start()
             # 1) jitter and starvation while running with inference in the loop
             sim.set_tracing(False)  # tracing every packet costs the sim CPU; not needed for jitter
-            client.send(Command("start", task="pick up the ball"))
+            client.send(Start(task="pick up the ball"))
             wait(client, batches, lambda b: b.state == EngineState.RUNNING, 10.0)
             t_run = time.monotonic()
             mark = len(batches)
@@ -100,15 +101,15 @@ def main() -> int:
                 sim.clear_trace()
                 time.sleep(0.2)
                 t_cmd = time.monotonic()
-                client.send(Command("estop", sent_at=t_cmd))
+                client.send(EStop(sent_at=t_cmd))
                 wait(client, batches, lambda b: b.state == EngineState.ESTOP, 2.0)
                 time.sleep(0.3)
                 goal_times = [r.t for r in sim.trace() if r.direction == "rx" and r.register == "Goal_Position"]
                 if goal_times:
                     estop_ms.append((max(goal_times) - t_cmd) * 1000)
-                client.send(Command("rearm"))
+                client.send(Rearm())
                 wait(client, batches, lambda b: b.state == EngineState.READY, 5.0)
-                client.send(Command("start", task="pick up the ball"))
+                client.send(Start(task="pick up the ball"))
                 wait(client, batches, lambda b: b.state == EngineState.RUNNING, 5.0)
         finally:
             stop_busy.set()

@@ -31,9 +31,10 @@ import numpy as np
 from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
 from policy_latency import build_backbone, build_policy
 
-from lepetpal_tui.engine.telemetry import percentile, read_log, summarize
+from lepetpal_tui.engine.session_log import read_log, summarize
 from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
 from lepetpal_tui.settings import Settings
+from lepetpal_tui.stats import percentile
 
 MARKER = "bench-checkpoint.json"
 

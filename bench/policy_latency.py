@@ -159,7 +159,7 @@ def serve_ours(args: argparse.Namespace) -> int:
 
 
 def start_app_setting_child(args: argparse.Namespace, dtype: str) -> subprocess.Popen[str]:
-    from lepetpal_tui.engine.process import POLICY_PROCESS_ENV
+    from lepetpal_tui.policy.process import POLICY_PROCESS_ENV
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", "--seed", str(args.seed), "--dtype", dtype]
     if args.flow_steps:
@@ -283,7 +283,7 @@ def main() -> int:
           f"best-of ratio {best_ratio:.2f}")
     app_ratio = statistics.median(app_s) / lr if app_s else 0.0
     if app_s:
-        from lepetpal_tui.engine.process import POLICY_PROCESS_ENV
+        from lepetpal_tui.policy.process import POLICY_PROCESS_ENV
 
         env = " ".join(f"{k}={v}" for k, v in POLICY_PROCESS_ENV.items())
         print(f"ours as the app's policy process runs it ({env}): median {statistics.median(app_s):.3f} s, "

@@ -1,8 +1,13 @@
-"""Plain data shared by the arm, policy, engine and UI. No torch, no lerobot, no textual here.
+"""What crosses processes: commands (UI -> engine), telemetry and events (engine -> UI), the engine's
+snapshot, and the observation / chunk types the policy process exchanges with the engine.
 
-Everything in this module is picklable: it crosses the pipe between the engine process and the UI.
-Joint vectors are always in `JOINT_NAMES` order and in robot units (degrees for the five body joints,
-or -100..100 when `arm.units = "normalized"`; 0..100 for the gripper).
+No torch, no lerobot, no textual here, and nothing of the app but the joint leaf: the UI imports this
+module and must stay light. Everything is picklable. Joint vectors are in `JOINT_NAMES` order and in
+robot units (see `lepetpal_tui.joints`).
+
+Commands are a union of frozen dataclasses, so a handler is chosen with `match` (and `assert_never`
+makes a forgotten one a type error). Events carry an `EventKind` beside their human text: code decides on
+the kind, people read the text; nothing parses the text.
 """
 
 from __future__ import annotations
@@ -14,27 +19,48 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.settings import JOINT_NAMES
+from lepetpal_tui.joints import JOINT_NAMES, FloatArray
 
 __all__ = [
     "JOINT_NAMES",
     "ActionChunk",
+    "ChunkReply",
     "ChunkSample",
+    "CloseRequest",
     "Command",
+    "EStop",
     "EngineEvent",
+    "EngineSnapshot",
     "EngineState",
+    "EventKind",
+    "FloatArray",
+    "Heartbeat",
+    "HoldCause",
+    "InferRequest",
     "InferenceTiming",
+    "Level",
     "ModelPhase",
     "ModelStatus",
     "Observation",
+    "PolicyFailed",
+    "PolicyLoaded",
     "PortInfo",
     "PreflightCheck",
+    "Quit",
+    "Rearm",
+    "ResetRequest",
+    "RunMacro",
     "ServoHealth",
+    "SetDryRun",
+    "SetTask",
+    "Start",
+    "Stop",
     "TelemetryBatch",
     "TickSample",
+    "ToPolicy",
+    "UiLost",
+    "command_name",
 ]
-
-FloatArray = npt.NDArray[np.float64]
 
 
 # ------------------------------------------------------------------------------------------------ arm
@@ -103,6 +129,47 @@ class ActionChunk:
     observed_at: float = 0.0  # Observation.timestamp the chunk was computed from
 
 
+# The policy pipe (engine <-> policy process): typed messages, matched on their class.
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    obs: Observation
+
+
+@dataclass(frozen=True)
+class ResetRequest:
+    """A new run starts: drop the policy's internal queue and state."""
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    """Stop serving and exit."""
+
+
+@dataclass(frozen=True)
+class PolicyLoaded:
+    chunk_length: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ChunkReply:
+    chunk: ActionChunk
+
+
+@dataclass(frozen=True)
+class PolicyFailed:
+    """Loading or one inference failed; the message says why, `fix` what to do (when known)."""
+
+    message: str
+    fix: str = ""
+
+
+ToPolicy = InferRequest | ResetRequest | CloseRequest
+# ModelStatus (below) also travels this way while the policy loads.
+
+
 ModelPhase = Literal[
     "idle", "resolving", "downloading", "loading", "warming_up", "ready", "failed", "fallback"
 ]
@@ -135,6 +202,16 @@ class ModelStatus:
     error: str = ""  # reason when failed / fallback
     fix: str = ""  # what to do about it
 
+    @property
+    def usable(self) -> bool:
+        """The policy is loaded and a start is accepted (on a fallback path too)."""
+        return self.phase in ("ready", "fallback")
+
+    @property
+    def loading(self) -> bool:
+        """Still on the way to a usable policy: the one "is the model loading" predicate."""
+        return self.phase in ("resolving", "downloading", "loading", "warming_up")
+
 
 # --------------------------------------------------------------------------------------------- engine
 
@@ -151,21 +228,98 @@ class EngineState(enum.StrEnum):
     ERROR = "ERROR"  # holding because of a fault; reason in the last event
 
 
-@dataclass(frozen=True)
-class Command:
-    """UI -> engine. `kind` is one of: start, stop, set_task, estop, estop_torque_off, rearm,
-    set_dry_run, macro, quit, heartbeat, ui_lost. `task` for start/set_task, `flag` for set_dry_run (and,
-    on start, "run on a camera's synthetic fallback": the operator confirmed it), `name` for macro,
-    `go_home` for quit, `reason` for ui_lost (the UI's last word: why it is going away). `heartbeat` is
-    sent a few times a second from the UI's event loop."""
+class HoldCause(enum.StrEnum):
+    """Why the engine holds (the machine-readable half of `hold_reason`)."""
 
-    kind: str
-    task: str = ""
-    flag: bool = False
-    name: str = ""
-    go_home: bool = False
+    NONE = ""
+    STOPPED = "stopped"
+    ESTOP = "estop"  # latched, torque on: the servos hold the last goal
+    ESTOP_TORQUE_OFF = "estop_torque_off"  # latched, the arm is limp
+    FAULT = "fault"  # bus, health, camera, policy or internal fault
+    LOAD_FAILED = "load_failed"
+    UI_LOST = "ui_lost"
+    QUEUED_START = "queued_start"  # not a hold: a start waits for the policy
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CommandBase:
     sent_at: float = 0.0  # time.monotonic() in the sender, for e-stop latency figures
+
+
+@dataclass(frozen=True, kw_only=True)
+class Start(_CommandBase):
+    """Run the policy on `task` (empty: the current task). `confirm_stand_in`: the operator confirmed
+    running on a camera's synthetic fallback."""
+
+    task: str = ""
+    confirm_stand_in: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stop(_CommandBase):
+    """Stop the policy or macro; the arm holds its measured pose."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetTask(_CommandBase):
+    task: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EStop(_CommandBase):
+    """Latch a hold at once. torque_off: cut torque instead (the arm goes limp)."""
+
+    torque_off: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rearm(_CommandBase):
+    """Leave e-stop or a fault hold (torque back on at the measured pose)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetDryRun(_CommandBase):
+    on: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunMacro(_CommandBase):
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quit(_CommandBase):
+    """Hold, optionally run the home macro, disconnect."""
+
+    go_home: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(_CommandBase):
+    """Sent a few times a second from the UI's event loop: the dead-man signal."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UiLost(_CommandBase):
+    """The UI's last word: why it is going away (its terminal hung up, it crashed)."""
+
     reason: str = ""
+
+
+Command = Start | Stop | SetTask | EStop | Rearm | SetDryRun | RunMacro | Quit | Heartbeat | UiLost
+
+_COMMAND_NAMES: dict[type, str] = {
+    Start: "start", Stop: "stop", SetTask: "set_task", Rearm: "rearm", SetDryRun: "set_dry_run",
+    RunMacro: "macro", Quit: "quit", Heartbeat: "heartbeat", UiLost: "ui_lost",
+}
+
+
+def command_name(cmd: Command) -> str:
+    """The command's name in the session log and in messages ("estop_torque_off" for a torque-off
+    e-stop, as the log has always said)."""
+    if isinstance(cmd, EStop):
+        return "estop_torque_off" if cmd.torque_off else "estop"
+    return _COMMAND_NAMES[type(cmd)]
 
 
 @dataclass(frozen=True)
@@ -200,12 +354,60 @@ class CapturedFrame:
     t: float  # time.monotonic() at capture
 
 
+class EventKind(enum.StrEnum):
+    """What an event is about, for code that acts on events (the text is for people)."""
+
+    INFO = "info"
+    STATE = "state"  # started, stopped, re-armed, dry-run, task, macro
+    REFUSED = "refused"  # a command that was not applied, and why
+    ESTOP = "estop"
+    ARM_CONNECT_FAILED = "arm_connect_failed"
+    POLICY_LOAD_FAILED = "policy_load_failed"
+    POLICY_READY = "policy_ready"
+    BUS_FAULT = "bus_fault"
+    HEALTH_FAULT = "health_fault"
+    CAMERA = "camera"
+    CAMERA_FAULT = "camera_fault"
+    INFERENCE_FAULT = "inference_fault"
+    POLICY_OUTPUT_FAULT = "policy_output_fault"  # NaN, wrong shape, a jump the filter refused
+    SLOW_INFERENCE = "slow_inference"
+    UI_LOST = "ui_lost"
+    UI_SILENT = "ui_silent"
+    INTERNAL = "internal"
+    ENGINE_GONE = "engine_gone"
+    DISCONNECTED = "disconnected"
+
+    @property
+    def fatal_at_start(self) -> bool:
+        """A headless run cannot go on after this one: nothing will ever become ready."""
+        return self in (EventKind.ARM_CONNECT_FAILED, EventKind.POLICY_LOAD_FAILED, EventKind.ENGINE_GONE)
+
+
+Level = Literal["info", "warning", "error"]
+
+
 @dataclass(frozen=True)
 class EngineEvent:
     t: float
-    level: Literal["info", "warning", "error"]
+    level: Level
     message: str
     fix: str = ""
+    kind: EventKind = EventKind.INFO
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """The engine's counters and state at one moment (telemetry batches carry the same fields)."""
+
+    state: EngineState
+    task: str = ""
+    dry_run: bool = False
+    starved_ticks: int = 0
+    clamp_count: int = 0
+    estop_count: int = 0
+    tick_count: int = 0
+    hold_reason: str = ""
+    hold_cause: HoldCause = HoldCause.NONE
 
 
 @dataclass
@@ -229,6 +431,7 @@ class TelemetryBatch:
     estop_count: int = 0
     tick_count: int = 0
     hold_reason: str = ""
+    hold_cause: HoldCause = HoldCause.NONE
 
     @property
     def latest_tick(self) -> TickSample | None:

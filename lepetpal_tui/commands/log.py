@@ -26,7 +26,7 @@ def _resolve(path: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepetpal_tui.engine.telemetry import LogError, summarize
+    from lepetpal_tui.engine.session_log import LogError, summarize
 
     given = Path(args.file).expanduser()
     path = _resolve(given)

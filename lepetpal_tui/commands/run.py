@@ -66,7 +66,7 @@ class _Progress:
             self.phase = m.phase
             detail = m.message or m.error
             _print(f"{stamp} model {m.phase}" + (f": {detail}" if detail else ""))
-            if m.phase in ("ready", "fallback"):
+            if m.usable:
                 self.ready = True
             if m.phase == "failed":
                 self.failed = f"{m.error} {m.fix}".strip()
@@ -74,7 +74,7 @@ class _Progress:
             _print(f"{stamp} {e.level}: {e.message}" + (f" Fix: {e.fix}" if e.fix else ""))
             if e.level == "error":
                 self.errors += 1
-                if "failed to load" in e.message or "Cannot connect" in e.message:
+                if e.kind.fatal_at_start:
                     self.failed = e.message + (f" {e.fix}" if e.fix else "")
         for c in batch.chunks:
             self.last_chunk_ms = c.timing.total_s * 1000
@@ -96,9 +96,9 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from lepetpal_tui.cli import settings_from_args
-    from lepetpal_tui.engine.process import EngineClient, EngineStartError
-    from lepetpal_tui.engine.telemetry import LogError, summarize
-    from lepetpal_tui.wire import Command, EngineState
+    from lepetpal_tui.engine.launcher import EngineClient, EngineStartError
+    from lepetpal_tui.engine.session_log import LogError, summarize
+    from lepetpal_tui.wire import EngineState, Heartbeat, Start
 
     settings = settings_from_args(args)
     task = args.task.strip()
@@ -129,14 +129,14 @@ def run(args: argparse.Namespace) -> int:
             for batch in client.poll(0.1):
                 progress.feed(batch)
             # Headless, the main loop is the "UI": it stops beating if it hangs (safety.ui_heartbeat_s).
-            client.send(Command("heartbeat"))
+            client.send(Heartbeat())
             now = time.monotonic()
             if progress.failed or not client.alive:
                 code = EXIT_FAILED
                 break
             if started_at is None:
                 if progress.ready and progress.state == EngineState.READY.value:
-                    client.send(Command("start", task=task))
+                    client.send(Start(task=task))
                     started_at = now
                 elif progress.state in (EngineState.ERROR.value,):
                     code = EXIT_FAILED

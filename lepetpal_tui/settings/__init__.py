@@ -21,14 +21,9 @@ from typing import Any, Literal
 
 import tomli
 
-JOINT_NAMES: tuple[str, ...] = (
-    "shoulder_pan",
-    "shoulder_lift",
-    "elbow_flex",
-    "wrist_flex",
-    "wrist_roll",
-    "gripper",
-)
+from lepetpal_tui.joints import JOINT_NAMES as JOINT_NAMES  # re-exported: settings name joints
+from lepetpal_tui.joints import joint_vector as joint_vector
+
 DEFAULT_CONFIG_NAME = "lepetpal.toml"
 CONFIG_ENV = "LEPETPAL_CONFIG"
 
@@ -718,8 +713,3 @@ def flatten(settings: Settings) -> list[tuple[str, Any]]:
 def origin_of(settings: Settings, key: str) -> str:
     """Where a value came from: "default", "file NAME", "env VAR" or "flag --x"."""
     return settings.origins.get(key, "default")
-
-
-def joint_vector(values: Mapping[str, float]) -> list[float]:
-    """Order a joint mapping as JOINT_NAMES."""
-    return [float(values[j]) for j in JOINT_NAMES]

@@ -48,7 +48,21 @@ from lepetpal_tui.ui.widgets.log import EventLog
 from lepetpal_tui.ui.widgets.model import ModelPane
 from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.task import TaskPane
-from lepetpal_tui.wire import Command, EngineState, TelemetryBatch
+from lepetpal_tui.wire import (
+    Command,
+    EngineState,
+    EStop,
+    Heartbeat,
+    Rearm,
+    RunMacro,
+    SetDryRun,
+    SetTask,
+    Start,
+    Stop,
+    TelemetryBatch,
+    UiLost,
+    command_name,
+)
 
 STATS_ENV = "LEPETPAL_UI_STATS"  # path: write first-paint time and redraw counts there (bench)
 POLL_S = 0.05
@@ -387,13 +401,14 @@ class LePetPalApp(App[int]):
 
     # ---------------------------------------------------------------------------------------- commands
 
-    def send(self, kind: str, **fields: object) -> bool:
+    def send(self, command: Command) -> bool:
         """Send a command to the engine; False (and a note) when there is none."""
         link = self.link
         if link is None:
             self.notify("No engine is running: connect to an arm first.", severity="warning")
             return False
-        command = Command(kind=kind, sent_at=self.clock(), **fields)  # type: ignore[arg-type]
+        command = dataclasses.replace(command, sent_at=self.clock())
+        kind = command_name(command)
         try:
             link.send(command)
         except Exception as exc:  # the engine is gone: say so, never crash the screen
@@ -406,17 +421,17 @@ class LePetPalApp(App[int]):
         link = self.link
         if link is not None:
             with contextlib.suppress(Exception):  # a gone engine is reported by the worker's poll
-                link.send(Command("heartbeat", sent_at=self.clock()))
+                link.send(Heartbeat(sent_at=self.clock()))
 
     def action_estop(self) -> None:
-        if self.send("estop"):
+        if self.send(EStop()):
             # Show it at once; the engine's next batch confirms it.
             self.store.set_state(EngineState.ESTOP, "e-stop sent")
             self.log_ui("warning", "E-STOP sent: the arm holds its pose")
             self.redraw()
 
     def action_estop_torque_off(self) -> None:
-        if self.send("estop_torque_off"):
+        if self.send(EStop(torque_off=True)):
             self.store.set_state(EngineState.ESTOP, "e-stop, torque OFF")
             self.log_ui("error", "TORQUE OFF sent: the arm is limp and falls under gravity", "support the arm")
             self.notify("Torque is OFF: the arm falls. Support it.", title="E-STOP", severity="error")
@@ -435,14 +450,14 @@ class LePetPalApp(App[int]):
             self.notify("Type a task in the Task field first.", severity="warning")
             self.main.query_one("#task-input", Input).focus()
             return
-        self.send("start", task=task)  # the engine's own event confirms it in the log
+        self.send(Start(task=task))  # the engine's own event confirms it in the log
 
     def action_stop(self) -> None:
-        self.send("stop")
+        self.send(Stop())
 
     def action_toggle_dry_run(self) -> None:
         flag = not self.store.dry_run
-        self.send("set_dry_run", flag=flag)
+        self.send(SetDryRun(on=flag))
 
     def action_rearm(self) -> None:
         if self.store.state != EngineState.ESTOP:
@@ -450,7 +465,7 @@ class LePetPalApp(App[int]):
             return
 
         def chosen(choice: str | None) -> None:
-            if choice == "rearm" and self.send("rearm"):
+            if choice == "rearm" and self.send(Rearm()):
                 self.log_ui("info", "re-arm sent: the policy restarts from a fresh chunk")
 
         self.push_screen(
@@ -467,7 +482,7 @@ class LePetPalApp(App[int]):
         if name not in self.settings.macros:
             self.notify(f"No macro named {name!r} in lepetpal.toml [macros].", severity="warning")
             return
-        if self.send("macro", name=name):
+        if self.send(RunMacro(name=name)):
             self.log_ui("info", f"macro {name} requested")
 
     def action_leave_field(self) -> None:
@@ -482,11 +497,11 @@ class LePetPalApp(App[int]):
         if state == EngineState.ESTOP:
             self.notify("E-stop is latched: press r to re-arm, then Enter again.", severity="warning")
         elif state in (EngineState.RUNNING, EngineState.DRY_RUN):
-            if self.send("set_task", task=message.task):
+            if self.send(SetTask(task=message.task)):
                 self.log_ui("info", f"task changed: {message.task}")
         else:
             # Confirmed by the engine's "Running" event, or "Start queued" while the policy loads.
-            self.send("start", task=message.task)
+            self.send(Start(task=message.task))
         # Leave the field so Space is an e-stop again.
         self.set_focus(None)
 
@@ -506,7 +521,7 @@ class LePetPalApp(App[int]):
             if callable(abandon):
                 abandon(reason)
             else:
-                link.send(Command("ui_lost", sent_at=self.clock(), reason=reason))
+                link.send(UiLost(sent_at=self.clock(), reason=reason))
 
     def terminal_hung_up(self) -> None:
         """SIGHUP: the terminal is gone (SSH dropped, tmux session killed). Nobody can see this screen
@@ -547,7 +562,7 @@ class LePetPalApp(App[int]):
         self._quitting = True
         self._pending_connect = None
         if self.link is not None and self.store.arm_moving:
-            self.send("stop")
+            self.send(Stop())
         self.log_ui("info", "shutting down: " + ("going home, then " if go_home else "") + "disconnecting")
         self.redraw()
         if self._engine_worker is None or not self._engine_worker.is_running:

@@ -51,7 +51,7 @@ PortLister = Callable[[], list[PortInfo]]
 
 def spawn_engine(settings: Settings, sim_port: str | None) -> EngineLink:
     """Start the real engine process (it alone imports torch and lerobot)."""
-    from lepetpal_tui.engine.process import EngineClient
+    from lepetpal_tui.engine.launcher import EngineClient
 
     client: EngineLink = EngineClient.spawn(settings, sim_port=sim_port)
     return client

@@ -21,11 +21,19 @@ from lepetpal_tui.wire import (
     Command,
     EngineEvent,
     EngineState,
+    EStop,
+    Heartbeat,
     InferenceTiming,
     ModelStatus,
+    RunMacro,
     ServoHealth,
+    SetDryRun,
+    SetTask,
+    Start,
     TelemetryBatch,
     TickSample,
+    UiLost,
+    command_name,
 )
 
 Clock = Callable[[], float]
@@ -58,7 +66,7 @@ class ScriptedLink:
 
     def send(self, command: Command) -> None:
         with self._cond:
-            if command.kind == "heartbeat":
+            if isinstance(command, Heartbeat):
                 self.heartbeats += 1  # counted, not recorded: tests assert on the operator's commands
                 return
             self.sent.append(command)
@@ -84,7 +92,7 @@ class ScriptedLink:
 
     def abandon(self, reason: str) -> None:
         """The UI left without a quit (hangup, crash): recorded as a `ui_lost` command."""
-        self.send(Command("ui_lost", sent_at=self.clock(), reason=reason))
+        self.send(UiLost(sent_at=self.clock(), reason=reason))
         self.die()
 
     # -- test helpers
@@ -97,7 +105,7 @@ class ScriptedLink:
 
     def kinds(self) -> list[str]:
         with self._cond:
-            return [c.kind for c in self.sent]
+            return [command_name(c) for c in self.sent]
 
     def die(self) -> None:
         """Simulate the engine process vanishing."""
@@ -114,8 +122,10 @@ class ScriptedLink:
         last = self._last
         base = replace(last, ticks=[], chunks=[], events=[], model=None)
         s = last.state
-        if c.kind in ("estop", "estop_torque_off"):
-            torque = " torque OFF" if c.kind == "estop_torque_off" else ""
+        kind = command_name(c)
+        task = c.task if isinstance(c, Start | SetTask) else ""
+        if isinstance(c, EStop):
+            torque = " torque OFF" if c.torque_off else ""
             return replace(
                 base,
                 state=EngineState.ESTOP,
@@ -123,29 +133,29 @@ class ScriptedLink:
                 hold_reason="e-stop" + torque,
                 events=[self._event(f"E-STOP{torque}: holding", "warning")],
             )
-        if c.kind == "rearm" and s == EngineState.ESTOP:
+        if kind == "rearm" and s == EngineState.ESTOP:
             return replace(base, state=EngineState.READY, hold_reason="", events=[self._event("re-armed")])
         if s == EngineState.ESTOP:
-            return replace(base, events=[self._event(f"{c.kind} refused: e-stop is latched, re-arm first", "warning")])
-        if c.kind == "start" and s == EngineState.LOADING:
-            task = c.task or last.task
+            return replace(base, events=[self._event(f"{kind} refused: e-stop is latched, re-arm first", "warning")])
+        if kind == "start" and s == EngineState.LOADING:
+            task = task or last.task
             return replace(base, hold_reason=f'start of "{task}" queued',
                            events=[self._event(f'Start queued: "{task}" starts when the policy is ready')])
-        if c.kind == "stop" and s == EngineState.LOADING:
+        if kind == "stop" and s == EngineState.LOADING:
             return replace(base, hold_reason="", events=[self._event("queued start cancelled")])
-        if c.kind == "start":
+        if kind == "start":
             state = EngineState.DRY_RUN if last.dry_run else EngineState.RUNNING
-            return replace(base, state=state, task=c.task or last.task, events=[self._event(f"started: {c.task}")])
-        if c.kind == "set_task":
-            return replace(base, task=c.task, events=[self._event(f"task: {c.task}")])
-        if c.kind == "stop":
+            return replace(base, state=state, task=task or last.task, events=[self._event(f"started: {task}")])
+        if kind == "set_task":
+            return replace(base, task=task, events=[self._event(f"task: {task}")])
+        if kind == "stop":
             return replace(base, state=EngineState.READY, events=[self._event("stopped: holding")])
-        if c.kind == "set_dry_run":
+        if isinstance(c, SetDryRun):
             state = s
             if s in (EngineState.RUNNING, EngineState.DRY_RUN):
-                state = EngineState.DRY_RUN if c.flag else EngineState.RUNNING
-            return replace(base, state=state, dry_run=c.flag, events=[self._event(f"dry-run {'on' if c.flag else 'off'}")])
-        if c.kind == "macro":
+                state = EngineState.DRY_RUN if c.on else EngineState.RUNNING
+            return replace(base, state=state, dry_run=c.on, events=[self._event(f"dry-run {'on' if c.on else 'off'}")])
+        if isinstance(c, RunMacro):
             return replace(base, state=EngineState.MACRO, events=[self._event(f"macro {c.name}")])
         return None
 

@@ -10,7 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from lepetpal_tui.engine.telemetry import percentile
+from lepetpal_tui.stats import percentile
 from lepetpal_tui.wire import (
     EngineEvent,
     EngineState,

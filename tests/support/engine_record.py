@@ -22,7 +22,16 @@ from typing import Any
 
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.wire import Command, EngineEvent, EngineState, ModelStatus, TelemetryBatch
+from lepetpal_tui.wire import (
+    EngineEvent,
+    EngineState,
+    EStop,
+    ModelStatus,
+    Rearm,
+    RunMacro,
+    Start,
+    TelemetryBatch,
+)
 
 MISSING_MODEL = "/models/my-smolvla"  # a checkpoint folder that does not exist: load_policy's own error
 
@@ -68,7 +77,7 @@ class _Sink:
                 if any(want in e.message for e in self.events):
                     events, self.events = tuple(self.events), []
                     snap = engine.snapshot()
-                    return Recorded(snap["state"], snap["hold_reason"], events, self.model)
+                    return Recorded(snap.state, snap.hold_reason, events, self.model)
             if time.monotonic() > deadline:
                 raise AssertionError(f"the engine never said {want!r}; it said {self.events}")
             time.sleep(0.02)
@@ -101,21 +110,21 @@ def record() -> dict[str, Recorded]:
     engine = _engine(settings, arm, fakes.policy_factory(fakes.FakePolicy()), sink)
     try:
         out["ready"] = sink.take(engine, "Policy ready")
-        engine.submit(Command("start", task="pick up the cube"))
+        engine.submit(Start(task="pick up the cube"))
         out["running"] = sink.take(engine, "Running")
-        engine.submit(Command("estop"))
+        engine.submit(EStop())
         out["estop"] = sink.take(engine, "E-STOP")
-        engine.submit(Command("rearm"))
+        engine.submit(Rearm())
         out["rearmed"] = sink.take(engine, "Re-armed")
         arm.pose[:] = [10.0, -20.0, 30.0, 15.0, 0.0, 40.0]  # away from home, so the macro has a way to go
         time.sleep(0.2)
-        engine.submit(Command("macro", name="home"))
+        engine.submit(RunMacro(name="home"))
         out["macro"] = sink.take(engine, "started")
-        engine.submit(Command("estop_torque_off"))
+        engine.submit(EStop(torque_off=True))
         out["estop_torque_off"] = sink.take(engine, "TORQUE OFF")
-        engine.submit(Command("rearm"))
+        engine.submit(Rearm())
         sink.take(engine, "Re-armed")
-        engine.submit(Command("start", task="pick up the cube"))
+        engine.submit(Start(task="pick up the cube"))
         sink.take(engine, "Running")
         arm.fail_reads = True
         out["fault_running"] = sink.take(engine, "bus errors in a row")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lepetpal_tui.engine.telemetry import read_log
+from lepetpal_tui.engine.session_log import read_log
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.link import spawn_engine

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from lepetpal_tui.engine.facade import Engine
-from lepetpal_tui.engine.process import EngineClient
-from lepetpal_tui.engine.telemetry import SessionLog, read_log, summarize
+from lepetpal_tui.engine.launcher import EngineClient
+from lepetpal_tui.engine.session_log import SessionLog, read_log, summarize
 from lepetpal_tui.settings import JOINT_NAMES, Settings
-from lepetpal_tui.wire import Command, EngineState
+from lepetpal_tui.wire import EngineState, EStop, Rearm, RunMacro, Start, Stop
 
 from .conftest import adversarial, delayed, goal_writes, raw_to_units, sim_settings, unit_tolerance  # type: ignore[import-not-found]
 
@@ -64,13 +64,13 @@ def test_estop_last_goal_write_within_one_tick(sim_arm: Any, tmp_path: Path) -> 
         period = 1.0 / settings.control.rate_hz
         latencies = []
         for _ in range(3):
-            client.send(Command("start", task="throw the ball"))
+            client.send(Start(task="throw the ball"))
             assert _wait_client(client, lambda b: b.state == EngineState.RUNNING, 5.0)
             time.sleep(1.0)
             sim_arm.clear_trace()
             time.sleep(0.3)
             t_cmd = time.monotonic()
-            client.send(Command("estop", sent_at=t_cmd))
+            client.send(EStop(sent_at=t_cmd))
             assert _wait_client(client, lambda b: b.state == EngineState.ESTOP, 2.0)
             time.sleep(0.5)
             writes = goal_writes(sim_arm.trace())
@@ -78,7 +78,7 @@ def test_estop_last_goal_write_within_one_tick(sim_arm: Any, tmp_path: Path) -> 
             last = max(t for t, _, _ in writes)
             latencies.append(last - t_cmd)
             assert last <= t_cmd + period, f"goal written {1000 * (last - t_cmd):.1f} ms after the e-stop"
-            client.send(Command("rearm"))
+            client.send(Rearm())
             assert _wait_client(client, lambda b: b.state == EngineState.READY, 5.0)
         print("e-stop -> last goal write (ms):", [round(1000 * x, 1) for x in latencies])
     finally:
@@ -96,7 +96,7 @@ def test_zero_starved_ticks_with_half_chunk_latency(sim_arm: Any, tmp_path: Path
     chunk_s = settings.model.actions_per_chunk / settings.control.rate_hz
     engine = _engine(settings, sim_arm, delayed(_scripted(settings), chunk_s / 2), tmp_path / "run.jsonl")
     try:
-        engine.submit(Command("start", task="pick up the ball"))
+        engine.submit(Start(task="pick up the ball"))
         assert engine.state == EngineState.RUNNING
         time.sleep(20.0)
         assert engine.state == EngineState.RUNNING
@@ -115,12 +115,12 @@ def test_limits_step_and_ramp_hold_on_the_bus(sim_arm: Any, tmp_path: Path, kind
     engine = _engine(settings, sim_arm, adversarial(kind))
     try:
         time.sleep(0.2)
-        present = engine._measured
+        present = engine.control.measured
         assert present is not None
         sim_arm.clear_trace()
-        engine.submit(Command("start", task="misbehave"))
+        engine.submit(Start(task="misbehave"))
         time.sleep(3.0)
-        engine.submit(Command("stop"))
+        engine.submit(Stop())
         writes = goal_writes(sim_arm.trace())
     finally:
         engine.close()
@@ -147,9 +147,9 @@ def test_nan_from_policy_holds_and_reports(sim_arm: Any, tmp_path: Path) -> None
     settings = sim_settings(tmp_path)
     engine = _engine(settings, sim_arm, adversarial("nan"))
     try:
-        engine.submit(Command("start", task="misbehave"))
+        engine.submit(Start(task="misbehave"))
         assert engine.wait_for((EngineState.ERROR,), 10.0)
-        assert "non-finite" in engine.snapshot()["hold_reason"]
+        assert "non-finite" in engine.snapshot().hold_reason
         time.sleep(0.1)
         sim_arm.clear_trace()
         time.sleep(0.5)
@@ -161,7 +161,7 @@ def test_nan_from_policy_holds_and_reports(sim_arm: Any, tmp_path: Path) -> None
 CONTROLLER = """
 import dataclasses, sys, time
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.engine.launcher import EngineClient
 from lepetpal_tui.wire import Command
 
 def main():
@@ -174,7 +174,7 @@ def main():
     while not ready:
         for b in c.poll(0.1):
             ready = ready or any("Policy ready" in e.message for e in b.events)
-    c.send(Command("start", task="keep moving"))
+    c.send(Start(task="keep moving"))
     print("RUNNING", c.pid, c.log_path, flush=True)
     while True:
         c.poll(0.1)
@@ -239,7 +239,7 @@ def test_kill_9_of_engine_keeps_log_up_to_last_tick(sim_arm: Any, tmp_path: Path
     client = EngineClient.spawn(settings, sim_port=sim_arm.port)
     try:
         assert _wait_client(client, lambda b: any("Policy ready" in e.message for e in b.events), 60.0)
-        client.send(Command("start", task="x"))
+        client.send(Start(task="x"))
         time.sleep(2.0)
         assert client.pid is not None
         os.kill(client.pid, signal.SIGKILL)
@@ -260,24 +260,24 @@ def test_estop_answered_while_policy_loads(sim_arm: Any, tmp_path: Path, tiny_po
     seen: list[Any] = []
     try:
         t_cmd = time.monotonic()
-        client.send(Command("estop", sent_at=t_cmd))
+        client.send(EStop(sent_at=t_cmd))
         assert _wait_client(client, lambda b: seen.append(b) or b.state == EngineState.ESTOP, 30.0)
         assert not any(b.model is not None and b.model.phase == "ready" for b in seen), "loaded before e-stop"
         assert _wait_client(client, lambda b: b.model is not None and b.model.phase == "ready", 120.0)
         sim_arm.clear_trace()
-        client.send(Command("start", task="x"))
+        client.send(Start(task="x"))
         assert _wait_client(client, lambda b: any("Start refused" in e.message for e in b.events), 5.0)
         time.sleep(0.3)
         assert goal_writes(sim_arm.trace()) == []
-        client.send(Command("rearm"))
-        client.send(Command("start", task="pick up the ball"))
+        client.send(Rearm())
+        client.send(Start(task="pick up the ball"))
         assert _wait_client(client, lambda b: b.state == EngineState.RUNNING, 5.0)
         time.sleep(2.0)
         assert goal_writes(sim_arm.trace()), "the real policy never moved the arm after re-arm"
     finally:
         client.close()
     # A command to an engine that is gone comes back as an error batch, never as an exception.
-    client.send(Command("estop"))
+    client.send(EStop())
     batches = client.poll(0.0)
     assert batches and batches[0].state == EngineState.ERROR and "not delivered" in batches[0].events[0].message
 
@@ -287,7 +287,7 @@ def test_dry_run_writes_no_goal_on_the_bus(sim_arm: Any, tmp_path: Path) -> None
     engine = _engine(settings, sim_arm, _scripted(settings), tmp_path / "dry.jsonl")
     try:
         sim_arm.clear_trace()
-        engine.submit(Command("start", task="wave"))
+        engine.submit(Start(task="wave"))
         assert engine.state == EngineState.DRY_RUN
         time.sleep(2.0)
         assert goal_writes(sim_arm.trace()) == []
@@ -305,11 +305,11 @@ def test_servo_faults_hold_with_a_reason(sim_arm: Any, tmp_path: Path, fault: st
     settings = sim_settings(tmp_path, model={"mode": "scripted"})
     engine = _engine(settings, sim_arm, _scripted(settings))
     try:
-        engine.submit(Command("start", task="wave"))
+        engine.submit(Start(task="wave"))
         time.sleep(0.5)
         sim_arm.set_fault(fault, motor_id=3)
         assert engine.wait_for((EngineState.ERROR,), 5.0), f"no hold after {fault}"
-        reason = engine.snapshot()["hold_reason"]
+        reason = engine.snapshot().hold_reason
         assert ("elbow_flex" in reason) if fault == "overheat" else ("bus errors" in reason)
         time.sleep(0.2)
         sim_arm.clear_trace()
@@ -324,13 +324,13 @@ def test_home_macro_on_the_sim(sim_arm: Any, tmp_path: Path) -> None:
     settings = sim_settings(tmp_path, model={"mode": "scripted"})
     engine = _engine(settings, sim_arm, _scripted(settings))
     try:
-        engine.submit(Command("start", task="wave"))
+        engine.submit(Start(task="wave"))
         time.sleep(2.0)
-        engine.submit(Command("macro", name="home"))
+        engine.submit(RunMacro(name="home"))
         assert engine.state == EngineState.MACRO
         assert engine.wait_for((EngineState.READY,), 10.0)
         time.sleep(0.5)
-        assert engine._measured is not None
-        assert np.max(np.abs(engine._measured)) < 2.0
+        assert engine.control.measured is not None
+        assert np.max(np.abs(engine.control.measured)) < 2.0
     finally:
         engine.close()

@@ -18,7 +18,16 @@ import pytest
 
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.wire import Command, EngineEvent, EngineState, TelemetryBatch
+from lepetpal_tui.wire import (
+    EngineEvent,
+    EngineState,
+    EStop,
+    Rearm,
+    SetDryRun,
+    Start,
+    Stop,
+    TelemetryBatch,
+)
 
 from .conftest import goal_writes, load_support, sim_settings  # type: ignore[import-not-found]
 
@@ -87,7 +96,7 @@ def _engine(settings: Settings, sim: Any, events: Events, *, arm_cls: Any = None
 
 
 def _start_and_drive(engine: Engine, sim: Any, state: EngineState = EngineState.RUNNING) -> None:
-    engine.submit(Command("start", task="wave"))
+    engine.submit(Start(task="wave"))
     assert engine.state == state, engine.snapshot()
     time.sleep(1.0)
     writes = goal_writes(sim.drain_trace())
@@ -117,10 +126,10 @@ def _recovers_only_on_start(engine: Engine, sim: Any) -> None:
     _no_goal_after_hold(sim, 1.0)
     assert engine.state in (EngineState.ERROR, EngineState.READY)
     if engine.state == EngineState.ERROR:
-        engine.submit(Command("rearm"))
+        engine.submit(Rearm())
         assert engine.state == EngineState.READY
         _no_goal_after_hold(sim, 0.5)  # re-arm alone moves nothing
-    engine.submit(Command("start", task="wave"))
+    engine.submit(Start(task="wave"))
     assert engine.state == EngineState.RUNNING, engine.snapshot()
     time.sleep(1.0)
     assert engine.state == EngineState.RUNNING, engine.snapshot()
@@ -147,7 +156,7 @@ def test_live_camera_that_stops_holds_whatever_the_fallback(sim_arm: Any, tmp_pa
         # looks every 0.1 s.
         _wait_held(engine, t_fault, CAMERA_TIMEOUT_S + 1.0 if how == "stale" else 1.0)
         assert engine.state == EngineState.ERROR
-        assert "camera fault" in engine.snapshot()["hold_reason"]
+        assert "camera fault" in engine.snapshot().hold_reason
         assert events.has("Camera fault (front"), events.text()
         cam.resume()
         _recovers_only_on_start(engine, sim_arm)
@@ -173,9 +182,9 @@ def test_dry_run_goes_on_with_the_synthetic_scene_when_allowed(sim_arm: Any, tmp
         assert goal_writes(sim_arm.trace()) == []
         # Going live on the stand-in is a live arm acting blind: it holds.
         t_live = time.monotonic()
-        engine.submit(Command("set_dry_run", flag=False))
+        engine.submit(SetDryRun(on=False))
         _wait_held(engine, t_live, 1.0)
-        assert "camera fault" in engine.snapshot()["hold_reason"]
+        assert "camera fault" in engine.snapshot().hold_reason
         _no_goal_after_hold(sim_arm)
     finally:
         engine.close()
@@ -192,7 +201,7 @@ def test_dry_run_holds_on_camera_loss_without_fallback(sim_arm: Any, tmp_path: P
         t_fault = time.monotonic()
         cam.stop()
         _wait_held(engine, t_fault, CAMERA_TIMEOUT_S + 1.0)
-        assert engine.state == EngineState.ERROR and "camera fault" in engine.snapshot()["hold_reason"]
+        assert engine.state == EngineState.ERROR and "camera fault" in engine.snapshot().hold_reason
         chunks = engine.chunk_count
         time.sleep(1.0)
         assert engine.chunk_count == chunks, "inference went on without a camera"
@@ -228,20 +237,20 @@ def test_live_start_on_a_lost_camera_needs_confirmation(sim_arm: Any, tmp_path: 
     engine = _engine(settings, sim_arm, events, camera=cam)
     try:
         sim_arm.clear_trace()
-        engine.submit(Command("start", task="wave"))
+        engine.submit(Start(task="wave"))
         assert engine.state == EngineState.READY
         time.sleep(0.5)
         assert events.has("Press start again", "act blind"), events.text()
         assert goal_writes(sim_arm.trace()) == []
-        engine.submit(Command("start", task="wave"))  # the operator confirms, the fallback on screen
+        engine.submit(Start(task="wave"))  # the operator confirms, the fallback on screen
         assert engine.state == EngineState.RUNNING
         time.sleep(1.5)
         assert engine.state == EngineState.RUNNING, engine.snapshot()
         assert events.has("(confirmed)"), events.text()
         assert len(goal_writes(sim_arm.trace())) > 6 * 10
         # The confirmation covered that start only: the next one asks again.
-        engine.submit(Command("stop"))
-        engine.submit(Command("start", task="wave"))
+        engine.submit(Stop())
+        engine.submit(Start(task="wave"))
         assert engine.state == EngineState.READY
     finally:
         engine.close()
@@ -265,7 +274,7 @@ def test_goal_writes_that_keep_failing_hold(sim_arm: Any, tmp_path: Path) -> Non
         period = 1.0 / settings.control.rate_hz
         _wait_held(engine, t_fault, (settings.safety.bus_retries + 1) * period + 1.0)
         assert engine.state == EngineState.ERROR
-        assert "goal writes failing" in engine.snapshot()["hold_reason"]
+        assert "goal writes failing" in engine.snapshot().hold_reason
         assert events.has("goal writes failed in a row"), events.text()
         arm.fail_writes.clear()
         _recovers_only_on_start(engine, sim_arm)
@@ -285,7 +294,7 @@ def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
         # Health is read about once a second: the bound is that many reads plus one, plus slack.
         _wait_held(engine, t_fault, settings.safety.health_read_retries + 1 + 2.0)
         assert engine.state == EngineState.ERROR
-        assert "servo health unreadable" in engine.snapshot()["hold_reason"]
+        assert "servo health unreadable" in engine.snapshot().hold_reason
         assert events.has("unreadable 3 times in a row"), events.text()
         sim_arm.clear_faults()
         _recovers_only_on_start(engine, sim_arm)
@@ -305,7 +314,7 @@ def test_rearm_after_torque_off_restores_the_goal_before_torque(sim_arm: Any, tm
     engine = _engine(settings, sim_arm, events)
     try:
         _start_and_drive(engine, sim_arm)
-        engine.submit(Command("estop_torque_off"))
+        engine.submit(EStop(torque_off=True))
         assert engine.state == EngineState.ESTOP
         time.sleep(0.3)
         before = sim_arm.state()[2]
@@ -314,7 +323,7 @@ def test_rearm_after_torque_off_restores_the_goal_before_torque(sim_arm: Any, tm
         sim_arm.move_by_hand(2, fallen)
         assert abs(sim_arm.state()[2]["goal"] - fallen) > 300, "the sim did not keep the pre-fall goal"
         sim_arm.clear_trace()
-        engine.submit(Command("rearm"))
+        engine.submit(Rearm())
         assert engine.state == EngineState.READY
         time.sleep(0.8)
         after = sim_arm.state()[2]
@@ -335,7 +344,7 @@ def test_rearm_after_torque_off_restores_the_goal_before_torque(sim_arm: Any, tm
 HEARTBEAT_CONTROLLER = """
 import dataclasses, sys, threading, time
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.engine.process import EngineClient
+from lepetpal_tui.engine.launcher import EngineClient
 from lepetpal_tui.wire import Command
 
 def main():
@@ -351,14 +360,14 @@ def main():
 
     def commands():
         for line in sys.stdin:
-            c.send(Command(line.strip(), task="keep moving"))
+            c.send({"start": Start(task="keep moving"), "stop": Stop(), "estop": EStop()}[line.strip()])
 
     threading.Thread(target=commands, daemon=True).start()
-    c.send(Command("start", task="keep moving"))
+    c.send(Start(task="keep moving"))
     print("RUNNING", c.pid, c.log_path, flush=True)
     while True:  # like `lepetpal run`: the main loop polls and sends the heartbeat
         c.poll(0.1)
-        c.send(Command("heartbeat"))
+        c.send(Heartbeat())
 
 if __name__ == "__main__":
     main()
@@ -372,7 +381,7 @@ def test_sigstopped_controller_holds_within_the_heartbeat_bound(sim_arm: Any, tm
     import subprocess
     import sys
 
-    from lepetpal_tui.engine.telemetry import read_log
+    from lepetpal_tui.engine.session_log import read_log
 
     bound = Settings().safety.ui_heartbeat_s
     script = tmp_path / "controller.py"

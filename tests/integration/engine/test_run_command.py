@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lepetpal_tui.cli import main
-from lepetpal_tui.engine.telemetry import summarize
+from lepetpal_tui.engine.session_log import summarize
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lepetpal_tui.engine.facade import Engine
-from lepetpal_tui.engine.telemetry import SessionLog
+from lepetpal_tui.engine.session_log import SessionLog
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import TelemetryBatch
 

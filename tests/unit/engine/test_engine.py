@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from lepetpal_tui.engine.facade import Engine
-from lepetpal_tui.engine.telemetry import read_log, summarize
-from lepetpal_tui.wire import Command, EngineState
+from lepetpal_tui.engine.session_log import read_log, summarize
+from lepetpal_tui.wire import EngineState, EStop, Rearm, RunMacro, SetDryRun, SetTask, Start, Stop
 
 from .conftest import with_settings  # type: ignore[import-not-found]
 
 
 def _run(engine: Engine, seconds: float, task: str = "pick up the ball") -> None:
-    engine.submit(Command("start", task=task))
+    engine.submit(Start(task=task))
     time.sleep(seconds)
 
 
@@ -79,7 +79,7 @@ def test_estop_is_last_write_and_latched(fakes: ModuleType, make_engine: Any) ->
     _run(engine, 0.5)
     assert arm.writes
     t_cmd = time.monotonic()
-    engine.submit(Command("estop", sent_at=t_cmd))
+    engine.submit(EStop(sent_at=t_cmd))
     t_back = time.monotonic()
     n = len(arm.writes)
     time.sleep(0.3)
@@ -87,10 +87,10 @@ def test_estop_is_last_write_and_latched(fakes: ModuleType, make_engine: Any) ->
     assert not any(t >= t_cmd for t in arm.holds), "the e-stop path must not touch the bus"
     assert all(t <= t_back for t, _ in arm.writes)
     assert engine.state == EngineState.ESTOP and arm.torque
-    engine.submit(Command("start", task="again"))
+    engine.submit(Start(task="again"))
     time.sleep(0.2)
     assert engine.state == EngineState.ESTOP and len(arm.writes) == n
-    engine.submit(Command("rearm"))
+    engine.submit(Rearm())
     assert engine.state == EngineState.READY
     resets = engine.policy.resets
     _run(engine, 0.5)
@@ -102,11 +102,11 @@ def test_estop_torque_off_and_rearm_restores_goal_first(fakes: ModuleType, make_
     engine = make_engine(arm, fakes.ramp_policy(1.0))
     engine.wait_for((EngineState.READY,), 2.0)
     _run(engine, 0.3)
-    engine.submit(Command("estop_torque_off"))
+    engine.submit(EStop(torque_off=True))
     assert not arm.torque
     arm.pose = arm.pose - 30.0  # the arm fell
     n = len(arm.writes)
-    engine.submit(Command("rearm"))
+    engine.submit(Rearm())
     assert arm.torque
     assert np.allclose(arm.writes[n][1], arm.pose)  # goal = measured before torque came back
 
@@ -122,7 +122,7 @@ def test_dry_run_writes_nothing_but_reports_would_be_goals(fakes: ModuleType, ma
     would = [t for t in ticks if t.goal is not None]
     assert would and not any(t.written for t in ticks)
     # Going live ramps from the measured pose (which never moved) rather than the would-be goal.
-    engine.submit(Command("set_dry_run", flag=False))
+    engine.submit(SetDryRun(on=False))
     time.sleep(0.3)
     assert engine.state == EngineState.RUNNING
     assert np.max(np.abs(arm.writes[0][1] - np.zeros(6))) <= engine.settings.arm.max_step_per_tick + 1e-9
@@ -180,7 +180,7 @@ def test_set_task_applies_to_next_chunk(fakes: ModuleType, make_engine: Any) -> 
     engine = make_engine(fakes.FakeArm(), policy)
     engine.wait_for((EngineState.READY,), 2.0)
     _run(engine, 0.3, task="first")
-    engine.submit(Command("set_task", task="second"))
+    engine.submit(SetTask(task="second"))
     time.sleep(0.6)
     assert policy.tasks[0] == "first" and policy.tasks[-1] == "second"
 
@@ -192,7 +192,7 @@ def test_bus_errors_hold_after_retries(fakes: ModuleType, make_engine: Any) -> N
     _run(engine, 0.3)
     arm.fail_reads = True
     assert engine.wait_for((EngineState.ERROR,), 2.0)
-    assert "bus errors" in engine.snapshot()["hold_reason"]
+    assert "bus errors" in engine.snapshot().hold_reason
 
 
 def test_health_guard_holds(fakes: ModuleType, make_engine: Any) -> None:
@@ -204,7 +204,7 @@ def test_health_guard_holds(fakes: ModuleType, make_engine: Any) -> None:
     _run(engine, 0.2)
     arm.health = (ServoHealth("elbow_flex", 80.0, 10.0, 12.0),)
     assert engine.wait_for((EngineState.ERROR,), 3.0)
-    assert "elbow_flex at 80" in engine.snapshot()["hold_reason"]
+    assert "elbow_flex at 80" in engine.snapshot().hold_reason
 
 
 def test_macros_refused_far_from_start_then_home_runs(fakes: ModuleType, make_engine: Any) -> None:
@@ -212,9 +212,9 @@ def test_macros_refused_far_from_start_then_home_runs(fakes: ModuleType, make_en
     engine = make_engine(arm, fakes.ramp_policy(0.0))
     engine.wait_for((EngineState.READY,), 2.0)
     time.sleep(0.1)
-    engine.submit(Command("macro", name="throw"))
+    engine.submit(RunMacro(name="throw"))
     assert engine.state == EngineState.READY and arm.writes == []
-    engine.submit(Command("macro", name="home"))
+    engine.submit(RunMacro(name="home"))
     assert engine.state == EngineState.MACRO
     assert engine.wait_for((EngineState.READY,), 5.0)
     assert np.allclose(arm.pose, 0.0)
@@ -241,7 +241,7 @@ def test_session_log_has_every_tick_and_summary(fakes: ModuleType, make_engine: 
     engine = make_engine(fakes.FakeArm(), fakes.ramp_policy(0.3))
     engine.wait_for((EngineState.READY,), 2.0)
     _run(engine, 0.5)
-    engine.submit(Command("estop"))
+    engine.submit(EStop())
     engine.close()
     assert engine.log is not None
     recs = list(read_log(engine.log.path))
@@ -270,19 +270,19 @@ def test_estop_while_connecting_is_latched(fakes: ModuleType, tmp_path: Path) ->
     engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=fakes.policy_factory(fakes.ramp_policy(1.0)))
     engine.start()
     assert engine.wait_for((EngineState.CONNECTING,), 2.0)
-    engine.submit(Command("estop"))
+    engine.submit(EStop())
     assert engine.state == EngineState.ESTOP
     gate.set()
     time.sleep(0.3)
     assert engine.state == EngineState.ESTOP
-    engine.submit(Command("start", task="x"))
+    engine.submit(Start(task="x"))
     time.sleep(0.2)
     assert arm.writes == []
     engine.close()
 
 
 def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path) -> None:
-    from lepetpal_tui.engine.telemetry import SessionLog
+    from lepetpal_tui.engine.session_log import SessionLog
     from lepetpal_tui.settings import Settings
 
     arm = fakes.FakeArm()
@@ -322,9 +322,9 @@ def test_never_ready_without_a_policy(fakes: ModuleType) -> None:
         assert engine.wait_for((EngineState.LOADING,), 2.0)
         gate.set()
         assert engine.wait_for((EngineState.ERROR,), 2.0)
-        assert "failed to load" in engine.snapshot()["hold_reason"]
-        engine.submit(Command("start", task="wave"))
-        engine.submit(Command("stop"))
+        assert "failed to load" in engine.snapshot().hold_reason
+        engine.submit(Start(task="wave"))
+        engine.submit(Stop())
         assert engine.state == EngineState.ERROR
     finally:
         engine.close(timeout=5.0)

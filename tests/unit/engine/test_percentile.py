@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lepetpal_tui.engine.telemetry import percentile
+from lepetpal_tui.stats import percentile
 
 
 def test_nearest_rank() -> None:

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from lepetpal_tui.cli import main
-from lepetpal_tui.engine.telemetry import SessionLog, TelemetryCoalescer, read_log, summarize
+from lepetpal_tui.engine.publish import TelemetryCoalescer
+from lepetpal_tui.engine.session_log import SessionLog, read_log, summarize
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import (
     ChunkSample,
-    Command,
     EngineEvent,
+    EngineSnapshot,
     EngineState,
+    EStop,
     InferenceTiming,
     TickSample,
 )
@@ -31,7 +33,7 @@ def _write_log(path: Path, torn: bool) -> None:
         log.tick(_tick(i / 30, starved=(i == 50), clamped=2 if i < 3 else 0), EngineState.RUNNING)
     for ms in (100, 200, 900):
         log.chunk(ChunkSample(1.0, InferenceTiming(model_s=ms / 1000), 50, 20, "task"))
-    log.command(Command("estop"), 2.0)
+    log.command(EStop(), 2.0)
     log.event(EngineEvent(2.0, "error", "boom", "fix it"))
     if torn:
         log.tick(_tick(100 / 30), EngineState.RUNNING)  # then a torn line, as after kill -9
@@ -76,7 +78,7 @@ def test_coalescer_batches_and_bounds_history() -> None:
     for i in range(120):
         c.add_tick(_tick(i))
     c.add_event(EngineEvent(0.0, "info", "hi"))
-    b = c.take(state=EngineState.RUNNING, tick_count=120)
+    b = c.take(EngineSnapshot(EngineState.RUNNING, tick_count=120))
     assert len(b.ticks) == 50 and b.ticks[-1].t == 119 and b.tick_count == 120 and len(b.events) == 1
     assert not c.pending()
-    assert c.take(state=EngineState.RUNNING).ticks == []
+    assert c.take(EngineSnapshot(EngineState.RUNNING)).ticks == []

@@ -1,11 +1,13 @@
-"""Session log (JSON Lines) and telemetry coalescing.
+"""The session log (JSON Lines), its reader and `lepetpal log summary`.
 
-The session log is written by the engine: a header (settings, checkpoint, versions), one line per tick,
-one per chunk, command and event. Every line is flushed to the OS when written, so a kill -9 of any process
-loses at most the line being written; `read_log` skips a torn last line.
+The engine writes a header (settings, checkpoint, versions, `log_format`), one line per tick, one per
+chunk, command and event. Every line is flushed to the OS when written, so a kill -9 of any process loses
+at most the line being written; `read_log` skips a torn last line.
 
-The coalescer collects ticks, chunks and events from the engine's threads and hands them out as one
-`TelemetryBatch` at a bounded rate, so a 30 Hz (or 200 Hz) loop never floods the UI.
+Log formats: 1 (until the redesign) wrote a command as its `Command` fields (`kind`, `task`, `flag`,
+`name`, `go_home`, `reason`); 2 writes `kind` plus the typed command's own fields (`task`, `torque_off`,
+`on`, ...) and events with their `kind`. The reader only relies on what both have (`type`, `t`, a
+command's `kind`, an event's `level`), so it reads either.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import math
 import platform
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,16 +27,18 @@ from typing import IO, Any
 
 from lepetpal_tui import __version__
 from lepetpal_tui.settings import Settings
+from lepetpal_tui.stats import percentile
 from lepetpal_tui.wire import (
     ChunkSample,
     Command,
     EngineEvent,
     EngineState,
     ModelStatus,
-    ServoHealth,
-    TelemetryBatch,
     TickSample,
+    command_name,
 )
+
+LOG_FORMAT = 2
 
 # --------------------------------------------------------------------------------------------- session log
 
@@ -101,6 +104,7 @@ class SessionLog:
         self._write(
             {
                 "type": "header",
+                "log_format": LOG_FORMAT,
                 "wall_time": time.time(),
                 "t": time.monotonic(),
                 "lepetpal": __version__,
@@ -158,7 +162,7 @@ class SessionLog:
         self._write({"type": "event", **_jsonable(e)})
 
     def command(self, cmd: Command, t: float) -> None:
-        self._write({"type": "command", "t": t, **_jsonable(cmd)})
+        self._write({"type": "command", "t": t, "kind": command_name(cmd), **_jsonable(cmd)})
 
     def model(self, status: ModelStatus) -> None:
         self._write({"type": "model", "t": time.monotonic(), **_jsonable(status)})
@@ -192,16 +196,6 @@ def read_log(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict):
                 yield rec
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values. The one definition used by the session
-    summary, the UI's latency pane and the benchmarks, so their figures agree."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -306,65 +300,3 @@ def summarize(path: Path) -> LogSummary:
         speed_p50=_pct(speeds, 50),
         speed_min=min(speeds) if speeds else None,
     )
-
-
-# ------------------------------------------------------------------------------------------- coalescing
-
-
-class TelemetryCoalescer:
-    """Collects samples from several threads; `take` returns everything since the last call as one batch.
-
-    Tick history is bounded (a UI that stops polling must not grow the engine's memory without limit).
-    """
-
-    def __init__(self, max_ticks: int = 1200) -> None:
-        self._lock = threading.Lock()
-        self._ticks: deque[TickSample] = deque(maxlen=max_ticks)
-        self._chunks: list[ChunkSample] = []
-        self._events: list[EngineEvent] = []
-        self._model: ModelStatus | None = None
-        self._health: tuple[ServoHealth, ...] = ()
-        self._health_changed = False
-
-    def add_tick(self, s: TickSample) -> None:
-        with self._lock:
-            self._ticks.append(s)
-
-    def add_chunk(self, c: ChunkSample) -> None:
-        with self._lock:
-            self._chunks.append(c)
-
-    def add_event(self, e: EngineEvent) -> None:
-        with self._lock:
-            self._events.append(e)
-
-    def set_model(self, status: ModelStatus) -> None:
-        with self._lock:
-            self._model = status
-
-    def set_health(self, health: tuple[ServoHealth, ...]) -> None:
-        with self._lock:
-            self._health = health
-            self._health_changed = True
-
-    def pending(self) -> bool:
-        with self._lock:
-            return bool(self._ticks or self._chunks or self._events or self._model or self._health_changed)
-
-    def take(self, **snapshot: Any) -> TelemetryBatch:
-        """Drain into a batch; `snapshot` carries the engine's state and counters."""
-        with self._lock:
-            batch = TelemetryBatch(
-                ticks=list(self._ticks),
-                chunks=self._chunks,
-                events=self._events,
-                model=self._model,
-                health=self._health,
-                **snapshot,
-            )
-            self._ticks.clear()
-            self._chunks = []
-            self._events = []
-            self._model = None
-            self._health_changed = False
-            return batch

@@ -1,0 +1,168 @@
+"""The actuator: one tick every 1/rate_hz on absolute deadlines, the only regular user of the bus.
+
+A tick reads the joints, takes this tick's action from the chunk queue (or the macro), passes it through
+the safety filter and writes it (not in dry-run), all under the epoch it started with: a halt in between
+makes the write a no-op inside the bus lock. Nothing here waits for inference, cameras or telemetry.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from lepetpal_tui.engine.control import ACTIVE, Control, MacroRun
+from lepetpal_tui.engine.pacing import Pacer
+from lepetpal_tui.engine.safety import SafetyFilter
+from lepetpal_tui.engine.watchdog import Watchdog
+from lepetpal_tui.joints import FloatArray
+from lepetpal_tui.wire import EngineState, EventKind, HoldCause, TickSample
+
+ACTUATOR_NICE = -10
+_NO_CLAMPS: tuple[bool, ...] = (False,) * 6
+
+
+def raise_thread_priority() -> bool:
+    """Ask the kernel to favour the calling thread (nice -10) when the CPU is contended.
+
+    Only a CFS weight, not SCHED_FIFO: LeRobot's bus client spins while it waits for a reply, and a
+    real-time spinner could starve the USB stack (or the simulator) it is waiting for. Needs root or
+    CAP_SYS_NICE (or a nice limit in /etc/security/limits.conf); without it, nothing changes.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ACTUATOR_NICE)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+class Actuator:
+    def __init__(self, control: Control, pacer: Pacer, watchdog: Watchdog) -> None:
+        self._c = control
+        self._pacer = pacer
+        self._watchdog = watchdog
+        self.filter = SafetyFilter(control.settings.arm)
+        self.period = 1.0 / control.settings.control.rate_hz
+        self._late_s = 0.0
+        self._speed = 1.0
+
+    def run(self, stopping: threading.Event) -> None:
+        if not raise_thread_priority():
+            self._c.event("info", "Control thread runs at normal priority (no permission to raise it).",
+                          "Allow a negative nice (CAP_SYS_NICE or limits.conf) for steadier ticks on a busy CPU.")
+        period = self.period
+        t0 = time.monotonic()
+        k = 0
+        last_start = t0
+        health_every = max(1, round(1.0 / period))  # about once a second: it costs bus time
+        while not stopping.is_set():
+            deadline = t0 + k * period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            if now - deadline >= period:  # overran a whole period: skip to the current slot
+                k = int((now - t0) / period)
+                self._c.counters.overruns += 1
+            try:
+                self._late_s = now - (t0 + k * period)  # how late this tick started: the jitter
+                self.tick(k, now, now - last_start)
+            except Exception as exc:  # a bug must not leave the arm moving: hold and report
+                self._c.halt(EngineState.ERROR, f"internal error: {exc}", HoldCause.FAULT)
+                self._c.event("error", f"Control loop error: {exc!r}", "Please report this with the session log.",
+                              EventKind.INTERNAL)
+            if k % health_every == health_every - 1:
+                self._watchdog.check_health()
+            self._watchdog.check_heartbeat(time.monotonic())
+            last_start = now
+            k += 1
+
+    def tick(self, k: int, start: float, period_s: float) -> None:
+        c = self._c
+        arm = c.arm
+        assert arm is not None
+        read = arm.call(lambda a: np.asarray(a.read_joints(), dtype=np.float64))
+        measured = read.value
+        if measured is None:
+            self._watchdog.read_failed(read.error or RuntimeError("no reading"))
+            self._emit(k, start, period_s, None, None, False, _NO_CLAMPS, False)
+            return
+        self._watchdog.read_ok()
+        with c.lock:
+            c.measured, c.measured_tick = measured, k
+            state, epoch, prev, dry = c.state, c.epoch, c.prev_goal, c.dry_run
+            awaiting, macro = c.awaiting_first_chunk, c.macro
+        proposed, starved = self._proposal(k, state, epoch, awaiting, macro)
+        goal: FloatArray | None = None
+        clamped = _NO_CLAMPS
+        if proposed is not None:
+            result = self.filter.apply(proposed, measured if prev is None else prev)
+            clamped = result.clamped
+            if result.goal is None:
+                c.halt(EngineState.ERROR, result.reason, HoldCause.FAULT)
+                c.event("error", f"Holding: {result.reason}.", "Check the policy output; re-arm to retry.",
+                        EventKind.POLICY_OUTPUT_FAULT)
+                self._emit(k, start, period_s, measured, None, False, clamped, starved)
+                return
+            goal = result.goal
+            c.counters.clamps += result.clamp_count
+        written = False
+        if goal is not None and not (dry and state != EngineState.MACRO):
+            sent = arm.write_if(goal, lambda: c.epoch == epoch and not c.estopped)
+            written = bool(sent.value)
+            if written:
+                self._watchdog.write_ok()
+            elif sent.error is not None:
+                self._watchdog.write_failed(sent.error)
+        if goal is not None:
+            with c.lock:
+                if c.epoch == epoch:
+                    c.prev_goal = goal
+        if starved:
+            c.counters.starved += 1
+        self._emit(k, start, period_s, measured, goal, written, clamped, starved)
+
+    def _proposal(self, k: int, state: EngineState, epoch: int, awaiting: bool,
+                  macro: MacroRun | None) -> tuple[FloatArray | None, bool]:
+        """This tick's goal before the filter (policy plan or macro), and whether a running policy starved."""
+        c = self._c
+        self._speed = 1.0
+        if state in ACTIVE:
+            self._speed = self._pacer.speed(k, c.queue, awaiting)
+            proposed = c.queue.pop(k, self._speed)
+            if self._pacer.chunk_due(c.queue.depth(k + 1)):
+                c.infer_wake.set()
+            return proposed, proposed is None and not awaiting
+        if state != EngineState.MACRO or macro is None:
+            return None, False
+        if macro.index < len(macro.goals):
+            macro.index += 1
+            return macro.goals[macro.index - 1], False
+        with c.lock:
+            if c.epoch == epoch:
+                c.macro = None
+                c.set_state(c.idle())
+        c.event("info", f'Macro "{macro.name}" done.', kind=EventKind.STATE)
+        return None, False
+
+    def _emit(self, k: int, start: float, period_s: float, measured: FloatArray | None, goal: FloatArray | None,
+              written: bool, clamped: tuple[bool, ...], starved: bool) -> None:
+        c = self._c
+        c.counters.ticks += 1
+        sample = TickSample(
+            t=start,
+            period_s=period_s,
+            work_s=time.monotonic() - start,
+            measured=tuple(float(v) for v in measured) if measured is not None else (float("nan"),) * 6,
+            goal=None if goal is None else tuple(float(v) for v in goal),
+            written=written,
+            clamped=clamped,
+            starved=starved,
+            queue_depth=c.queue.depth(k + 1),
+            speed=self._speed,
+        )
+        c.coalescer.add_tick(sample)
+        if c.log is not None:
+            c.log.tick(sample, c.state, late_s=self._late_s)
