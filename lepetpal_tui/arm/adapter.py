@@ -36,6 +36,7 @@ from lepetpal_tui.arm.calibration import (
     load_calibration,
     save_calibration,
 )
+from lepetpal_tui.feetech.registers import BY_NAME
 from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 from lepetpal_tui.wire import ServoHealth
 
@@ -45,7 +46,9 @@ FloatArray = npt.NDArray[np.float64]
 _N = len(JOINT_NAMES)
 _IDS = list(range(1, _N + 1))
 _RESYNC_S = 0.02  # after an out-of-step reply: time for the other late replies to arrive before dropping them
-_HEALTH_ADDR, _HEALTH_LEN = 60, 4  # Present_Load (2, sign bit 10), Present_Voltage (1), Present_Temperature (1)
+# Present_Load (2, sign bit 10), Present_Voltage (1), Present_Temperature (1): one sync read.
+_HEALTH_ADDR = BY_NAME["Present_Load"].address
+_HEALTH_LEN = BY_NAME["Present_Temperature"].address + 1 - _HEALTH_ADDR
 _DIAG_TIMEOUT_S = 0.25  # long enough to see a reply LeRobot's 50 ms timeout missed
 _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={port}"
 

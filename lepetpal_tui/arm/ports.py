@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from lepetpal_tui.settings import JOINT_NAMES
+from lepetpal_tui.feetech.protocol import BROADCAST_ID, ErrorBit, Instruction, PacketParser, build_packet
+from lepetpal_tui.feetech.registers import BY_NAME, STS3215_MODEL_NUMBER
+from lepetpal_tui.joints import JOINT_NAMES
 from lepetpal_tui.wire import PortInfo
 
 __all__ = [
@@ -40,16 +42,15 @@ __all__ = [
 
 SIM_LINK = "/tmp/lepetpal-so101-sim"  # where `lepetpal sim` links its pty by default
 SO101_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-STS3215_MODEL = 777
+STS3215_MODEL = STS3215_MODEL_NUMBER
 BAUDRATE = 1_000_000
 LEROBOT_REPLY_LIMIT_S = 0.045  # LeRobot gives up on a reply after about 50 ms
 
-# Feetech protocol 0.
-_PING, _READ = 0x01, 0x02
-_BROADCAST = 0xFE
-ADDR_FIRMWARE_MAJOR, ADDR_FIRMWARE_MINOR = 0, 1
-ADDR_MODEL, ADDR_VOLTAGE = 3, 62
-ERR_VOLTAGE, ERR_ANGLE, ERR_OVERHEAT, ERR_OVERELE, ERR_OVERLOAD = 0x01, 0x02, 0x04, 0x08, 0x20
+# Addresses and error bits from the one register table (feetech/), shared with the simulator.
+ADDR_FIRMWARE_MAJOR = BY_NAME["Firmware_Major_Version"].address
+ADDR_MODEL = BY_NAME["Model_Number"].address
+ADDR_VOLTAGE = BY_NAME["Present_Voltage"].address
+ERR_VOLTAGE, ERR_OVERHEAT, ERR_OVERLOAD = ErrorBit.VOLTAGE, ErrorBit.OVERHEAT, ErrorBit.OVERLOAD
 
 
 class PortBusyError(OSError):
@@ -177,15 +178,6 @@ def acquire_port_lock(device: str) -> int:
 # --------------------------------------------------------------------------------------- raw protocol
 
 
-def _checksum(body: bytes | bytearray) -> int:
-    return (~sum(body)) & 0xFF
-
-
-def _packet(motor_id: int, instruction: int, params: bytes = b"") -> bytes:
-    body = bytes([motor_id, len(params) + 2, instruction]) + params
-    return b"\xff\xff" + body + bytes([_checksum(body)])
-
-
 @dataclass(frozen=True)
 class Reply:
     motor_id: int
@@ -193,39 +185,6 @@ class Reply:
     error: int = 0  # status packet error byte
     data: bytes = b""
     latency_s: float = 0.0
-
-
-def _parse(buf: bytearray) -> tuple[list[tuple[int, int, bytes]], bool]:
-    """Complete status packets in `buf` as (id, error, params); consumes them. Second value: bad bytes seen."""
-    packets: list[tuple[int, int, bytes]] = []
-    corrupt = False
-    while True:
-        start = buf.find(b"\xff\xff")
-        if start < 0:
-            if buf and buf != b"\xff":
-                corrupt = True
-                del buf[: len(buf) - (1 if buf.endswith(b"\xff") else 0)]
-            return packets, corrupt
-        if start > 0:
-            corrupt = True
-            del buf[:start]
-        if len(buf) < 5:
-            return packets, corrupt
-        motor_id, length = buf[2], buf[3]
-        if length < 2 or motor_id == 0xFF:
-            corrupt = True
-            del buf[:2]
-            continue
-        total = 4 + length
-        if len(buf) < total:
-            return packets, corrupt
-        body = buf[2 : total - 1]
-        if _checksum(body) != buf[total - 1]:
-            corrupt = True
-            del buf[:2]
-            continue
-        packets.append((motor_id, buf[4], bytes(buf[5 : total - 1])))
-        del buf[:total]
 
 
 class RawBus:
@@ -262,39 +221,40 @@ class RawBus:
     def transact(self, motor_id: int, instruction: int, params: bytes = b"", timeout_s: float = 0.03) -> Reply:
         self.ser.reset_input_buffer()
         t0 = time.monotonic()
-        self.ser.write(_packet(motor_id, instruction, params))
+        self.ser.write(build_packet(motor_id, instruction, params))
         deadline = t0 + timeout_s
         buf = bytearray()
-        corrupt = False
+        parser = PacketParser()
         while self._collect(buf, deadline):
-            packets, bad = _parse(buf)
-            corrupt = corrupt or bad
-            for pid, err, data in packets:
-                if pid == motor_id:
-                    return Reply(motor_id, "ok", err, data, time.monotonic() - t0)
-        if corrupt or buf:
+            packets = parser.feed(bytes(buf))
+            buf.clear()
+            for packet in packets:
+                if packet.motor_id == motor_id:
+                    return Reply(motor_id, "ok", packet.error, packet.params, time.monotonic() - t0)
+        if parser.corrupt or parser.pending:
             return Reply(motor_id, "corrupt", latency_s=time.monotonic() - t0)
         return Reply(motor_id, "timeout", latency_s=timeout_s)
 
     def ping(self, motor_id: int, timeout_s: float = 0.03) -> Reply:
-        return self.transact(motor_id, _PING, b"", timeout_s)
+        return self.transact(motor_id, Instruction.PING, b"", timeout_s)
 
     def read(self, motor_id: int, address: int, length: int, timeout_s: float = 0.03) -> Reply:
-        return self.transact(motor_id, _READ, bytes([address, length]), timeout_s)
+        return self.transact(motor_id, Instruction.READ, bytes([address, length]), timeout_s)
 
     def broadcast_ping(self, expected: Iterable[int], timeout_s: float = 0.03) -> dict[int, int]:
         """id -> status error byte for every servo that answered a broadcast ping (stops early once all
         `expected` answered)."""
         want = set(expected)
         self.ser.reset_input_buffer()
-        self.ser.write(_packet(_BROADCAST, _PING))
+        self.ser.write(build_packet(BROADCAST_ID, Instruction.PING))
         deadline = time.monotonic() + timeout_s
         buf = bytearray()
+        parser = PacketParser()
         found: dict[int, int] = {}
         while self._collect(buf, deadline):
-            packets, _ = _parse(buf)
-            for pid, err, _data in packets:
-                found[pid] = err
+            for packet in parser.feed(bytes(buf)):
+                found[packet.motor_id] = packet.error
+            buf.clear()
             if want <= set(found):
                 break
         return found

@@ -1,7 +1,9 @@
-"""Feetech protocol 0 framing: checksums, instruction packets in, status packets out.
+"""Feetech protocol 0 framing, the one copy: checksums, building packets, splitting a byte stream.
 
 Packet: FF FF ID LEN INSTR PARAMS CHK with CHK = ~(ID + LEN + INSTR + sum(PARAMS)) & 0xFF and
-LEN = len(PARAMS) + 2. A status packet has the error byte where the instruction was.
+LEN = len(PARAMS) + 2. A status packet has the error byte where the instruction was, so one parser
+reads both: the simulator parses instruction packets with it, the port doctor status packets.
+No LeRobot here: the simulator must not share a bug with the client it stands in for.
 """
 
 from __future__ import annotations
@@ -47,20 +49,36 @@ def build_packet(motor_id: int, code: int, params: bytes | bytearray = b"") -> b
 @dataclass(frozen=True)
 class Packet:
     motor_id: int
-    instruction: int
+    instruction: int  # the error byte, in a status packet
     params: bytes
     raw: bytes
 
+    @property
+    def error(self) -> int:
+        return self.instruction
+
 
 class PacketParser:
-    """Splits a byte stream into instruction packets; drops noise and packets with a bad checksum.
+    """Splits a byte stream into packets; drops noise and packets with a bad checksum.
 
-    A real servo resynchronises on the next FF FF header, so the parser does the same.
+    A real servo resynchronises on the next FF FF header, so the parser does the same. `bad_checksums`
+    and `noise_bytes` count what was dropped (the port doctor calls a reply with either "corrupt").
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.bad_checksums = 0
+        self.noise_bytes = 0
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete packet are waiting for the rest."""
+        return bool(self._buf)
+
+    @property
+    def corrupt(self) -> bool:
+        """Anything but clean packets (and a partial one still waiting) was seen."""
+        return bool(self.bad_checksums or self.noise_bytes)
 
     def feed(self, data: bytes) -> list[Packet]:
         self._buf += data
@@ -70,17 +88,22 @@ class PacketParser:
             start = buf.find(HEADER)
             if start < 0:
                 # Keep a trailing FF: it may be the first half of a header.
-                del buf[: max(0, len(buf) - 1)]
+                keep = 1 if buf.endswith(b"\xff") else 0
+                self.noise_bytes += len(buf) - keep
+                del buf[: len(buf) - keep]
                 return out
             if start:
+                self.noise_bytes += start
                 del buf[:start]
             # FF FF FF ID ...: the extra FF is noise.
             while len(buf) > 2 and buf[2] == 0xFF:
+                self.noise_bytes += 1
                 del buf[0]
             if len(buf) < 4:
                 return out
             length = buf[3]
             if length < 2:
+                self.noise_bytes += 2
                 del buf[:2]
                 continue
             total = length + 4

@@ -28,7 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 from textual.worker import Worker, get_current_worker
 
-from lepetpal_tui.settings import Settings
+from lepetpal_tui.settings import Settings, replace_setting
 from lepetpal_tui.ui.link import (
     EngineLink,
     LinkFactory,
@@ -242,9 +242,7 @@ class LePetPalApp(App[int]):
         sim: SimHandle | None = None
         link: EngineLink | None = None
         try:
-            settings = dataclasses.replace(
-                self.settings, arm=dataclasses.replace(self.settings.arm, port=port)
-            )
+            settings = replace_setting(self.settings, "arm.port", port)
             sim_port: str | None = None
             if settings.is_sim and self.sim_factory is not None:
                 sim = self.sim_factory()

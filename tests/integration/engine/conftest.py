@@ -10,17 +10,13 @@ from typing import Any
 import numpy as np
 
 from lepetpal_tui.arm.calibration import calibration_path, load_calibration
-from lepetpal_tui.settings import JOINT_NAMES, Settings
+from lepetpal_tui.settings import JOINT_NAMES, Settings, replace_sections, replace_setting
 
 STEPS = 4095  # LeRobot's max_res for the STS3215 (resolution 4096 - 1)
 
 
 def sim_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    s = Settings()
-    s = dataclasses.replace(s, logging=dataclasses.replace(s.logging, dir=str(tmp_path / "logs")))
-    for section, values in sections.items():
-        s = dataclasses.replace(s, **{section: dataclasses.replace(getattr(s, section), **values)})
-    return s
+    return replace_sections(replace_setting(Settings(), "logging.dir", str(tmp_path / "logs")), **sections)
 
 
 def goal_writes(trace: list[Any]) -> list[tuple[float, int, int]]:

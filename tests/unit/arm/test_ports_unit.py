@@ -10,13 +10,14 @@ import pytest
 
 from lepetpal_tui.arm import ports as P
 from lepetpal_tui.arm.adapter import diagnose_probe
+from lepetpal_tui.feetech.protocol import Packet, PacketParser, build_packet
 from lepetpal_tui.settings import SafetySettings
 from lepetpal_tui.wire import PortInfo
 
 
 def test_ping_packet_matches_the_feetech_checksum() -> None:
-    assert P._packet(1, 0x01) == bytes([0xFF, 0xFF, 0x01, 0x02, 0x01, 0xFB])
-    assert P._packet(6, 0x02, bytes([56, 2])) == bytes([0xFF, 0xFF, 6, 4, 2, 56, 2, (~(6 + 4 + 2 + 56 + 2)) & 0xFF])
+    assert build_packet(1, 0x01) == bytes([0xFF, 0xFF, 0x01, 0x02, 0x01, 0xFB])
+    assert build_packet(6, 0x02, bytes([56, 2])) == bytes([0xFF, 0xFF, 6, 4, 2, 56, 2, (~(6 + 4 + 2 + 56 + 2)) & 0xFF])
 
 
 def _status(motor_id: int, error: int, data: bytes = b"") -> bytes:
@@ -24,21 +25,25 @@ def _status(motor_id: int, error: int, data: bytes = b"") -> bytes:
     return b"\xff\xff" + body + bytes([(~sum(body)) & 0xFF])
 
 
-def test_parse_complete_partial_and_corrupt_packets() -> None:
+def _fields(packets: list[Packet]) -> list[tuple[int, int, bytes]]:
+    return [(p.motor_id, p.error, p.params) for p in packets]
+
+
+def test_parse_complete_partial_and_corrupt_status_packets() -> None:
+    """The port doctor reads status packets with the simulator's parser (one framing module)."""
     good = _status(3, 0x04, b"\x09\x03")
-    buf = bytearray(good + good[:4])
-    packets, corrupt = P._parse(buf)
-    assert packets == [(3, 0x04, b"\x09\x03")] and not corrupt
-    assert bytes(buf) == good[:4]  # the partial packet waits for more bytes
+    parser = PacketParser()
+    assert _fields(parser.feed(good + good[:4])) == [(3, 0x04, b"\x09\x03")]
+    assert not parser.corrupt and parser.pending  # the partial packet waits for more bytes
+    assert _fields(parser.feed(good[4:])) == [(3, 0x04, b"\x09\x03")] and not parser.pending
 
     bad = bytearray(good)
     bad[-1] ^= 0xFF
-    packets, corrupt = P._parse(bad)
-    assert packets == [] and corrupt
+    parser = PacketParser()
+    assert parser.feed(bytes(bad)) == [] and parser.corrupt
 
-    noisy = bytearray(b"\x00\x13" + _status(1, 0))
-    packets, corrupt = P._parse(noisy)
-    assert packets == [(1, 0, b"")] and corrupt
+    parser = PacketParser()
+    assert _fields(parser.feed(b"\x00\x13" + _status(1, 0))) == [(1, 0, b"")] and parser.corrupt
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.engine.session_log import SessionLog
-from lepetpal_tui.settings import Settings
+from lepetpal_tui.settings import Settings, replace_sections
 from lepetpal_tui.wire import TelemetryBatch
 
 
@@ -37,10 +36,7 @@ def fakes() -> ModuleType:
 
 def with_settings(base: Settings | None = None, **sections: dict[str, Any]) -> Settings:
     """Settings() with some fields replaced, e.g. control={"rate_hz": 50}."""
-    s = base or Settings()
-    for section, values in sections.items():
-        s = dataclasses.replace(s, **{section: dataclasses.replace(getattr(s, section), **values)})
-    return s
+    return replace_sections(base or Settings(), **sections)
 
 
 @pytest.fixture
