@@ -25,11 +25,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check lepetpal_tui tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check lepetpal_tui tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/arm_cycle.py

@@ -7,24 +7,41 @@ the policy (dry-run, the simulated arm, or a start the operator confirmed) or th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.arm.camera import SyntheticCamera
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import CapturedFrame
 
 Frame = npt.NDArray[np.uint8]
+SYNTHETIC = "synthetic"  # a source's `kind` when it renders its frames (it cannot fail)
 
 
 class CameraSource(Protocol):
     @property
     def failed_reason(self) -> str: ...
     def latest(self) -> CapturedFrame | None: ...
+
+
+# (camera name, width, height, fps) -> a source of synthetic frames. The process edge passes the arm
+# package's synthetic camera; without one a stand-in is a flat grey frame.
+StandInFactory = Callable[[str, int, int, int], CameraSource]
+
+
+class _FlatGrey:
+    kind = SYNTHETIC
+    failed_reason = ""
+
+    def __init__(self, width: int, height: int) -> None:
+        self._image = np.full((height, width, 3), 128, dtype=np.uint8)
+
+    def latest(self) -> CapturedFrame:
+        return CapturedFrame(self._image, time.monotonic())
 
 
 @dataclass
@@ -37,11 +54,13 @@ class CameraReading:
 class CameraGuard:
     """Reads every camera and sorts them into fresh frames and faults. Thread-safe enough: sources are."""
 
-    def __init__(self, cameras: Mapping[str, CameraSource], settings: Settings, opened_at: float) -> None:
+    def __init__(self, cameras: Mapping[str, CameraSource], settings: Settings, opened_at: float,
+                 stand_in_factory: StandInFactory | None = None) -> None:
         self._cameras = dict(cameras)
         self._settings = settings
         self._opened_at = opened_at
-        self._stand_ins: dict[str, SyntheticCamera] = {}
+        self._stand_in_factory = stand_in_factory
+        self._stand_ins: dict[str, CameraSource] = {}
 
     @property
     def timeout_s(self) -> float:
@@ -52,7 +71,7 @@ class CameraGuard:
         out = CameraReading()
         bound = self.timeout_s
         for name, src in self._cameras.items():
-            if faults_only and isinstance(src, SyntheticCamera):
+            if faults_only and getattr(src, "kind", "") == SYNTHETIC:
                 continue
             cap = src.latest()
             if cap is not None and now - cap.t <= bound:
@@ -76,5 +95,8 @@ class CameraGuard:
         if cam is None:
             cs = self._settings.cameras.get(name)
             w, h, fps = (cs.width, cs.height, cs.fps) if cs is not None else (640, 480, 30)
-            cam = self._stand_ins[name] = SyntheticCamera(name, w, h, fps)
-        return cam.latest_image()
+            factory = self._stand_in_factory
+            cam = self._stand_ins[name] = factory(name, w, h, fps) if factory is not None else _FlatGrey(w, h)
+        frame = cam.latest()
+        assert frame is not None  # a synthetic source always has a frame
+        return frame.image

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lepetpal_tui.engine.camera_guard import CameraGuard, CameraReading
+from lepetpal_tui.engine.camera_guard import CameraGuard, CameraReading, StandInFactory
 from lepetpal_tui.engine.control import ACTIVE, MOVING, Control
 from lepetpal_tui.wire import CapturedFrame, EngineState, EventKind, HoldCause
 
@@ -35,9 +35,10 @@ class FrameSourceLike(Protocol):
 
 
 class CameraWatch:
-    def __init__(self, control: Control) -> None:
+    def __init__(self, control: Control, stand_in_factory: StandInFactory | None = None) -> None:
         self._c = control
         self._settings = control.settings
+        self._stand_in_factory = stand_in_factory
         self.cameras: dict[str, FrameSourceLike] = {}
         self.guard = CameraGuard({}, self._settings, time.monotonic())
         self._stand_in_announced: set[str] = set()
@@ -45,7 +46,7 @@ class CameraWatch:
 
     def open(self, cameras: dict[str, FrameSourceLike]) -> None:
         self.cameras = cameras
-        self.guard = CameraGuard(cameras, self._settings, time.monotonic())
+        self.guard = CameraGuard(cameras, self._settings, time.monotonic(), self._stand_in_factory)
 
     def close(self) -> None:
         for cam in self.cameras.values():

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lepetpal_tui.engine.actuator import Actuator, raise_thread_priority
+from lepetpal_tui.engine.camera_guard import StandInFactory
 from lepetpal_tui.engine.camera_watch import CameraWatch, FrameSourceLike
 from lepetpal_tui.engine.chunks import ChunkQueue
 from lepetpal_tui.engine.commands import CommandHandler
@@ -65,6 +66,7 @@ class Engine:
         on_telemetry: Callable[[TelemetryBatch], None] | None = None,
         session_log: SessionLog | None = None,
         telemetry_hz: float = 20.0,
+        stand_in_factory: StandInFactory | None = None,
     ) -> None:
         self.settings = settings
         self._arm_factory = arm_factory
@@ -73,7 +75,7 @@ class Engine:
         self.log = session_log
         self.coalescer = TelemetryCoalescer()
         self.control = c = Control(settings, self.coalescer, session_log)
-        self.cameras = CameraWatch(c)
+        self.cameras = CameraWatch(c, stand_in_factory)
         pacer = Pacer(settings.control, 1.0 / settings.control.rate_hz, lambda: self.inference.chunk_len(),
                       c.event)
         self.inference = Inference(c, pacer, self.cameras)

@@ -117,6 +117,11 @@ def build_engine(
         return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback)
                 for name, cs in settings.cameras.items()}
 
+    def stand_in_factory(name: str, width: int, height: int, fps: int) -> Any:
+        from lepetpal_tui.arm.camera import SyntheticCamera
+
+        return SyntheticCamera(name, width, height, fps)
+
     log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
     return Engine(
         settings,
@@ -125,6 +130,7 @@ def build_engine(
         camera_factory=camera_factory,
         on_telemetry=on_telemetry,
         session_log=log,
+        stand_in_factory=stand_in_factory,
     )
 
 

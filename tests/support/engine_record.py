@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +29,7 @@ from lepetpal_tui.wire import (
     Start,
     TelemetryBatch,
 )
+from support import fakes
 
 MISSING_MODEL = "/models/my-smolvla"  # a checkpoint folder that does not exist: load_policy's own error
 
@@ -45,15 +43,7 @@ class Recorded:
 
 
 def _fakes() -> ModuleType:
-    name = "lepetpal_engine_test_fakes"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "unit" / "engine" / "fakes.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return fakes
 
 
 class _Sink:

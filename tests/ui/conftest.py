@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,20 +91,10 @@ HEALTH = tuple(
 
 
 def _recorded() -> dict[str, Any]:
-    """What the real engine said in each state (tests/support/engine_record.py), loaded by path: pytest
-    runs in importlib mode, so tests/ is not a package."""
-    import importlib.util
-    import sys
+    """What the real engine said in each state (tests/support/engine_record.py)."""
+    from support import engine_record
 
-    key = "lepetpal_test_support_engine_record"
-    if key not in sys.modules:
-        path = Path(__file__).parents[1] / "support" / "engine_record.py"
-        spec = importlib.util.spec_from_file_location(key, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    recorded: dict[str, Any] = sys.modules[key].record()
+    recorded: dict[str, Any] = engine_record.record()
     return recorded
 
 

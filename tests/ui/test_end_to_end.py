@@ -15,7 +15,7 @@ import pytest
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.link import EngineLink, spawn_engine
-from lepetpal_tui.wire import Command, EngineState, TelemetryBatch
+from lepetpal_tui.wire import Command, EngineState, EStop, TelemetryBatch
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_type_run_f12_stops_goal_writes(sim_arm: Any, borrowed_sim: Any, tiny_po
             await pilot.pause(0.3)
 
             await pilot.press("f12")
-            estops = [c for c in links[0].sent if c.kind == "estop"]
+            estops = [c for c in links[0].sent if isinstance(c, EStop) and not c.torque_off]
             assert len(estops) == 1, links[0].sent
             t_cmd = estops[0].sent_at
             # The UI shows E-STOP at once ("e-stop sent"); wait for the engine's own batch to confirm it.

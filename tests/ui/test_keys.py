@@ -6,6 +6,7 @@ against the real engine on the simulated arm in test_keys_engine.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,10 +18,15 @@ from lepetpal_tui.settings import ArmSettings, Settings
 from lepetpal_tui.ui.app import LePetPalApp
 from lepetpal_tui.ui.scripted_link import ScriptedLink
 from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
-from lepetpal_tui.wire import EngineState
+from lepetpal_tui.wire import Command, EngineState, RunMacro, SetDryRun, SetTask, Start, UiLost, command_name
 
 SIZE = (120, 40)
 Body = Callable[[Any, LePetPalApp, ScriptedLink], Awaitable[None]]
+
+
+def plain(sent: list[Command]) -> list[Command]:
+    """The commands without their send times, to compare with the expected ones."""
+    return [dataclasses.replace(c, sent_at=0.0) for c in sent]
 
 
 def drive(make_app: Any, settle: Any, scenario: str | None, body: Body, batches: int = 1, **kw: Any) -> None:
@@ -149,7 +155,7 @@ def test_enter_in_task_field_starts_then_changes_the_task(make_app: Any, settle:
     async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
         await pilot.press(*"pick up the cube", "enter")
         await pilot.pause()
-        assert [(c.kind, c.task) for c in link.sent] == [("start", "pick up the cube")]
+        assert plain(link.sent) == [Start(task="pick up the cube")]
         assert app.focused is None  # left the field: Space is an e-stop again
         await settle(pilot, app, 2)
         await pilot.press("enter")  # back into the field
@@ -158,7 +164,7 @@ def test_enter_in_task_field_starts_then_changes_the_task(make_app: Any, settle:
         field.value = ""
         await pilot.press(*"stack it", "enter")
         await pilot.pause()
-        assert [(c.kind, c.task) for c in link.sent][-1] == ("set_task", "stack it")
+        assert plain(link.sent)[-1] == SetTask(task="stack it")
 
     drive(make_app, settle, "ready", body)
 
@@ -170,7 +176,7 @@ def test_f5_starts_with_the_typed_task_and_f6_stops(make_app: Any, settle: Any) 
         assert link.kinds() == []
         await pilot.press(*"wave", "f5")
         await pilot.pause()
-        assert [(c.kind, c.task) for c in link.sent] == [("start", "wave")]
+        assert plain(link.sent) == [Start(task="wave")]
         await pilot.press("f6")
         await pilot.pause()
         assert link.kinds() == ["start", "stop"]
@@ -183,11 +189,11 @@ def test_d_toggles_dry_run(make_app: Any, settle: Any) -> None:
         await leave_field(pilot, app)
         await pilot.press("d")
         await settle(pilot, app, 2)
-        assert [(c.kind, c.flag) for c in link.sent] == [("set_dry_run", True)]
+        assert plain(link.sent) == [SetDryRun(on=True)]
         assert app.store.dry_run  # the next press must send the opposite
         await pilot.press("d")
         await settle(pilot, app, 3)
-        assert [(c.kind, c.flag) for c in link.sent][-1] == ("set_dry_run", False)
+        assert plain(link.sent)[-1] == SetDryRun(on=False)
 
     drive(make_app, settle, "running", body, 2)
 
@@ -210,7 +216,7 @@ def test_h_and_t_run_macros(make_app: Any, settle: Any) -> None:
         await pilot.pause()
         await pilot.press("t")
         await pilot.pause()
-        assert [(c.kind, c.name) for c in link.sent] == [("macro", "home"), ("macro", "throw")]
+        assert plain(link.sent) == [RunMacro(name="home"), RunMacro(name="throw")]
 
     drive(make_app, settle, "ready", body)
 
@@ -343,7 +349,7 @@ def test_command_palette_offers_the_operator_actions(make_app: Any, settle: Any)
             await pilot.pause(0.02)
             if link.kinds():
                 break
-        assert [(c.kind, c.name) for c in link.sent] == [("macro", "home")]
+        assert plain(link.sent) == [RunMacro(name="home")]
 
     drive(make_app, settle, "ready", body)
 
@@ -354,7 +360,7 @@ def test_enter_while_loading_queues_the_start_and_keeps_the_task(make_app: Any, 
         assert "LOADING" in str(banner.render()) and "READY" not in str(banner.render())
         await pilot.press(*"wave", "enter")
         await until(pilot, lambda: "queued" in app.store.hold_reason, "the queued start shown")
-        assert [(c.kind, c.task) for c in link.sent] == [("start", "wave")]
+        assert plain(link.sent) == [Start(task="wave")]
         assert app.main.query_one("#task-input", Input).value == "wave"
         app.redraw()
         assert "starts when the policy is ready" in str(banner.render())
@@ -381,7 +387,7 @@ def test_a_crash_in_the_ui_hands_over_to_the_engine(make_app: Any, settle: Any) 
     async def body(pilot: Any, app: LePetPalApp, link: ScriptedLink) -> None:
         app.call_later(lambda: 1 / 0)
         await until(pilot, lambda: "ui_lost" in link.kinds(), "the engine told")
-        lost = [c for c in link.sent if c.kind == "ui_lost"]
+        lost = [c for c in link.sent if isinstance(c, UiLost)]
         assert "the UI crashed (ZeroDivisionError" in lost[0].reason
         assert link.closed_with is None  # not a quit: the engine holds and disconnects per [safety]
 
@@ -393,7 +399,7 @@ def test_a_crash_in_the_ui_hands_over_to_the_engine(make_app: Any, settle: Any) 
                 await body(pilot, app, link)
         except ZeroDivisionError:
             pass  # run_test re-raises the UI's crash, as it should
-        assert [c.kind for c in link.sent] == ["ui_lost"]
+        assert [command_name(c) for c in link.sent] == ["ui_lost"]
 
     asyncio.run(go())
 
@@ -405,7 +411,7 @@ def test_a_hangup_hands_over_to_the_engine_and_leaves(make_app: Any, settle: Any
         app.hard_exit = codes.append
         app.terminal_hung_up()
         assert codes == [129]
-        assert [(c.kind, "hung up" in c.reason) for c in link.sent] == [("ui_lost", True)]
+        assert [(command_name(c), "hung up" in c.reason) for c in link.sent] == [("ui_lost", True)]
 
     drive(make_app, settle, "running", body, 2)
 

@@ -18,7 +18,7 @@ import pytest
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.app import LePetPalApp
-from lepetpal_tui.wire import Command, EngineState, ModelStatus, TelemetryBatch
+from lepetpal_tui.wire import Command, EngineState, Heartbeat, ModelStatus, TelemetryBatch, command_name
 
 pytestmark = pytest.mark.slow
 SIZE = (120, 40)
@@ -130,7 +130,7 @@ def test_enter_while_loading_starts_once_the_policy_is_ready(sim_arm: Any, tmp_p
         assert app.store.task == "wave hello"
         await pilot.pause(0.5)
         assert _goal_writes(sim_arm.trace()), "the queued start never drove the arm"
-        operator = [c.kind for c in link.sent if c.kind != "heartbeat"]  # the event loop also beats (issue 17)
+        operator = [command_name(c) for c in link.sent if not isinstance(c, Heartbeat)]  # the event loop also beats (issue 17)
         assert operator == ["start"]  # one Enter, one start: the engine ran it
 
     _run(sim_arm, tmp_path, body)

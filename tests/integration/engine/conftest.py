@@ -102,19 +102,3 @@ def adversarial(kind: str, chunk_length: int = 30, seed: int = 0) -> Any:
         return Adversary()
 
     return make
-
-
-def load_support(name: str) -> Any:
-    """A module from tests/support/ (pytest runs in importlib mode: tests/ is not a package)."""
-    import importlib.util
-    import sys
-
-    key = f"lepetpal_test_support_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, Path(__file__).parents[2] / "support" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module

@@ -162,7 +162,7 @@ CONTROLLER = """
 import dataclasses, sys, time
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.engine.launcher import EngineClient
-from lepetpal_tui.wire import Command
+from lepetpal_tui.wire import Start
 
 def main():
     s = Settings()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import faults
 
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.settings import Settings
@@ -29,7 +30,7 @@ from lepetpal_tui.wire import (
     TelemetryBatch,
 )
 
-from .conftest import goal_writes, load_support, sim_settings  # type: ignore[import-not-found]
+from .conftest import goal_writes, sim_settings  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +144,6 @@ def _recovers_only_on_start(engine: Engine, sim: Any) -> None:
 @pytest.mark.parametrize("how", ["stale", "failed"])
 def test_live_camera_that_stops_holds_whatever_the_fallback(sim_arm: Any, tmp_path: Path, fallback: bool,
                                                             how: str) -> None:
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"}, arm=_as_real_arm(sim_arm),
                             safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": fallback})
     cam, events = faults.StoppingCamera(), Events()
@@ -165,7 +165,6 @@ def test_live_camera_that_stops_holds_whatever_the_fallback(sim_arm: Any, tmp_pa
 
 
 def test_dry_run_goes_on_with_the_synthetic_scene_when_allowed(sim_arm: Any, tmp_path: Path) -> None:
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"}, control={"dry_run": True}, arm=_as_real_arm(sim_arm),
                             safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
     cam, events = faults.StoppingCamera(), Events()
@@ -191,7 +190,6 @@ def test_dry_run_goes_on_with_the_synthetic_scene_when_allowed(sim_arm: Any, tmp
 
 
 def test_dry_run_holds_on_camera_loss_without_fallback(sim_arm: Any, tmp_path: Path) -> None:
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"}, control={"dry_run": True}, arm=_as_real_arm(sim_arm),
                             safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": False})
     cam, events = faults.StoppingCamera(), Events()
@@ -211,7 +209,6 @@ def test_dry_run_holds_on_camera_loss_without_fallback(sim_arm: Any, tmp_path: P
 
 def test_simulated_arm_runs_on_the_stand_in(sim_arm: Any, tmp_path: Path) -> None:
     """arm.port = "sim": nobody can be hurt, so a lost camera's synthetic scene keeps the demo going."""
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"},
                             safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
     assert settings.is_sim
@@ -229,7 +226,6 @@ def test_simulated_arm_runs_on_the_stand_in(sim_arm: Any, tmp_path: Path) -> Non
 
 
 def test_live_start_on_a_lost_camera_needs_confirmation(sim_arm: Any, tmp_path: Path) -> None:
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"}, arm=_as_real_arm(sim_arm),
                             safety={"camera_timeout_s": CAMERA_TIMEOUT_S, "camera_fallback_synthetic": True})
     cam, events = faults.StoppingCamera(), Events()
@@ -261,7 +257,6 @@ def test_live_start_on_a_lost_camera_needs_confirmation(sim_arm: Any, tmp_path: 
 
 def test_goal_writes_that_keep_failing_hold(sim_arm: Any, tmp_path: Path) -> None:
     """Reads succeed every tick (which used to reset the count): writes alone must reach the bound."""
-    faults = load_support("faults")
     settings = sim_settings(tmp_path, model={"mode": "scripted"})
     events = Events()
     engine = _engine(settings, sim_arm, events, arm_cls=faults.WriteFailingArm)
@@ -345,7 +340,7 @@ HEARTBEAT_CONTROLLER = """
 import dataclasses, sys, threading, time
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.engine.launcher import EngineClient
-from lepetpal_tui.wire import Command
+from lepetpal_tui.wire import EStop, Heartbeat, Start, Stop
 
 def main():
     s = Settings()

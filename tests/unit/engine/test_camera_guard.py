@@ -38,6 +38,7 @@ def test_sorts_fresh_stale_failed_and_starting() -> None:
 
 def test_stand_in_has_the_configured_size_and_synthetic_cameras_are_skipped_for_faults() -> None:
     s = Settings(cameras={"wrist": CameraSettings(width=64, height=48)})
-    guard = CameraGuard({"wrist": SyntheticCamera("wrist", 64, 48)}, s, opened_at=0.0)
+    guard = CameraGuard({"wrist": SyntheticCamera("wrist", 64, 48)}, s, opened_at=0.0, stand_in_factory=SyntheticCamera)
     assert guard.stand_in("wrist").shape == (48, 64, 3)
+    assert CameraGuard({}, s, opened_at=0.0).stand_in("wrist").shape == (48, 64, 3)  # flat grey without a factory
     assert guard.read(1e9, faults_only=True).images == {}
