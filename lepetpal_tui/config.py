@@ -120,6 +120,11 @@ class ModelSettings:
     camera_map: dict[str, str] = field(
         default_factory=dict, metadata=_meta("our camera name -> checkpoint camera name")
     )
+    # A LeRobot policy server (`lepetpal serve` on a GPU machine, reached through an SSH tunnel): chunks are
+    # computed there; the safety filter, e-stop and session log stay here.
+    server: str = field(
+        default="", metadata=_meta('"host:port" of a LeRobot policy server; "" = run the policy here')
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override("model.device", "DEVICE", "--device"),
     Override("control.dry_run", "DRY_RUN", "--dry-run"),
     Override("model.hf_transfer", "HF_HUB_ENABLE_HF_TRANSFER", "--hf-transfer"),
+    Override("model.server", "POLICY_SERVER", "--policy-server"),
 )
 # USE_HARDWARE / --sim / --hardware steer arm.port: false -> "sim"; true with port "sim" -> "auto".
 USE_HARDWARE_ENV = "USE_HARDWARE"
@@ -645,7 +651,7 @@ def load_settings(
         value = flags.get(ov.key)
         if value is None:
             continue
-        if isinstance(value, str) and ov.key not in ("arm.port", "model.path", "model.mode", "model.device"):
+        if isinstance(value, str) and ov.key not in ("arm.port", "model.path", "model.mode", "model.device", "model.server"):
             value = _parse_text_value(value, ov.key, ov.flag, errs)
         else:
             sub = _Errors(ov.flag)

@@ -1040,6 +1040,7 @@ class Engine:
             length=min(len(actions), chunk_len),
             queue_depth_at_merge=info.depth_before,
             task=task,
+            source=chunk.source,
         )
         self.coalescer.add_chunk(sample)
         if self.log is not None:
