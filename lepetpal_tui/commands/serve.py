@@ -9,6 +9,7 @@ reaches the port can run code on this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import signal
 import socket
@@ -91,10 +92,8 @@ def run(args: argparse.Namespace) -> int:
           f"{resolve_server_device(device)} for clients that ask auto"
           + (f", seed {args.seed}" if args.seed is not None else "") + ".", flush=True)
     print(tunnel_recipe(port), flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it like SIGTERM
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     server.stop(grace=1.0).wait(2.0)
     print("Policy server stopped.")
     return 0

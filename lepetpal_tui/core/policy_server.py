@@ -41,7 +41,7 @@ class LepetpalPolicyServer(PolicyServer):  # type: ignore[misc]  # LeRobot's cla
         self.default_device = resolve_server_device(device)
         self.seed = seed
 
-    def SendPolicyInstructions(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's name)
+    def SendPolicyInstructions(self, request: Any, context: Any) -> Any:  # gRPC's method name
         spec = pickle.loads(request.data)  # nosec B301: the same call LeRobot's server makes next
         if isinstance(spec, RemotePolicyConfig):
             if spec.device in ("", "auto"):

@@ -136,7 +136,7 @@ def checkpoint_image_shapes(path: str) -> dict[str, tuple[int, int]]:
         return {}
     out: dict[str, tuple[int, int]] = {}
     for key, feature in (cfg.get("input_features") or {}).items():
-        shape = feature.get("shape") or ()
+        shape: list[int] = list(feature.get("shape") or [])
         if key.startswith(IMAGE_PREFIX) and len(shape) == 3:
             out[key[len(IMAGE_PREFIX):]] = (int(shape[1]), int(shape[2]))
     return out
