@@ -125,3 +125,14 @@ def test_address_and_closed_port(tmp_path: Path, tiny_policy_dir: Path) -> None:
     settings = remote_settings(tmp_path, f"127.0.0.1:{free_port()}", tiny_policy_dir)
     with pytest.raises(PolicyServerError, match="No policy server answers"):
         PolicyServerClient(settings).connect()
+
+
+def test_model_pane_shows_the_server() -> None:
+    from lepetpal_tui.core.types import ModelStatus, RemoteServerInfo
+    from lepetpal_tui.ui.widgets.model import describe
+
+    info = RemoteServerInfo("127.0.0.1:8080", "cuda", network_s=0.006, server_s=0.090, last_contact=time.time())
+    text = describe(ModelStatus("ready", source="ckpt", remote=info), "")
+    assert "127.0.0.1:8080" in text and "device cuda" in text and "round trip 96 ms (network 6 + server 90)" in text
+    assert "last contact " + time.strftime("%H:%M", time.localtime(info.last_contact)) in text
+    assert "[b]server[/]" not in describe(ModelStatus("ready", source="ckpt"), "")
