@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("ports", "ports"),
     ("calibrate", "calibrate"),
     ("model", "model"),
+    ("serve", "serve"),
     ("make-test-policy", "make_test_policy"),
     ("log", "log"),
     ("config", "config"),
@@ -59,6 +60,8 @@ def settings_flags_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-path", default=s, help="hub repo id or local checkpoint (MODEL_PATH)")
     g.add_argument("--rate-hz", type=float, default=s, help="control rate (INFERENCE_RATE_HZ)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=s, help="(DEVICE)")
+    g.add_argument("--policy-server", default=s, metavar="HOST:PORT",
+                   help="compute chunks on a LeRobot policy server, e.g. 127.0.0.1:8080 (POLICY_SERVER)")
     g.add_argument(
         "--dry-run",
         dest="dry_run",
@@ -85,6 +88,7 @@ _FLAG_KEYS = {
     "device": "model.device",
     "dry_run": "control.dry_run",
     "hf_transfer": "model.hf_transfer",
+    "policy_server": "model.server",
 }
 
 

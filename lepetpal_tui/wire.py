@@ -48,6 +48,7 @@ __all__ = [
     "PreflightCheck",
     "Quit",
     "Rearm",
+    "RemoteServerInfo",
     "ResetRequest",
     "RunMacro",
     "ServoHealth",
@@ -113,10 +114,11 @@ class InferenceTiming:
     preprocess_s: float = 0.0
     model_s: float = 0.0
     postprocess_s: float = 0.0
+    network_s: float = 0.0  # a policy server: uploading the observation (0 for a local policy)
 
     @property
     def total_s(self) -> float:
-        return self.preprocess_s + self.model_s + self.postprocess_s
+        return self.preprocess_s + self.model_s + self.postprocess_s + self.network_s
 
 
 @dataclass
@@ -127,6 +129,7 @@ class ActionChunk:
     timing: InferenceTiming = field(default_factory=InferenceTiming)
     task: str = ""
     observed_at: float = 0.0  # Observation.timestamp the chunk was computed from
+    source: Literal["local", "remote"] = "local"  # "remote": from a policy server ([model] server)
 
 
 # The policy pipe (engine <-> policy process): typed messages, matched on their class.
@@ -184,6 +187,18 @@ class PreflightCheck:
 
 
 @dataclass(frozen=True)
+class RemoteServerInfo:
+    """The policy server a remote policy talks to ([model] server), for the Model pane."""
+
+    address: str  # "host:port" as configured
+    device: str = ""  # what we asked for; "auto" = the server's choice
+    network_s: float = 0.0  # last chunk: uploading the observation (network + the server's unpickling)
+    server_s: float = 0.0  # last chunk: GetActions (the server's compute + the small reply)
+    last_contact: float = 0.0  # time.time() of the last chunk received; 0 = none yet
+    bytes_sent: int = 0  # last observation's size on the wire
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """Progress and result of loading a policy; streamed to the Model pane."""
 
@@ -201,6 +216,7 @@ class ModelStatus:
     preflight: tuple[PreflightCheck, ...] = ()
     error: str = ""  # reason when failed / fallback
     fix: str = ""  # what to do about it
+    remote: RemoteServerInfo | None = None  # set when the policy runs on a policy server
 
     @property
     def usable(self) -> bool:
@@ -343,6 +359,7 @@ class ChunkSample:
     length: int
     queue_depth_at_merge: int
     task: str
+    source: Literal["local", "remote"] = "local"  # where the chunk was computed
 
 
 @dataclass(frozen=True)

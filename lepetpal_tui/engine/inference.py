@@ -118,6 +118,7 @@ class Inference:
             length=min(len(actions), chunk_len),
             queue_depth_at_merge=info.depth_before,
             task=task,
+            source=chunk.source,
         )
         c.coalescer.add_chunk(sample)
         if c.log is not None:

@@ -106,6 +106,10 @@ def build_engine(
 
             return load_policy(settings.model, settings.cameras, settings.arm.units, on_status, cancel,
                                rate_hz=settings.control.rate_hz)
+        if settings.model.server:  # chunks from a LeRobot policy server; everything else stays here
+            from lepetpal_tui.policy.server_client import connect_policy_server
+
+            return connect_policy_server(settings, on_status, cancel)
         from lepetpal_tui.policy.process import spawn_policy_process
 
         return spawn_policy_process(settings, on_status, cancel)

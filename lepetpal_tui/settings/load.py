@@ -41,6 +41,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override("model.device", "DEVICE", "--device"),
     Override("control.dry_run", "DRY_RUN", "--dry-run"),
     Override("model.hf_transfer", "HF_HUB_ENABLE_HF_TRANSFER", "--hf-transfer"),
+    Override("model.server", "POLICY_SERVER", "--policy-server"),
 )
 # USE_HARDWARE / --sim / --hardware steer arm.port: false -> "sim"; true with port "sim" -> "auto".
 USE_HARDWARE_ENV = "USE_HARDWARE"
@@ -171,7 +172,7 @@ def load_settings(
         value = flags.get(ov.key)
         if value is None:
             continue
-        if isinstance(value, str) and ov.key not in ("arm.port", "model.path", "model.mode", "model.device"):
+        if isinstance(value, str) and ov.key not in ("arm.port", "model.path", "model.mode", "model.device", "model.server"):
             value = _parse_text_value(value, ov.key, ov.flag, errs)
         else:
             sub = Errors(ov.flag)

@@ -102,6 +102,11 @@ class ModelSettings:
     camera_map: dict[str, str] = field(
         default_factory=dict, metadata=_meta("our camera name -> checkpoint camera name")
     )
+    # A LeRobot policy server (`lepetpal serve` on a GPU machine, reached through an SSH tunnel): chunks are
+    # computed there; the safety filter, e-stop and session log stay here.
+    server: str = field(
+        default="", metadata=_meta('"host:port" of a LeRobot policy server; "" = run the policy here')
+    )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -62,6 +64,14 @@ def describe(m: ModelStatus | None, configured: str) -> str:
         if m.warmup_s is not None:
             bits.append(f"warm-up {m.warmup_s:.2f} s")
         lines.append(f"[b]device[/]  {' · '.join(bits)}")
+    if m.remote is not None:  # chunks come from a policy server ([model] server)
+        r = m.remote
+        bits = [escape(r.address), f"device {escape(r.device or 'auto')}"]
+        if r.last_contact:
+            bits.append(f"round trip {1000 * (r.network_s + r.server_s):.0f} ms (network {1000 * r.network_s:.0f}"
+                        f" + server {1000 * r.server_s:.0f})")
+            bits.append("last contact " + time.strftime("%H:%M:%S", time.localtime(r.last_contact)))
+        lines.append("[b]server[/]  " + " · ".join(bits))
     passed = [c for c in m.preflight if c.ok]
     if passed:  # one line for what passed; details only for what failed
         lines.append("[b]checks[/]  " + "  ".join(f"[green]✓[/] {escape(c.name)}" for c in passed))
