@@ -118,6 +118,12 @@ class Engine:
         return self._finished.is_set()
 
     @property
+    def arm(self) -> ArmLike | None:
+        """The connected arm (behind the bus lock inside the engine); None until connected."""
+        guarded = self.control.arm
+        return None if guarded is None else guarded.arm
+
+    @property
     def filter(self) -> SafetyFilter:
         return self.actuator.filter
 
