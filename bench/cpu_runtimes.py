@@ -2,7 +2,7 @@
 
 Issue 12: ONNX Runtime (fp32; int8 via quantize_dynamic, per channel), OpenVINO (fp32; int8 weights via
 NNCF where installed), torch.compile (inductor, CPU) against LeRobot's torch fp32 and the project's int8
-path ("ours": core/policy_speed.to_int8). Random weights, full size (bench/policy_latency.py builds it).
+path ("ours": policy/speed/apply.to_int8). Random weights, full size (bench/policy_latency.py builds it).
 
 Parts (all variants of a part timed interleaved in one loop, A,B,C,A,B,C..., a short pause between
 them so that one runtime's spinning workers do not eat the next one's time; medians and ratios to torch

@@ -2,7 +2,7 @@
 
 Probing speaks the Feetech protocol-0 packets directly on a pyserial port (ping and read only, never a
 write to a servo register), so `lepetpal ports` stays fast: no LeRobot or torch import. The same prober
-explains a failed arm handshake (`core.arm`), where it waits longer to tell slow replies from silence.
+explains a failed arm handshake (`arm.adapter`), where it waits longer to tell slow replies from silence.
 """
 
 from __future__ import annotations

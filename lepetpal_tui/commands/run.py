@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(t0)
     code = 0
     # With --sim the engine starts the simulated arm itself: both then outlive a hangup of this
-    # terminal long enough to hold and disconnect (see engine_process).
+    # terminal long enough to hold and disconnect (see engine.process).
     try:
         client = EngineClient.spawn(settings)
     except EngineStartError as exc:

@@ -105,7 +105,7 @@ def read_checkpoint(dir: Path) -> CheckpointInfo:
     missing = [f for f in REQUIRED_FILES if not (dir / f).is_file()]
     if missing:
         # A checkpoint from before LeRobot 0.4 lacks the processor files too, but is converted before
-        # preflight runs (core.legacy_checkpoint); reaching here, its weights had no statistics either.
+        # preflight runs (policy.legacy_checkpoint); reaching here, its weights had no statistics either.
         older = (" Its model.safetensors holds no normalisation statistics either, so it is not a "
                  "pre-0.4 checkpoint that could be converted." if "policy_preprocessor.json" in missing
                  and "model.safetensors" not in missing else "")

@@ -1,4 +1,5 @@
-"""Layering rules: core/ and sim/ never import the UI toolkit; command modules stay light to import."""
+"""Layering rules at run time: no subsystem package imports the UI toolkit; command modules stay light to
+import. (The static layer contracts are in pyproject.toml, checked by lint-imports.)"""
 
 from __future__ import annotations
 
