@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs: dict[str, object] = {}
     if getattr(args, "fake_telemetry", 0.0):
-        from lepetpal_tui.ui.scripted_link import SyntheticLink
+        from lepetpal_tui.ui.synthetic_link import SyntheticLink
 
         rate = float(args.fake_telemetry)
         kwargs = {"link_factory": lambda _s, _p: SyntheticLink(rate_hz=rate), "sim_factory": None}

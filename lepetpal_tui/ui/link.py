@@ -1,7 +1,7 @@
 """The UI's view of the engine: an abstract link (spawn, send, poll, close) and the real implementation.
 
 The app only ever talks to an `EngineLink`. The real one is the engine process client; tests and the
-benchmark inject a scripted link with a fixed clock. Nothing here imports torch, lerobot or textual:
+benchmark inject a scripted link (tests/support/scripted_link.py) or invented telemetry (synthetic_link.py). Nothing here imports torch, lerobot or textual:
 the real client and the simulated arm are imported lazily, inside the worker thread that needs them.
 """
 

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from support.scripted_link import ScriptedLink
 
 from lepetpal_tui.settings import JOINT_NAMES, Settings
 from lepetpal_tui.ui.app import LePetPalApp
-from lepetpal_tui.ui.scripted_link import ScriptedLink
 from lepetpal_tui.wire import (
     ChunkSample,
     EngineEvent,

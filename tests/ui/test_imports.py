@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     from lepetpal_tui.settings import Settings
     from lepetpal_tui.ui.app import LePetPalApp
     from lepetpal_tui.ui.link import list_serial_ports
-    from lepetpal_tui.ui.scripted_link import SyntheticLink
+    from lepetpal_tui.ui.synthetic_link import SyntheticLink
 
     async def main():
         # The real port scan, a synthetic engine: everything the UI process itself runs.
