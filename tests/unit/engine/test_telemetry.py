@@ -17,6 +17,7 @@ from lepetpal_tui.wire import (
     EngineSnapshot,
     EngineState,
     EStop,
+    EventKind,
     InferenceTiming,
     TickSample,
 )
@@ -82,3 +83,40 @@ def test_coalescer_batches_and_bounds_history() -> None:
     assert len(b.ticks) == 50 and b.ticks[-1].t == 119 and b.tick_count == 120 and len(b.events) == 1
     assert not c.pending()
     assert c.take(EngineSnapshot(EngineState.RUNNING)).ticks == []
+
+
+def _format_1_log(path: Path) -> None:
+    """A session log as the app wrote it before the redesign (log format 1: untyped command fields)."""
+    recs: list[dict[str, object]] = [{"type": "header", "wall_time": 0.0, "t": 0.0, "lepetpal": "0.1.0", "settings": {}}]
+    for i in range(30):
+        recs.append({"type": "tick", "t": i / 30, "period_s": 1 / 30, "work_s": 0.001, "state": "RUNNING",
+                     "measured": [0.0] * 6, "goal": [0.0] * 6, "written": True, "clamped": [], "starved": False,
+                     "queue": 10, "speed": 1.0})
+    recs.append({"type": "command", "t": 0.5, "kind": "estop", "task": "", "flag": False, "name": "",
+                 "go_home": False, "sent_at": 0.5, "reason": ""})
+    recs.append({"type": "command", "t": 0.6, "kind": "estop_torque_off", "task": "", "flag": False, "name": "",
+                 "go_home": False, "sent_at": 0.6, "reason": ""})
+    recs.append({"type": "event", "t": 0.7, "level": "error", "message": "held", "fix": ""})
+    recs.append({"type": "end", "t": 1.0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_summary_reads_format_1_and_2_logs_alike(tmp_path: Path) -> None:
+    old = tmp_path / "old.jsonl"
+    _format_1_log(old)
+    s1 = summarize(old)
+    assert (s1.ticks, s1.estops, s1.errors, s1.ended_cleanly) == (30, 2, 1, True)
+
+    new = tmp_path / "new.jsonl"
+    log = SessionLog(new, Settings())
+    for i in range(30):
+        log.tick(_tick(i / 30), EngineState.RUNNING)
+    log.command(EStop(sent_at=0.5), 0.5)
+    log.command(EStop(torque_off=True, sent_at=0.6), 0.6)
+    log.event(EngineEvent(0.7, "error", "held", kind=EventKind.BUS_FAULT))
+    log.close()
+    recs = list(read_log(new))
+    assert recs[0]["log_format"] == 2
+    assert [r["kind"] for r in recs if r["type"] == "command"] == ["estop", "estop_torque_off"]
+    s2 = summarize(new)
+    assert (s2.ticks, s2.estops, s2.errors, s2.ended_cleanly) == (s1.ticks, s1.estops, s1.errors, True)
