@@ -52,7 +52,7 @@ class CameraGuard:
         out = CameraReading()
         bound = self.timeout_s
         for name, src in self._cameras.items():
-            if faults_only and isinstance(src, SyntheticCamera):
+            if faults_only and getattr(src, "kind", "") == "synthetic":  # pattern or scene camera
                 continue
             cap = src.latest()
             if cap is not None and now - cap.t <= bound:

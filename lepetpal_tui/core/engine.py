@@ -33,10 +33,12 @@ from lepetpal_tui.config import Settings
 from lepetpal_tui.core.camera_guard import CameraGuard, CameraReading
 from lepetpal_tui.core.chunks import ChunkQueue, playback_speed, sustainable_speed
 from lepetpal_tui.core.macros import macro_refusal, plan_macro
+from lepetpal_tui.core.plan_ahead import macro_actions, preview_goals
 from lepetpal_tui.core.safety import HEALTH_FIX, SafetyFilter, health_problem
 from lepetpal_tui.core.telemetry import SessionLog, TelemetryCoalescer
 from lepetpal_tui.core.types import (
     ActionChunk,
+    CameraStatus,
     CapturedFrame,
     ChunkSample,
     Command,
@@ -184,6 +186,7 @@ class Engine:
         self._stand_in_announced: set[str] = set()
         self._confirmed_stand_ins: set[str] = set()  # cameras the operator chose to run on without
         self._confirm_until = 0.0
+        self.frame_ring = ""  # the shared-memory frame ring's name, set by core.frame_publisher
 
         self.tick_count = 0
         self.starved_ticks = 0
@@ -209,6 +212,11 @@ class Engine:
     @property
     def task(self) -> str:
         return self._task
+
+    @property
+    def measured(self) -> FloatArray | None:
+        """The joints the latest tick read (None before the first read); the scene camera draws them."""
+        return self._measured
 
     @property
     def policy_ready(self) -> bool:
@@ -311,7 +319,29 @@ class Engine:
             "estop_count": self.estop_count,
             "tick_count": self.tick_count,
             "hold_reason": self._hold_reason,
+            "plan_ahead": self.plan_ahead(),
+            "frame_ring": self.frame_ring,
+            "cameras": tuple(self._camera_status(n, c) for n, c in self.cameras.items()),
         }
+
+    def _camera_status(self, name: str, cam: FrameSourceLike) -> CameraStatus:
+        cs = self.settings.cameras.get(name)
+        return CameraStatus(name, str(getattr(cam, "kind", "camera")), cam.failed_reason,
+                            cs.width if cs else 0, cs.height if cs else 0)
+
+    def plan_ahead(self) -> tuple[tuple[float, ...], ...]:
+        """The goals the next ~1.5 s of ticks will send, after the safety filter (would-be goals in
+        dry-run); () while holding. Replays copies: called by the publisher, never by the tick."""
+        with self._lock:
+            state, prev, macro = self._state, self._prev_goal, self._macro
+        if state in _ACTIVE:
+            n = round(1.5 * self.settings.control.rate_hz) + 1
+            actions = self.queue.peek(n, self._speed)
+        elif state == EngineState.MACRO and macro is not None:
+            actions = macro_actions(macro.goals, macro.index)
+        else:
+            return ()
+        return preview_goals(actions, self.filter, prev, self.settings.control.rate_hz)
 
     # ---------------------------------------------------------------------------------------- helpers
 

@@ -122,11 +122,11 @@ def build_engine(
         from lepetpal_tui.core.camera import open_camera
 
         fallback = settings.safety.camera_fallback_synthetic
-        return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback)
+        return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback, joints=lambda: engine.measured)
                 for name, cs in settings.cameras.items()}
 
     log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
-    return Engine(
+    engine = Engine(
         settings,
         arm_factory=arm_factory,
         policy_factory=policy_factory,
@@ -134,6 +134,7 @@ def build_engine(
         on_telemetry=on_telemetry,
         session_log=log,
     )
+    return engine
 
 
 # ------------------------------------------------------------------------------------ policy process
@@ -336,6 +337,10 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
     owned_sim = OwnedSim()
     engine = build_engine(settings, sim_port, send, Path(log_path), owned_sim)
     engine.start()
+    from lepetpal_tui.core.frame_publisher import FramePublisher
+
+    frames = FramePublisher(engine, settings)  # camera frames to the UI through shared memory
+    frames.start()
 
     lost = threading.Event()
 
@@ -366,6 +371,7 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
             lost.set()
             engine.ui_lost(f"the UI process {parent} is gone (the engine has a new parent)")
     engine.flush_telemetry()
+    frames.stop()
     owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):
         conn.close()

@@ -19,6 +19,7 @@ from lepetpal_tui.config import JOINT_NAMES
 __all__ = [
     "JOINT_NAMES",
     "ActionChunk",
+    "CameraStatus",
     "ChunkSample",
     "Command",
     "EngineEvent",
@@ -208,6 +209,17 @@ class EngineEvent:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class CameraStatus:
+    """What a camera delivers right now, for the Camera pane (frames themselves go through the frame ring)."""
+
+    name: str
+    kind: str  # "opencv", "video" or "synthetic"
+    failed_reason: str = ""  # why a real camera gives no frames ("" when it does)
+    width: int = 0
+    height: int = 0
+
+
 @dataclass
 class TelemetryBatch:
     """Coalesced telemetry, sent at a bounded rate (about 20 Hz).
@@ -229,6 +241,11 @@ class TelemetryBatch:
     estop_count: int = 0
     tick_count: int = 0
     hold_reason: str = ""
+    # The next goals the tick will send (after the safety filter; would-be goals in dry-run), evenly
+    # spaced over the next ~1.5 s; () when nothing is planned (holding).
+    plan_ahead: tuple[tuple[float, ...], ...] = ()
+    frame_ring: str = ""  # shared-memory name of the engine's frame ring ("" until cameras are open)
+    cameras: tuple[CameraStatus, ...] = ()
 
     @property
     def latest_tick(self) -> TickSample | None:
