@@ -34,19 +34,37 @@ def _bilinear_axis(src: int, dst: int) -> tuple[npt.NDArray[np.intp], npt.NDArra
 
 def resize_with_pad(image: Frame, height: int, width: int) -> Frame:
     """The frame as the policy gets it: fitted into height x width, black padding on the left and top."""
+    return sample_resize_with_pad(image, height, width, np.arange(height), np.arange(width))
+
+
+def sample_resize_with_pad(
+    image: Frame, height: int, width: int, rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp]
+) -> Frame:
+    """Only the pixels (rows x cols) of `resize_with_pad(image, height, width)`, computed exactly.
+
+    The pane shows a few thousand pixels of the 512 x 512 input: sampling them costs well under a
+    millisecond where the whole input costs about 55 ms in numpy on a 2-core EPYC."""
     h, w = image.shape[:2]
+    rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
     if (h, w) == (height, width):
-        return image
+        return image[rows][:, cols]
     ratio = max(w / width, h / height)
     rh, rw = int(h / ratio), int(w / ratio)
-    y0, y1, wy = _bilinear_axis(h, rh)
-    x0, x1, wx = _bilinear_axis(w, rw)
-    img = image.astype(np.float32)
-    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
-    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+    pad_h, pad_w = height - rh, width - rw
+    r_in, c_in = rows >= pad_h, cols >= pad_w
+    ys, xs = rows[r_in] - pad_h, cols[c_in] - pad_w
+    ay0, ay1, awy = _bilinear_axis(h, rh)
+    ax0, ax1, awx = _bilinear_axis(w, rw)
+    y0, y1, wy = ay0[ys], ay1[ys], awy[ys]
+    x0, x1, wx = ax0[xs], ax1[xs], awx[xs]
+    def at(ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+        return image[ys][:, xs].astype(np.float32)
+
+    top: npt.NDArray[np.float32] = at(y0, x0) * (1 - wx)[None, :, None] + at(y0, x1) * wx[None, :, None]
+    bottom: npt.NDArray[np.float32] = at(y1, x0) * (1 - wx)[None, :, None] + at(y1, x1) * wx[None, :, None]
     resized = top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
-    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
-    out[height - rh :, width - rw :] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    out = np.zeros((len(rows), len(cols), image.shape[2]), dtype=np.uint8)
+    out[np.ix_(r_in, c_in)] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return out
 
 
