@@ -7,8 +7,8 @@ Drawing: `HalfBlockFrame` paints two pixels per cell (▀, foreground = upper pi
 in true colour, which every SSH terminal shows. It is our own, not textual-image's half-cell renderable,
 because it can be light over SSH: colours are quantised to 6 bits, runs of equal cells share one escape
 sequence, and only the rows whose cells changed are redrawn (a still arm costs nothing). Where the
-terminal speaks the Kitty graphics protocol or Sixel (detected by textual-image before the app starts,
-or forced by [ui] camera), textual-image draws the picture at full resolution.
+terminal speaks the Kitty graphics protocol or Sixel (`ui/graphics.py` decides before the app starts,
+or [ui] camera forces one), textual-image draws the picture at full resolution.
 
 The frame is read at [ui] camera_fps (5 by default) and only while the pane is shown. `v` switches to the
 policy's input: the camera after [model.camera_map] and the checkpoint's resize-with-pad
@@ -165,30 +165,14 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
 
 
 def graphics_image_class(mode: str) -> Any:
-    """textual-image's widget for "kitty" / "sixel" / "auto" (None: draw half blocks ourselves).
-
-    "auto" uses what textual-image detected when it was first imported, which must happen before the app
-    takes the terminal over (`commands/ui.py` does it)."""
-    if mode not in ("kitty", "sixel", "auto"):
-        return None
+    """textual-image's widget for "kitty" / "sixel" (None: draw half blocks ourselves). "auto" is
+    resolved before the app starts (`ui/graphics.py`); left unresolved (tests) it means half blocks."""
     try:
         if mode == "kitty":
             from textual_image.widget import TGPImage
 
             return TGPImage
         if mode == "sixel":
-            from textual_image.widget import SixelImage
-
-            return SixelImage
-        from textual_image.renderable import Image as Detected
-        from textual_image.renderable.sixel import Image as SixelRenderable
-        from textual_image.renderable.tgp import Image as TGPRenderable
-
-        if Detected is TGPRenderable:
-            from textual_image.widget import TGPImage
-
-            return TGPImage
-        if Detected is SixelRenderable:
             from textual_image.widget import SixelImage
 
             return SixelImage
