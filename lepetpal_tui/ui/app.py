@@ -189,6 +189,7 @@ class LePetPalApp(App[int]):
             "first_paint_unix": self._first_paint,
             "redraws": self.redraws,
             "batches": self.store.batches,
+            "camera_frames": self.operator.camera.frames_drawn if self.operator.is_mounted else 0,
             "written_unix": time.time(),
         }
         with open(path, "w", encoding="utf-8") as fh:

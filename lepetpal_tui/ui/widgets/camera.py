@@ -188,6 +188,7 @@ class CameraPane(Vertical):
     CameraPane { height: 1fr; }
     #camera-status { height: auto; max-height: 3; color: $text-muted; }
     #camera-status.-empty { display: none; }
+    #camera-info { height: 1; color: $text-muted; text-align: right; }
     """
 
     view: reactive[str] = reactive("raw")
@@ -197,6 +198,7 @@ class CameraPane(Vertical):
     """The engine's frame ring (from telemetry); "" while there is none."""
     statuses: reactive[tuple[CameraStatus, ...]] = reactive(())
     status_text: reactive[Text] = reactive(Text, repaint=False)
+    info_text: reactive[str] = reactive("", repaint=False)
 
     POLICY_INPUT_HW: ClassVar[tuple[int, int]] = DEFAULT_INPUT_HW
 
@@ -227,6 +229,9 @@ class CameraPane(Vertical):
             yield self._graphics(id="camera-image")
         else:
             yield HalfBlockFrame(id="camera-image")
+        # Size and age in a line of their own, not the border: a border change repaints the whole pane
+        # (the picture included), a line only itself.
+        yield Static("", id="camera-info")
 
     def on_mount(self) -> None:
         self.border_title = "Camera"
@@ -253,6 +258,10 @@ class CameraPane(Vertical):
 
     def watch_statuses(self) -> None:
         self._update_titles()
+
+    def watch_info_text(self, text: str) -> None:
+        with contextlib.suppress(Exception):
+            self.query_one("#camera-info", Static).update(text)
 
     def watch_status_text(self, text: Text) -> None:
         with contextlib.suppress(Exception):
@@ -319,17 +328,22 @@ class CameraPane(Vertical):
         cam = self.camera
         if self.view == "policy":
             h, w = self.POLICY_INPUT_HW
-            self.border_title = f"Camera {cam} → {policy_feature(cam, self.camera_map)} ({w}x{h})"
+            title = f"Camera {cam} → {policy_feature(cam, self.camera_map)} ({w}x{h})"
         else:
-            self.border_title = f"Camera {cam} · raw"
+            title = f"Camera {cam} · raw"
+        if self.border_title != title:  # setting a border repaints the whole pane, picture included
+            self.border_title = title
         frame = self._frame
         more = "  n next" if len(self.camera_names) > 1 else ""
+        subtitle = f"c hide  v view{more}"
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle
+        info = ""
         if frame is not None:
             age = max(0.0, self.clock() - frame.t)
             h, w = frame.image.shape[:2]
-            self.border_subtitle = f"{w}x{h} · {age:.1f} s old · v view{more}"
-        else:
-            self.border_subtitle = f"v view{more}"
+            info = f"{w}x{h} · frame {age:.1f} s old"
+        self.info_text = info
         status = self._status()
         text = Text()
         info = True  # only helpful: hidden on tiny terminals (app.tcss)

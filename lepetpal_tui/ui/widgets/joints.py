@@ -45,11 +45,17 @@ def gauge(
         marks[cell(goal)] = ("◆", "bold red" if clamped else "bold cyan")
     if measured is not None and math.isfinite(measured):
         marks[cell(measured)] = ("●", "bold white")
+    # One span per run of equal style: a span per cell costs an escape sequence per cell over SSH.
+    run, run_style = "", ""
     for i, ch in enumerate(cells):
-        if i in marks:
-            text.append(marks[i][0], style=marks[i][1])
-        else:
-            text.append(ch, style="grey50")
+        glyph, style = marks.get(i, (ch, "grey50"))
+        if style != run_style and run:
+            text.append(run, style=run_style)
+            run = ""
+        run += glyph
+        run_style = style
+    if run:
+        text.append(run, style=run_style)
     return text
 
 
