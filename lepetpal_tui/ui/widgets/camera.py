@@ -338,12 +338,12 @@ class CameraPane(Vertical):
         subtitle = f"c hide  v view{more}"
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle
-        info = ""
+        age_line = ""
         if frame is not None:
             age = max(0.0, self.clock() - frame.t)
             h, w = frame.image.shape[:2]
-            info = f"{w}x{h} · frame {age:.1f} s old"
-        self.info_text = info
+            age_line = f"{w}x{h} · frame {age:.1f} s old"
+        self.info_text = age_line
         status = self._status()
         text = Text()
         info = True  # only helpful: hidden on tiny terminals (app.tcss)
