@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
+from textual.geometry import Region
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -60,15 +61,16 @@ def gauge(
 
 
 class JointsPane(Widget):
-    """Draws from the latest tick; the screen sets the reactives, which repaint only on a change."""
+    """Six gauge rows from the latest tick. The screen sets the reactives; only the rows whose text
+    changed are repainted (a still joint costs no terminal bytes while another one moves)."""
 
     DEFAULT_CSS = "JointsPane { height: auto; text-wrap: nowrap; text-overflow: clip; }"
 
-    tick: reactive[TickSample | None] = reactive(None)
+    tick: reactive[TickSample | None] = reactive(None, repaint=False)
     """The newest control tick (measured joints, goal, clamps)."""
-    health: reactive[tuple[ServoHealth, ...]] = reactive(())
-    dry_run: reactive[bool] = reactive(False)
-    plan: reactive[tuple[tuple[float, ...], ...]] = reactive(())
+    health: reactive[tuple[ServoHealth, ...]] = reactive((), repaint=False)
+    dry_run: reactive[bool] = reactive(False, repaint=False)
+    plan: reactive[tuple[tuple[float, ...], ...]] = reactive((), repaint=False)
     """The plan ahead: goals over the next ~1.5 s, oldest first (() while holding)."""
 
     def __init__(
@@ -77,6 +79,8 @@ class JointsPane(Widget):
         super().__init__(id=id)
         self.limits = limits
         self.safety = safety
+        self._rows: list[Text] = []
+        self._batching = False
 
     def on_mount(self) -> None:
         self.border_title = "Joints"
@@ -86,16 +90,46 @@ class JointsPane(Widget):
         self, tick: TickSample | None, health: tuple[ServoHealth, ...], dry_run: bool,
         plan: tuple[tuple[float, ...], ...] = (),
     ) -> None:
-        self.tick = tick
-        self.health = health
-        self.dry_run = dry_run
-        self.plan = plan
+        self._batching = True  # one row update for the four assignments
+        try:
+            self.tick = tick
+            self.health = health
+            self.dry_run = dry_run
+            self.plan = plan
+        finally:
+            self._batching = False
+        self._update_rows()
+
+    def _watch_any(self) -> None:
+        if not self._batching:
+            self._update_rows()
+
+    watch_tick = watch_health = watch_dry_run = watch_plan = _watch_any
+
+    def on_resize(self) -> None:
+        self._rows = []
+        self._update_rows()
+
+    def _update_rows(self) -> None:
+        rows = self._render_rows(self.size.width)
+        old = self._rows
+        self._rows = rows
+        if len(old) != len(rows):
+            self.refresh()
+            return
+        width = self.size.width
+        for y, (a, b) in enumerate(zip(old, rows, strict=True)):
+            if a.plain != b.plain or a.spans != b.spans:
+                self.refresh(Region(0, y, width, 1))
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         return len(JOINT_NAMES)
 
     def render(self) -> Text:
-        width = self.size.width
+        rows = self._rows or self._render_rows(self.size.width)
+        return Text("\n", no_wrap=True, overflow="crop").join(rows)
+
+    def _render_rows(self, width: int) -> list[Text]:
         # Columns in the order they give way on a narrow pane: health, the plan's end value (its ◇ stays
         # on the track), then the limits (the track's ends); the track keeps at least 10 cells.
         show_health = show_limits = show_plan = True
@@ -111,9 +145,10 @@ class JointsPane(Widget):
             show_limits = show_limits and drop != "limits"
             show_plan = show_plan and drop != "plan"
         track = max(10, width - fixed())
-        out = Text(no_wrap=True, overflow="crop")
+        rows: list[Text] = []
         health = {h.joint: h for h in self.health}
         for i, name in enumerate(JOINT_NAMES):
+            out = Text(no_wrap=True, overflow="crop")
             lo, hi = self.limits.get(name, (-100.0, 100.0))
             measured = self.tick.measured[i] if self.tick and i < len(self.tick.measured) else None
             goal = self.tick.goal[i] if self.tick and self.tick.goal and i < len(self.tick.goal) else None
@@ -133,9 +168,8 @@ class JointsPane(Widget):
             out.append(" ! " if clamped else "   ", style="bold red")
             if show_health:
                 out.append_text(self._health_text(health.get(name)))
-            if i < len(JOINT_NAMES) - 1:
-                out.append("\n")
-        return out
+            rows.append(out)
+        return rows
 
     def _health_text(self, h: ServoHealth | None) -> Text:
         if h is None:
