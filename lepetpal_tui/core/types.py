@@ -135,6 +135,8 @@ class ModelStatus:
     preflight: tuple[PreflightCheck, ...] = ()
     error: str = ""  # reason when failed / fallback
     fix: str = ""  # what to do about it
+    # The checkpoint's image input (height, width) after its resize-with-pad; () when unknown.
+    image_size: tuple[int, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------- engine

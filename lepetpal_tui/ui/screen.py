@@ -161,6 +161,9 @@ class OperatorScreen(Screen[None]):
         cam = self.camera
         cam.ring_name = store.frame_ring
         cam.statuses = store.cameras
+        size = store.model.image_size if store.model is not None else ()
+        if len(size) == 2:
+            cam.policy_input_hw = (int(size[0]), int(size[1]))
 
     def show_latency(self, store: TelemetryStore, now: float | None) -> None:
         self.latency.show(store, now)

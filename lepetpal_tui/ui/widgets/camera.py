@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -200,7 +200,8 @@ class CameraPane(Vertical):
     status_text: reactive[Text] = reactive(Text, repaint=False)
     info_text: reactive[str] = reactive("", repaint=False)
 
-    POLICY_INPUT_HW: ClassVar[tuple[int, int]] = DEFAULT_INPUT_HW
+    policy_input_hw: reactive[tuple[int, int]] = reactive(DEFAULT_INPUT_HW)
+    """The checkpoint's image input (height, width), from the Model status (SmolVLA's 512x512 until known)."""
 
     def __init__(
         self,
@@ -251,6 +252,12 @@ class CameraPane(Vertical):
 
     def watch_view(self) -> None:
         self._draw()
+        self._update_titles()
+
+    def watch_policy_input_hw(self) -> None:
+        if self.view == "policy":
+            self._draw()
+            self._update_titles()
 
     def watch_camera_index(self) -> None:
         self._frame = None
@@ -300,7 +307,7 @@ class CameraPane(Vertical):
     def _draw(self) -> None:
         frame = self._frame
         image = frame.image if frame is not None else None
-        policy_hw = self.POLICY_INPUT_HW if self.view == "policy" else None
+        policy_hw = self.policy_input_hw if self.view == "policy" else None
         with contextlib.suppress(Exception):
             target: Any = self.query_one("#camera-image")
             if isinstance(target, HalfBlockFrame):
@@ -327,7 +334,7 @@ class CameraPane(Vertical):
     def _update_titles(self) -> None:
         cam = self.camera
         if self.view == "policy":
-            h, w = self.POLICY_INPUT_HW
+            h, w = self.policy_input_hw
             title = f"Camera {cam} → {policy_feature(cam, self.camera_map)} ({w}x{h})"
         else:
             title = f"Camera {cam} · raw"
