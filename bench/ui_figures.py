@@ -1,4 +1,4 @@
-"""UI figures: time to first screen, UI-process CPU with 30 Hz telemetry, redraw rate.
+"""UI figures: time to first screen, UI-process CPU, terminal bytes, camera pane on and off, actuator jitter.
 
 Runs the real `lepetpal` command in a pseudo-terminal (120x40), as an operator would:
   1. time to first screen: from spawning `lepetpal --sim` to the app's first paint (the app writes the
@@ -6,7 +6,12 @@ Runs the real `lepetpal` command in a pseudo-terminal (120x40), as an operator w
   2. CPU of the UI process while RUNNING with synthetic telemetry at 30 Hz ticks / 20 Hz batches
      (`--fake-telemetry 30`: no engine process, so only the UI is measured), over a fixed window.
   3. redraw rate and bytes written to the terminal per second over the same window.
-Prints the figures and writes bench/results/ui_figures.json.
+  4. the real engine on the simulated arm (scripted policy), RUNNING, with the Camera pane off and on
+     (key c; half blocks at [ui] camera_fps, 5 by default): UI-process CPU, terminal KiB/s, camera frames
+     drawn, and the actuator's jitter (how late each tick started, from the session log) in the same
+     window, so "the camera costs the tick nothing" is a measured claim.
+Prints the figures and writes bench/results/<cpu kind>/ui_figures.json. The machine may be shared: run it
+once or twice, and read the figures with the load average it prints.
 """
 
 from __future__ import annotations
@@ -134,15 +139,76 @@ def running_load(window_s: float, tmp: Path) -> dict[str, float]:
     }
 
 
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] if ordered else float("nan")
+
+
+def engine_load(window_s: float, tmp: Path, camera: bool) -> dict[str, Any]:
+    """`lepetpal --sim` with the scripted policy, RUNNING; the camera pane shown (c) or not."""
+    name = "camera_on" if camera else "camera_off"
+    logs = tmp / f"logs-{name}"
+    config = tmp / f"{name}.toml"
+    config.write_text(f'[logging]\ndir = "{logs}"\n\n[ui]\ncamera = "halfblock"\n', encoding="utf-8")
+    app = PtyApp(["--config", str(config), "--sim", "--model-mode", "scripted"], tmp / f"{name}.json")
+    app.stats()
+    deadline = time.time() + 90
+    while time.time() < deadline and not any(logs.glob("session-*.jsonl")):
+        time.sleep(0.2)
+    time.sleep(6.0)  # connect + policy ready on a busy 2-core machine
+    app.keys(b"bench the camera\r")
+    time.sleep(1.0)
+    if camera:
+        app.keys(b"c")
+    time.sleep(2.0)
+    proc = psutil.Process(app.proc.pid)
+    cpu0 = proc.cpu_times()
+    t0, b0 = time.monotonic(), app.out_bytes()
+    time.sleep(window_s)
+    cpu1 = proc.cpu_times()
+    t1, b1 = time.monotonic(), app.out_bytes()
+    app.keys(F6)
+    time.sleep(1.0)
+    app.keys(b"q")
+    rc = app.finish(40.0)
+    after = app.stats(key="written_unix")
+    late: list[float] = []
+    states: dict[str, int] = {}
+    for log in logs.glob("session-*.jsonl"):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            if '"type":"tick"' not in line:
+                continue
+            rec = json.loads(line)
+            if t0 <= rec["t"] <= t1 and rec.get("late_s") is not None:
+                late.append(float(rec["late_s"]) * 1000.0)
+                states[rec["state"]] = states.get(rec["state"], 0) + 1
+    busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return {
+        "cpu_percent_of_one_core": 100.0 * busy / (t1 - t0),
+        "terminal_kib_per_s": (b1 - b0) / 1024 / (t1 - t0),
+        "camera_frames_drawn": after.get("camera_frames", 0),
+        "tick_late_ms": {"p50": _pct(late, 50), "p99": _pct(late, 99), "max": max(late, default=float("nan")),
+                         "ticks": len(late), "states": states},
+        "window_s": t1 - t0,
+        "exit_code": rc,
+    }
+
+
 def main() -> int:
+    load_avg = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         firsts = first_screen(3, tmp)
         load = running_load(10.0, tmp)
+        off = engine_load(10.0, tmp, camera=False)
+        on = engine_load(10.0, tmp, camera=True)
     result: dict[str, Any] = {
         "terminal": f"{COLS}x{ROWS}",
+        "load_average_at_start": load_avg,
         "first_screen_s": {"runs": firsts, "median": statistics.median(firsts)},
         "running_30hz_fake_telemetry": load,
+        "running_sim_engine_camera_off": off,
+        "running_sim_engine_camera_on": on,
     }
     out = write_result("ui_figures", result)
     print(machine_line())
@@ -151,6 +217,13 @@ def main() -> int:
     print(f"UI process CPU while RUNNING, 30 Hz telemetry: {load['cpu_percent_of_one_core']:.1f} % of one core")
     print(f"redraw rate: {load['redraws_per_s']:.1f} /s (telemetry batches {load['telemetry_batches_per_s']:.1f} /s), "
           f"terminal output {load['terminal_kib_per_s']:.1f} KiB/s")
+    for label, r in (("off", off), ("on ", on)):
+        j = r["tick_late_ms"]
+        print(f"sim engine RUNNING, camera pane {label}: UI CPU {r['cpu_percent_of_one_core']:.1f} % of one core, "
+              f"terminal {r['terminal_kib_per_s']:.1f} KiB/s, camera frames drawn {r['camera_frames_drawn']}, "
+              f"actuator tick late p50 {j['p50']:.2f} ms p99 {j['p99']:.2f} ms max {j['max']:.2f} ms "
+              f"({j['ticks']} ticks)")
+    print(f"load average at start {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f} (the machine is shared)")
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -24,6 +24,7 @@ from lepetpal_tui.joints import JOINT_NAMES, FloatArray
 __all__ = [
     "JOINT_NAMES",
     "ActionChunk",
+    "CameraStatus",
     "ChunkReply",
     "ChunkSample",
     "CloseRequest",
@@ -216,6 +217,8 @@ class ModelStatus:
     preflight: tuple[PreflightCheck, ...] = ()
     error: str = ""  # reason when failed / fallback
     fix: str = ""  # what to do about it
+    # The checkpoint's image input (height, width) after its resize-with-pad; () when unknown.
+    image_size: tuple[int, ...] = ()
     remote: RemoteServerInfo | None = None  # set when the policy runs on a policy server
 
     @property
@@ -413,6 +416,17 @@ class EngineEvent:
 
 
 @dataclass(frozen=True)
+class CameraStatus:
+    """What a camera delivers right now, for the Camera pane (frames themselves go through the frame ring)."""
+
+    name: str
+    kind: str  # "opencv", "video" or "synthetic"
+    failed_reason: str = ""  # why a real camera gives no frames ("" when it does)
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
 class EngineSnapshot:
     """The engine's counters and state at one moment (telemetry batches carry the same fields)."""
 
@@ -425,6 +439,11 @@ class EngineSnapshot:
     tick_count: int = 0
     hold_reason: str = ""
     hold_cause: HoldCause = HoldCause.NONE
+    # The next goals the tick will send (after the safety filter; would-be goals in dry-run), evenly
+    # spaced over the next ~1.5 s; () when nothing is planned (holding).
+    plan_ahead: tuple[tuple[float, ...], ...] = ()
+    frame_ring: str = ""  # shared-memory name of the engine's frame ring ("" until cameras are open)
+    cameras: tuple[CameraStatus, ...] = ()
 
 
 @dataclass
@@ -449,6 +468,9 @@ class TelemetryBatch:
     tick_count: int = 0
     hold_reason: str = ""
     hold_cause: HoldCause = HoldCause.NONE
+    plan_ahead: tuple[tuple[float, ...], ...] = ()  # see EngineSnapshot
+    frame_ring: str = ""
+    cameras: tuple[CameraStatus, ...] = ()
 
     @property
     def latest_tick(self) -> TickSample | None:

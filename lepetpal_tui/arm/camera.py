@@ -2,7 +2,9 @@
 
 `open_camera(name, settings, on_event)` returns a FrameSource whose `latest()` never blocks: OpenCV frames
 are read by LeRobot's background thread (latest-frame semantics); synthetic frames are rendered on
-demand from the clock. Every frame carries its capture time. When a real camera fails to open or stops
+demand: `source = "synthetic"` is the scene camera (the arm drawn from its measured joints, see
+`sim/scene.py`) when the engine gives it the joints, and `source = "pattern"` the older moving ball, a
+function of the clock only. Every frame carries its capture time. When a real camera fails to open or stops
 delivering, the source reports why through `on_event`, keeps it in `failed_reason` and returns None from
 then on: it never substitutes a frame itself. Whether a synthetic scene may stand in is the engine's
 decision (only for dry-run, the simulated arm or a start the operator confirmed), because a policy fed a
@@ -117,6 +119,42 @@ class SyntheticCamera:
         with self._lock:
             self._cache = (index, frame)
         return frame
+
+    def latest(self) -> CapturedFrame:
+        return CapturedFrame(self.latest_image(), time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+class SceneCamera:
+    """The arm drawn from its measured joints (`sim.scene.SceneRenderer`): it moves when the arm moves.
+
+    `joints()` returns the latest measured joints (None before the first read: the rest pose is drawn).
+    Rendering is cached on the pose, so a still arm costs a dictionary lookup per frame.
+    """
+
+    kind = "synthetic"
+
+    def __init__(
+        self, name: str, width: int, height: int, joints: Callable[[], npt.NDArray[np.float64] | None]
+    ) -> None:
+        from lepetpal_tui.sim.scene import SceneRenderer
+
+        self.name = name
+        self.width, self.height = int(width), int(height)
+        self._joints = joints
+        self._renderer = SceneRenderer(self.width, self.height)
+        self._lock = threading.Lock()  # the inference thread and the frame ring's thread both render
+
+    @property
+    def failed_reason(self) -> str:
+        return ""
+
+    def latest_image(self) -> Frame:
+        q = self._joints()
+        with self._lock:
+            return self._renderer.render(q)
 
     def latest(self) -> CapturedFrame:
         return CapturedFrame(self.latest_image(), time.monotonic())
@@ -290,9 +328,14 @@ def open_camera(
     on_event: EventFn,
     *,
     fallback_synthetic: bool = True,
+    joints: Callable[[], npt.NDArray[np.float64] | None] | None = None,
 ) -> FrameSource:
-    """Open the camera `name` described by `settings` ([cameras.<name>])."""
-    if settings.source == "synthetic":
+    """Open the camera `name` described by `settings` ([cameras.<name>]). `joints` (the engine's latest
+    measured joints) turns "synthetic" into the scene camera; without it, or with "pattern", the moving
+    ball is drawn."""
+    if settings.source == "synthetic" and joints is not None:
+        return SceneCamera(name, settings.width, settings.height, joints)
+    if settings.source in ("synthetic", "pattern"):
         return SyntheticCamera(name, settings.width, settings.height, settings.fps)
     src = OpenCVFrameSource(name, settings, on_event, fallback_synthetic=fallback_synthetic)
     src.connect()

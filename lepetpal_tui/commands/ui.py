@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    import dataclasses
+
+    from lepetpal_tui.ui.graphics import resolve_camera_mode
+
+    # Before Textual owns the terminal: "auto" may ask it whether it draws Kitty graphics or Sixel.
+    camera = resolve_camera_mode(settings.ui.camera)
+    settings = dataclasses.replace(settings, ui=dataclasses.replace(settings.ui, camera=camera))  # type: ignore[arg-type]
     from lepetpal_tui.ui.app import LePetPalApp
 
     kwargs: dict[str, object] = {}

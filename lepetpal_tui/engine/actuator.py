@@ -48,6 +48,11 @@ class Actuator:
         self._late_s = 0.0
         self._speed = 1.0
 
+    @property
+    def speed(self) -> float:
+        """The playback speed factor of the latest tick."""
+        return self._speed
+
     def run(self, stopping: threading.Event) -> None:
         if not raise_thread_priority():
             self._c.event("info", "Control thread runs at normal priority (no permission to raise it).",

@@ -122,6 +122,19 @@ class ChunkQueue:
             self._start += done
             return action
 
+    def peek(self, n: int, speed: float = 1.0) -> FloatArray:
+        """The next `n` actions `pop` would return from the next tick on at `speed`, without popping
+        (the plan-ahead preview); fewer when the plan ends sooner."""
+        with self._lock:
+            actions, start, cursor = self._actions, self._start, self._cursor  # merge/pop replace, never edit
+        offsets = cursor - start + speed * np.arange(n, dtype=np.float64)
+        offsets = offsets[(offsets > -_EPS) & (offsets < len(actions) - _EPS)]  # what pop would not refuse
+        i = np.floor(offsets + _EPS).astype(int)
+        frac = np.clip(offsets - i, 0.0, 1.0)[:, None]
+        j = np.minimum(i + 1, len(actions) - 1)
+        out: FloatArray = (1.0 - frac) * actions[i] + frac * actions[j]
+        return out
+
     def reset(self, next_tick: int) -> None:
         """Empty the queue; `next_tick` is the next tick the actuator will pop."""
         with self._lock:

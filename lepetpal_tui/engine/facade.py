@@ -13,6 +13,7 @@ The parts share one `Control` (control.py: lock, epoch, state, `halt`) and reach
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -24,16 +25,19 @@ from lepetpal_tui.engine.camera_guard import StandInFactory
 from lepetpal_tui.engine.camera_watch import CameraWatch, FrameSourceLike
 from lepetpal_tui.engine.chunks import ChunkQueue
 from lepetpal_tui.engine.commands import CommandHandler
-from lepetpal_tui.engine.control import MOVING, Control
+from lepetpal_tui.engine.control import ACTIVE, MOVING, Control
 from lepetpal_tui.engine.guarded_arm import ArmLike, GuardedArm
 from lepetpal_tui.engine.inference import Inference, PolicyLike
 from lepetpal_tui.engine.pacing import Pacer
+from lepetpal_tui.engine.plan_ahead import HORIZON_S, macro_actions, preview_goals
 from lepetpal_tui.engine.publish import Publisher, TelemetryCoalescer
 from lepetpal_tui.engine.safety import SafetyFilter
 from lepetpal_tui.engine.session_log import SessionLog
 from lepetpal_tui.engine.watchdog import Watchdog
+from lepetpal_tui.joints import FloatArray
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import (
+    CameraStatus,
     Command,
     EngineEvent,
     EngineSnapshot,
@@ -89,7 +93,8 @@ class Engine:
         self._ui_lost = False
         self._final_status: ModelStatus | None = None
         self._threads: list[threading.Thread] = []
-        self._publisher = Publisher(self.coalescer, c.snapshot, on_telemetry, self._finished, 1.0 / telemetry_hz)
+        self.frame_ring = ""  # the shared-memory frame ring's name, set by engine.frame_publisher
+        self._publisher = Publisher(self.coalescer, self.snapshot, on_telemetry, self._finished, 1.0 / telemetry_hz)
 
     # ------------------------------------------------------------------------------------- public API
 
@@ -104,6 +109,11 @@ class Engine:
     @property
     def task(self) -> str:
         return self.control.task
+
+    @property
+    def measured(self) -> FloatArray | None:
+        """The joints the latest tick read (None before the first read); the scene camera draws them."""
+        return self.control.measured
 
     @property
     def policy(self) -> PolicyLike | None:
@@ -230,7 +240,34 @@ class Engine:
         self._spawn("engine-ui-lost", later)
 
     def snapshot(self) -> EngineSnapshot:
-        return self.control.snapshot()
+        """State and counters, plus what the screen shows beside them: the plan ahead, the frame ring's
+        name and each camera's status. Called by the publisher (about 20 Hz), never by the tick."""
+        return dataclasses.replace(
+            self.control.snapshot(),
+            plan_ahead=self.plan_ahead(),
+            frame_ring=self.frame_ring,
+            cameras=tuple(self._camera_status(n, cam) for n, cam in self.cameras.cameras.items()),
+        )
+
+    def _camera_status(self, name: str, cam: FrameSourceLike) -> CameraStatus:
+        cs = self.settings.cameras.get(name)
+        return CameraStatus(name, str(getattr(cam, "kind", "camera")), cam.failed_reason,
+                            cs.width if cs else 0, cs.height if cs else 0)
+
+    def plan_ahead(self) -> tuple[tuple[float, ...], ...]:
+        """The goals the next ~1.5 s of ticks will send, after the safety filter (would-be goals in
+        dry-run); () while holding. Replays copies: called by the publisher, never by the tick."""
+        c = self.control
+        with c.lock:
+            state, prev, macro = c.state, c.prev_goal, c.macro
+        if state in ACTIVE:
+            n = round(HORIZON_S * self.settings.control.rate_hz) + 1
+            actions = c.queue.peek(n, self.actuator.speed)
+        elif state == EngineState.MACRO and macro is not None:
+            actions = macro_actions(macro.goals, macro.index)
+        else:
+            return ()
+        return preview_goals(actions, self.actuator.filter, prev, self.settings.control.rate_hz)
 
     # ------------------------------------------------------------------------------------------ setup
 

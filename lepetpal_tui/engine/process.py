@@ -118,7 +118,7 @@ def build_engine(
         from lepetpal_tui.arm.camera import open_camera
 
         fallback = settings.safety.camera_fallback_synthetic
-        return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback)
+        return {name: open_camera(name, cs, on_event, fallback_synthetic=fallback, joints=lambda: engine.measured)
                 for name, cs in settings.cameras.items()}
 
     def stand_in_factory(name: str, width: int, height: int, fps: int) -> Any:
@@ -127,7 +127,7 @@ def build_engine(
         return SyntheticCamera(name, width, height, fps)
 
     log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
-    return Engine(
+    engine = Engine(
         settings,
         arm_factory=arm_factory,
         policy_factory=policy_factory,
@@ -136,6 +136,7 @@ def build_engine(
         session_log=log,
         stand_in_factory=stand_in_factory,
     )
+    return engine
 
 
 
@@ -197,6 +198,10 @@ def child_main(conn: Connection, settings: Settings, sim_port: str | None, log_p
     owned_sim = OwnedSim()
     engine = build_engine(settings, sim_port, send, Path(log_path), owned_sim)
     engine.start()
+    from lepetpal_tui.engine.frame_publisher import FramePublisher
+
+    frames = FramePublisher(engine, settings)  # camera frames to the UI through shared memory
+    frames.start()
 
     lost = threading.Event()
 
@@ -227,6 +232,7 @@ def child_main(conn: Connection, settings: Settings, sim_port: str | None, log_p
             lost.set()
             engine.ui_lost(f"the UI process {parent} is gone (the engine has a new parent)")
     engine.flush_telemetry()
+    frames.stop()
     owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):
         conn.close()

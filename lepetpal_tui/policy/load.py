@@ -8,6 +8,7 @@ lazily, so importing this module is cheap.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -58,12 +59,14 @@ class _Reporter:
         self.cancel = cancel
         self.preflight: tuple[PreflightCheck, ...] = ()
         self.device = ""
+        self.image_size: tuple[int, ...] = ()  # the policy's image input (height, width), for the UI
 
     def __call__(self, phase: str, **fields: object) -> None:
         if self.cancel is not None and self.cancel.is_set() and phase not in ("failed", "fallback"):
             raise PolicyCancelled("policy loading cancelled")
         fields.setdefault("preflight", self.preflight)
         fields.setdefault("device", self.device)
+        fields.setdefault("image_size", self.image_size)
         self.on_status(ModelStatus(phase=phase, source=self.source, revision=self.revision, **fields))  # type: ignore[arg-type]
 
 
@@ -199,6 +202,17 @@ def _convert_if_legacy(
     return out, (note,)
 
 
+def _image_input_size(checkpoint: Path) -> tuple[int, ...]:
+    """(height, width) SmolVLA resizes camera frames to: `resize_imgs_with_padding` in config.json is
+    (width, height), as LeRobot's prepare_images reads it; () when absent."""
+    try:
+        cfg = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        w, h = cfg["resize_imgs_with_padding"]
+        return (int(h), int(w))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
 def _load_smolvla(
     model: ModelSettings, cameras: Mapping[str, CameraSettings], arm_units: str, report: _Reporter
 ) -> ChunkPolicy:
@@ -216,6 +230,7 @@ def _load_smolvla(
         requested_device=model.device, resolved_device=device, available_devices=sv.available_devices(),
     )
     report.preflight = (*converted, *checks)
+    report.image_size = _image_input_size(dir)
     bad = failures(checks)
     if bad:
         first = bad[0]

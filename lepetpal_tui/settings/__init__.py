@@ -33,6 +33,7 @@ from lepetpal_tui.settings.schema import (
     ModelSettings,
     SafetySettings,
     Settings,
+    UISettings,
     replace_sections,
     replace_setting,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Override",
     "SafetySettings",
     "Settings",
+    "UISettings",
     "find_config_file",
     "flatten",
     "joint_vector",

@@ -62,7 +62,7 @@ class ArmSettings:
 @dataclass(frozen=True)
 class CameraSettings:
     source: int | str = field(
-        default="synthetic", metadata=_meta('device index, video file path, or "synthetic"')
+        default="synthetic", metadata=_meta('device index, video file path, "synthetic" (the scene: the arm drawn from its joints) or "pattern"')
     )
     width: int = field(default=640, metadata=_meta("frame width in pixels", lo=16, hi=4096))
     height: int = field(default=480, metadata=_meta("frame height in pixels", lo=16, hi=4096))
@@ -211,6 +211,18 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class UISettings:
+    camera: Literal["auto", "halfblock", "kitty", "sixel", "off"] = field(
+        default="auto",
+        metadata=_meta('Camera pane drawing: "auto" (Kitty or Sixel when the terminal answers, else half '
+                       'blocks), "halfblock", "kitty", "sixel", or "off" (pane hidden, key c shows it)'),
+    )
+    camera_fps: float = field(
+        default=5.0, metadata=_meta("Camera pane refresh rate (frames per second)", lo=0.2, hi=30)
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     arm: ArmSettings = field(default_factory=ArmSettings)
     cameras: dict[str, CameraSettings] = field(default_factory=_default_cameras)
@@ -219,6 +231,7 @@ class Settings:
     safety: SafetySettings = field(default_factory=SafetySettings)
     macros: dict[str, MacroSettings] = field(default_factory=default_macros)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    ui: UISettings = field(default_factory=UISettings)
     # Not a file setting: where the values came from ("default", "file", "env:NAME", "flag:--x").
     source_path: str = ""
     origins: dict[str, str] = field(default_factory=dict, compare=False)

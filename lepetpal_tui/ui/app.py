@@ -20,12 +20,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Input
 from textual.worker import Worker, get_current_worker
 
 from lepetpal_tui.settings import Settings, replace_setting
@@ -39,13 +37,9 @@ from lepetpal_tui.ui.link import (
     spawn_engine,
 )
 from lepetpal_tui.ui.messages import EngineClosed, EngineFailed, EngineStarted, PortsListed, TelemetryArrived
+from lepetpal_tui.ui.screen import OperatorScreen
 from lepetpal_tui.ui.store import TelemetryStore
-from lepetpal_tui.ui.widgets.banner import StateBanner
 from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
-from lepetpal_tui.ui.widgets.joints import JointsPane
-from lepetpal_tui.ui.widgets.latency import LatencyPane
-from lepetpal_tui.ui.widgets.log import EventLog
-from lepetpal_tui.ui.widgets.model import ModelPane
 from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import (
@@ -98,6 +92,10 @@ class LePetPalApp(App[int]):
         Binding("r", "rearm", "Re-arm"),
         Binding("h", "macro('home')", "Home"),
         Binding("t", "macro('throw')", "Throw"),
+        # The camera pane's keys (the operator screen's actions), after the safety keys in the footer.
+        Binding("c", "toggle_camera", "Camera"),
+        Binding("v", "camera_view", "Raw/policy"),
+        Binding("n", "next_camera", "Next camera", show=False),
         # ctrl+q is the one shown: it works while typing in the task field too, where `q` is just a letter.
         Binding("q", "quit", "Quit", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True, key_display="^Q"),
@@ -147,31 +145,24 @@ class LePetPalApp(App[int]):
         self._first_paint: float | None = None
         self._abandoned = False  # the UI is going away without a quit: the engine takes the UI-lost path
         self.hard_exit: Callable[[int], None] = os._exit
+        self.operator = OperatorScreen(settings, self.t0, clock)
 
     # ------------------------------------------------------------------------------------------ layout
 
+    def get_default_screen(self) -> Screen[Any]:
+        """The app owns the operator screen: telemetry reaches its panes whatever screen is active (a
+        dialog, the command palette or an open select)."""
+        return self.operator
+
     @property
-    def main(self) -> Screen[Any]:
-        """The operator screen. `App.query_one` searches the *active* screen, which is a dialog, the
-        command palette or an open select while those show; telemetry must still reach the panes."""
-        return self.screen_stack[0]
+    def main(self) -> OperatorScreen:
+        """The operator screen (the name tests and older code use)."""
+        return self.operator
 
-    def compose(self) -> ComposeResult:
-        yield StateBanner(id="banner")
-        with Horizontal(id="top"):
-            with Vertical(id="left"):
-                yield PortPane(id="ports")
-                yield ModelPane(self.settings.model.path, id="model")
-            with Vertical(id="right"):
-                yield JointsPane(self.settings.arm.limits, self.settings.safety, id="joints")
-                yield LatencyPane(self.settings.control.rate_hz, id="latency")
-        yield TaskPane(id="task")
-        yield EventLog(self.t0, id="log")
-        yield Footer(id="footer", compact=True, show_command_palette=False)
-
-    def on_mount(self) -> None:
+    @on(OperatorScreen.Ready)
+    def _operator_ready(self) -> None:
         if not self.animations:
-            self.main.query_one("#task-input", Input).cursor_blink = False
+            self.operator.task_input.cursor_blink = False
         self.store.set_state(EngineState.DISCONNECTED, "")
         self.redraw()
         self.log_ui("info", f"settings: {self.settings.source_path or 'built-in defaults'}")
@@ -184,7 +175,7 @@ class LePetPalApp(App[int]):
         if self.autoconnect:
             self.connect(self.settings.arm.port)
         # Typing goes to the task field first: stray letters must not become macro keys.
-        self.main.query_one("#task-input", Input).focus()
+        self.operator.task_input.focus()
         self.call_after_refresh(self._painted)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
@@ -200,9 +191,6 @@ class LePetPalApp(App[int]):
         yield SystemCommand("Refresh ports", "Scan serial ports for an SO-101", self.scan_ports)
         yield from super().get_system_commands(screen)
 
-    def on_resize(self) -> None:
-        self.set_class(self.size.height < 36, "-short")
-
     def _painted(self) -> None:
         self._first_paint = time.time()
         self._write_stats()
@@ -215,6 +203,7 @@ class LePetPalApp(App[int]):
             "first_paint_unix": self._first_paint,
             "redraws": self.redraws,
             "batches": self.store.batches,
+            "camera_frames": self.operator.camera.frames_drawn if self.operator.is_mounted else 0,
             "written_unix": time.time(),
         }
         with open(path, "w", encoding="utf-8") as fh:
@@ -343,7 +332,7 @@ class LePetPalApp(App[int]):
     @on(PortsListed)
     def _ports_listed(self, message: PortsListed) -> None:
         with contextlib.suppress(NoMatches):
-            self.main.query_one(PortPane).set_ports(message.ports, message.error, preferred=self.settings.arm.port)
+            self.operator.set_ports(message.ports, message.error, preferred=self.settings.arm.port)
         if message.error:
             self.log_ui("warning", message.error)
 
@@ -371,31 +360,27 @@ class LePetPalApp(App[int]):
             self._redraw(throttled)
 
     def _redraw(self, throttled: bool) -> None:
-        store = self.store
-        for event in store.take_events():
-            self.main.query_one(EventLog).add_event(event)
+        store, screen = self.store, self.operator
+        screen.add_events(store)
         # Outside the version check: a throttled latency pane catches up once telemetry goes quiet.
-        self.main.query_one(LatencyPane).show(store, time.monotonic() if throttled else None)
+        screen.show_latency(store, time.monotonic() if throttled else None)
         if store.version == self._drawn_version:
             return
         self._drawn_version = store.version
         self.redraws += 1
-        port = "" if store.state == EngineState.DISCONNECTED else self.port
-        self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
-        self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
-        self.main.query_one(ModelPane).show(store.model)
+        screen.show(store, self.port)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
         if not self.screen_stack:  # a late message while the app exits
             return
         with contextlib.suppress(NoMatches):
-            self.main.query_one(EventLog).add(self.clock(), level, message, fix)
+            self.operator.log_line(self.clock(), level, message, fix)
 
     def _set_connected(self, port: str) -> None:
         if not self.screen_stack:  # a late message while the app exits
             return
         with contextlib.suppress(NoMatches):
-            self.main.query_one(PortPane).set_connected(port)
+            self.operator.set_connected(port)
 
     # ---------------------------------------------------------------------------------------- commands
 
@@ -436,7 +421,7 @@ class LePetPalApp(App[int]):
             self.redraw()
 
     def _current_input(self) -> str:
-        return self.main.query_one("#task-input", Input).value.strip()
+        return self.operator.task_input.value.strip()
 
     def action_start(self) -> None:
         # While LOADING the engine queues the start (it says so); no need to wait here.
@@ -446,7 +431,7 @@ class LePetPalApp(App[int]):
         task = self._current_input() or self.store.task
         if not task:
             self.notify("Type a task in the Task field first.", severity="warning")
-            self.main.query_one("#task-input", Input).focus()
+            self.operator.task_input.focus()
             return
         self.send(Start(task=task))  # the engine's own event confirms it in the log
 
@@ -483,11 +468,20 @@ class LePetPalApp(App[int]):
         if self.send(RunMacro(name=name)):
             self.log_ui("info", f"macro {name} requested")
 
+    def action_toggle_camera(self) -> None:
+        self.operator.action_toggle_camera()
+
+    def action_camera_view(self) -> None:
+        self.operator.action_camera_view()
+
+    def action_next_camera(self) -> None:
+        self.operator.action_next_camera()
+
     def action_leave_field(self) -> None:
         self.set_focus(None)
 
     def action_focus_task(self) -> None:
-        self.main.query_one("#task-input", Input).focus()
+        self.operator.task_input.focus()
 
     @on(TaskPane.TaskSubmitted)
     def _task_submitted(self, message: TaskPane.TaskSubmitted) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lepetpal_tui.stats import percentile
 from lepetpal_tui.wire import (
+    CameraStatus,
     EngineEvent,
     EngineState,
     ModelStatus,
@@ -46,6 +47,9 @@ class TelemetryStore:
     latest_tick: TickSample | None = None
     health: tuple[ServoHealth, ...] = ()
     model: ModelStatus | None = None
+    plan_ahead: tuple[tuple[float, ...], ...] = ()
+    frame_ring: str = ""
+    cameras: tuple[CameraStatus, ...] = ()
     starved_ticks: int = 0
     clamp_count: int = 0
     estop_count: int = 0
@@ -64,6 +68,9 @@ class TelemetryStore:
         self.task = batch.task
         self.dry_run = batch.dry_run
         self.hold_reason = batch.hold_reason
+        self.plan_ahead = batch.plan_ahead
+        self.frame_ring = batch.frame_ring
+        self.cameras = batch.cameras
         for tick in batch.ticks:
             if tick.period_s > 0:
                 self.tick_periods_ms.append(tick.period_s * 1000.0)

@@ -166,7 +166,8 @@ AppMaker = Callable[..., tuple[LePetPalApp, ScriptedLink]]
 
 @pytest.fixture
 def make_app() -> AppMaker:
-    """make_app(scenario=None, ports=PORTS, autoconnect=True, settings=None) -> (app, link)."""
+    """make_app(scenario=None, ports=PORTS, autoconnect=True, settings=None, batches=None) -> (app, link);
+    `batches` replaces the named scenario's telemetry."""
 
     def make(
         scenario_name: str | None = "ready",
@@ -174,8 +175,11 @@ def make_app() -> AppMaker:
         ports: Sequence[PortInfo] = PORTS,
         autoconnect: bool = True,
         settings: Settings | None = None,
+        batches: list[TelemetryBatch] | None = None,
     ) -> tuple[LePetPalApp, ScriptedLink]:
-        link = ScriptedLink(scenario(scenario_name) if scenario_name else [], clock=fixed_clock)
+        if batches is None:
+            batches = scenario(scenario_name) if scenario_name else []
+        link = ScriptedLink(batches, clock=fixed_clock)
         app = LePetPalApp(
             settings or Settings(),
             link_factory=lambda _s, _p: link,

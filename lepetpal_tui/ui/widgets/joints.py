@@ -1,10 +1,15 @@
-"""Joints pane: six gauges with the measured position, the (would-be) target, limits, clamps, health."""
+"""Joints pane: six gauges with the measured position, the (would-be) target, the plan ahead, limits,
+clamps and health. The plan ahead (the goals of the next ~1.5 s after the safety filter, from the
+engine) is drawn on each track as dots up to ◇, where the joint will be, with that value in its own
+column: the operator sees where the arm is about to go before it goes."""
 
 from __future__ import annotations
 
 import math
 
 from rich.text import Text
+from textual.geometry import Region
+from textual.reactive import reactive
 from textual.widget import Widget
 
 from lepetpal_tui.settings import JOINT_NAMES, SafetySettings
@@ -14,8 +19,12 @@ NAME_W = 14
 NUM_W = 7
 
 
-def gauge(lo: float, hi: float, measured: float | None, goal: float | None, width: int, clamped: bool) -> Text:
-    """A track from lo to hi with ● at the measured value and ◆ at the goal (red when clamped)."""
+def gauge(
+    lo: float, hi: float, measured: float | None, goal: float | None, width: int, clamped: bool,
+    plan: tuple[float, ...] = (),
+) -> Text:
+    """A track from lo to hi with ● at the measured value, ◆ at the goal (red when clamped) and the plan
+    ahead as · up to ◇ (its last goal)."""
     width = max(width, 5)
     cells = ["─"] * width
 
@@ -27,22 +36,42 @@ def gauge(lo: float, hi: float, measured: float | None, goal: float | None, widt
     marks: dict[int, tuple[str, str]] = {}
     if lo < 0 < hi:
         marks[cell(0.0)] = ("┼", "dim")
+    if plan and all(math.isfinite(v) for v in plan):
+        start = cell(goal) if goal is not None and math.isfinite(goal) else cell(plan[0])
+        end = cell(plan[-1])
+        for i in range(min(start, end), max(start, end) + 1):
+            marks[i] = ("·", "cyan")
+        marks[end] = ("◇", "bold cyan")
     if goal is not None and math.isfinite(goal):
         marks[cell(goal)] = ("◆", "bold red" if clamped else "bold cyan")
     if measured is not None and math.isfinite(measured):
         marks[cell(measured)] = ("●", "bold white")
+    # One span per run of equal style: a span per cell costs an escape sequence per cell over SSH.
+    run, run_style = "", ""
     for i, ch in enumerate(cells):
-        if i in marks:
-            text.append(marks[i][0], style=marks[i][1])
-        else:
-            text.append(ch, style="grey50")
+        glyph, style = marks.get(i, (ch, "grey50"))
+        if style != run_style and run:
+            text.append(run, style=run_style)
+            run = ""
+        run += glyph
+        run_style = style
+    if run:
+        text.append(run, style=run_style)
     return text
 
 
 class JointsPane(Widget):
-    """Draws from the latest tick; `show` is called by the app's refresh timer."""
+    """Six gauge rows from the latest tick. The screen sets the reactives; only the rows whose text
+    changed are repainted (a still joint costs no terminal bytes while another one moves)."""
 
-    DEFAULT_CSS = "JointsPane { height: auto; }"
+    DEFAULT_CSS = "JointsPane { height: auto; text-wrap: nowrap; text-overflow: clip; }"
+
+    tick: reactive[TickSample | None] = reactive(None, repaint=False)
+    """The newest control tick (measured joints, goal, clamps)."""
+    health: reactive[tuple[ServoHealth, ...]] = reactive((), repaint=False)
+    dry_run: reactive[bool] = reactive(False, repaint=False)
+    plan: reactive[tuple[tuple[float, ...], ...]] = reactive((), repaint=False)
+    """The plan ahead: goals over the next ~1.5 s, oldest first (() while holding)."""
 
     def __init__(
         self, limits: dict[str, tuple[float, float]], safety: SafetySettings, *, id: str | None = None
@@ -50,50 +79,99 @@ class JointsPane(Widget):
         super().__init__(id=id)
         self.limits = limits
         self.safety = safety
-        self.tick: TickSample | None = None
-        self.health: dict[str, ServoHealth] = {}
-        self.dry_run = False
+        self._rows: list[Text] = []
+        self._batching = False
 
     def on_mount(self) -> None:
         self.border_title = "Joints"
-        self.border_subtitle = "● measured  ◆ target  ! clamped  °C load"
+        self.border_subtitle = "● measured  ◆ target  ◇ in 1.5 s  ! clamped  °C load"
 
-    def show(self, tick: TickSample | None, health: tuple[ServoHealth, ...], dry_run: bool) -> None:
-        self.tick = tick
-        self.health = {h.joint: h for h in health}
-        self.dry_run = dry_run
-        self.refresh()
+    def show(
+        self, tick: TickSample | None, health: tuple[ServoHealth, ...], dry_run: bool,
+        plan: tuple[tuple[float, ...], ...] = (),
+    ) -> None:
+        self._batching = True  # one row update for the four assignments
+        try:
+            self.tick = tick
+            self.health = health
+            self.dry_run = dry_run
+            self.plan = plan
+        finally:
+            self._batching = False
+        self._update_rows()
+
+    def _watch_any(self) -> None:
+        if not self._batching:
+            self._update_rows()
+
+    watch_tick = watch_health = watch_dry_run = watch_plan = _watch_any
+
+    def on_resize(self) -> None:
+        self._rows = []
+        self._update_rows()
+
+    def _update_rows(self) -> None:
+        rows = self._render_rows(self.size.width)
+        old = self._rows
+        self._rows = rows
+        if len(old) != len(rows):
+            self.refresh()
+            return
+        width = self.size.width
+        for y, (a, b) in enumerate(zip(old, rows, strict=True)):
+            if a.plain != b.plain or a.spans != b.spans:
+                self.refresh(Region(0, y, width, 1))
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         return len(JOINT_NAMES)
 
     def render(self) -> Text:
-        width = self.size.width
-        show_health = width >= 70
-        fixed = NAME_W + 2 * 5 + 2 * NUM_W + 3 + (12 if show_health else 0)
-        track = max(8, width - fixed)
-        out = Text(no_wrap=True, overflow="crop")
+        rows = self._rows or self._render_rows(self.size.width)
+        return Text("\n", no_wrap=True, overflow="crop").join(rows)
+
+    def _render_rows(self, width: int) -> list[Text]:
+        # Columns in the order they give way on a narrow pane: health, the plan's end value (its ◇ stays
+        # on the track), then the limits (the track's ends); the track keeps at least 10 cells.
+        show_health = show_limits = show_plan = True
+
+        def fixed() -> int:
+            return (NAME_W + 2 * NUM_W + 3 + (12 if show_health else 0) + (10 if show_limits else 0)
+                    + (NUM_W if show_plan else 0))
+
+        for drop in ("health", "plan", "limits"):
+            if width - fixed() >= 10 + 6 * (drop == "health"):
+                break
+            show_health = show_health and drop != "health"
+            show_limits = show_limits and drop != "limits"
+            show_plan = show_plan and drop != "plan"
+        track = max(10, width - fixed())
+        rows: list[Text] = []
+        health = {h.joint: h for h in self.health}
         for i, name in enumerate(JOINT_NAMES):
+            out = Text(no_wrap=True, overflow="crop")
             lo, hi = self.limits.get(name, (-100.0, 100.0))
             measured = self.tick.measured[i] if self.tick and i < len(self.tick.measured) else None
             goal = self.tick.goal[i] if self.tick and self.tick.goal and i < len(self.tick.goal) else None
             clamped = bool(self.tick and i < len(self.tick.clamped) and self.tick.clamped[i])
             out.append(f"{name:<{NAME_W}}", style="bold")
-            out.append(f"{lo:>4.0f} ", style="dim")
-            out.append_text(gauge(lo, hi, measured, goal, track, clamped))
-            out.append(f" {hi:<4.0f}", style="dim")
+            if show_limits:
+                out.append(f"{lo:>4.0f} ", style="dim")
+            plan = tuple(g[i] for g in self.plan if i < len(g))
+            out.append_text(gauge(lo, hi, measured, goal, track, clamped, plan))
+            if show_limits:
+                out.append(f" {hi:<4.0f}", style="dim")
             out.append(f"{measured:>{NUM_W}.1f}" if measured is not None else f"{'--':>{NUM_W}}")
             arrow_style = "yellow" if self.dry_run else "cyan"
             out.append(f"{goal:>{NUM_W}.1f}" if goal is not None else f"{'--':>{NUM_W}}", style=arrow_style)
+            if show_plan:
+                out.append(f"{plan[-1]:>{NUM_W}.1f}" if plan else f"{'':>{NUM_W}}", style="bold cyan")
             out.append(" ! " if clamped else "   ", style="bold red")
             if show_health:
-                out.append_text(self._health_text(name))
-            if i < len(JOINT_NAMES) - 1:
-                out.append("\n")
-        return out
+                out.append_text(self._health_text(health.get(name)))
+            rows.append(out)
+        return rows
 
-    def _health_text(self, name: str) -> Text:
-        h = self.health.get(name)
+    def _health_text(self, h: ServoHealth | None) -> Text:
         if h is None:
             return Text(f"{'':>12}")
         max_t, max_l = self.safety.max_temperature_c, self.safety.max_load_pct

@@ -11,6 +11,9 @@ from textual.widgets import Sparkline, Static
 from lepetpal_tui.ui.store import Stats, TelemetryStore
 
 MIN_INTERVAL_S = 0.25  # 4 Hz is plenty for latency history; joints and banner redraw faster
+# The tick sparkline shifts with every tick, so each update repaints all its cells (an escape sequence
+# each: about 8 KiB at 120x40). Once a second shows the trend; the figures above it update at 4 Hz.
+TICK_SPARKLINE_S = 1.0
 
 
 def fmt_ms(v: float) -> str:
@@ -29,6 +32,7 @@ class LatencyPane(Vertical):
         self.rate_hz = rate_hz
         self._version = -1
         self._drawn_at = 0.0
+        self._sparkline_at = -TICK_SPARKLINE_S
 
     def compose(self) -> ComposeResult:
         yield Static(stats_line("inference/chunk", Stats.of([])), id="latency-inference-stats")
@@ -54,7 +58,9 @@ class LatencyPane(Vertical):
         )
         self.query_one("#latency-tick-stats", Static).update(stats_line("tick period", store.tick_stats()))
         self.query_one("#latency-inference", Sparkline).data = list(store.inference_ms)
-        self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
+        if now is None or now - self._sparkline_at >= TICK_SPARKLINE_S:
+            self._sparkline_at = now if now is not None else self._sparkline_at
+            self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
         starved = f"[b red]{store.starved_ticks}[/]" if store.starved_ticks else "0"
         tick = store.latest_tick
         speed = 1.0 if tick is None else tick.speed

@@ -1,0 +1,183 @@
+"""The operator screen: it owns the layout, the panes and the screen's own keys; the app owns the engine.
+
+Why a Screen of its own: telemetry must reach the panes while a dialog, the command palette or an open
+select is the active screen, so the app used to find them through `screen_stack[0]`. Holding the screen
+(and typed handles on its panes) says that directly, and keeps the layout rules in one place:
+
+- wide terminals (at least WIDE_COLS columns) show the Camera pane as a third column beside the joints;
+- narrower ones (80x24 included) hide it until `c`, and then it takes the place of the Port and Model
+  panes (the port list and the model's state are the least needed while watching the arm).
+
+Redrawing: `show(store)` hands each pane its part of the store; the panes keep them in reactives, so a
+pane whose data did not change repaints nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.ui.store import TelemetryStore
+from lepetpal_tui.ui.widgets.banner import StateBanner
+from lepetpal_tui.ui.widgets.camera import CameraPane
+from lepetpal_tui.ui.widgets.joints import JointsPane
+from lepetpal_tui.ui.widgets.keys import KeysBar
+from lepetpal_tui.ui.widgets.latency import LatencyPane
+from lepetpal_tui.ui.widgets.log import EventLog
+from lepetpal_tui.ui.widgets.model import ModelPane
+from lepetpal_tui.ui.widgets.ports import PortPane
+from lepetpal_tui.ui.widgets.task import TaskPane
+from lepetpal_tui.wire import EngineState, PortInfo
+
+WIDE_COLS = 150  # from here the camera gets a column of its own and is shown from the start
+SHORT_ROWS = 36
+TINY_ROWS = 30  # 80x24 and the like: compact panes (see app.tcss)
+FOOTER_COLS = 120  # below this the one-row footer cannot show every key: the wrapped key bar does
+
+
+class OperatorScreen(Screen[None]):
+    """Banner, ports, model, joints, latency, camera, task, log and footer."""
+
+    class Ready(Message):
+        """The screen and its panes are mounted: the app may draw into them and start the engine."""
+
+    def __init__(self, settings: Settings, t0: float, clock: Any) -> None:
+        super().__init__(id="operator")
+        self.settings = settings
+        self.t0 = t0
+        self.clock = clock
+        # None: follow the terminal's width; True/False: the operator chose with `c`.
+        self.camera_choice: bool | None = False if settings.ui.camera == "off" else None
+
+    def compose(self) -> ComposeResult:
+        s = self.settings
+        yield StateBanner(id="banner")
+        with Horizontal(id="top"):
+            with Vertical(id="left"):
+                yield PortPane(id="ports")
+                yield ModelPane(s.model.path, id="model")
+            with Vertical(id="right"):
+                yield JointsPane(s.arm.limits, s.safety, id="joints")
+                yield LatencyPane(s.control.rate_hz, id="latency")
+            yield CameraPane(tuple(s.cameras), s.model.camera_map, mode=s.ui.camera, fps=s.ui.camera_fps,
+                             clock=self.clock, id="camera")
+        yield TaskPane(id="task")
+        yield EventLog(self.t0, id="log")
+        yield Footer(id="footer", compact=True, show_command_palette=False)
+        yield KeysBar(id="keys")
+
+    def on_mount(self) -> None:
+        self._layout_camera()
+        self.post_message(self.Ready())
+
+    # ------------------------------------------------------------------------------ handles
+
+    @property
+    def banner(self) -> StateBanner:
+        return self.query_one(StateBanner)
+
+    @property
+    def joints(self) -> JointsPane:
+        return self.query_one(JointsPane)
+
+    @property
+    def latency(self) -> LatencyPane:
+        return self.query_one(LatencyPane)
+
+    @property
+    def model(self) -> ModelPane:
+        return self.query_one(ModelPane)
+
+    @property
+    def ports(self) -> PortPane:
+        return self.query_one(PortPane)
+
+    @property
+    def camera(self) -> CameraPane:
+        return self.query_one(CameraPane)
+
+    @property
+    def event_log(self) -> EventLog:
+        return self.query_one(EventLog)
+
+    @property
+    def task_input(self) -> Input:
+        return self.query_one("#task-input", Input)
+
+    # ------------------------------------------------------------------------------ layout
+
+    def on_resize(self) -> None:
+        self.app.set_class(self.size.height < SHORT_ROWS, "-short")
+        self.app.set_class(self.size.height < TINY_ROWS, "-tiny")
+        narrow_footer = self.size.width < FOOTER_COLS
+        self.query_one(Footer).display = not narrow_footer
+        self.query_one(KeysBar).display = narrow_footer
+        self._layout_camera()
+
+    @property
+    def wide(self) -> bool:
+        return self.size.width >= WIDE_COLS
+
+    @property
+    def camera_shown(self) -> bool:
+        return self.wide if self.camera_choice is None else self.camera_choice
+
+    def _layout_camera(self) -> None:
+        shown = self.camera_shown
+        self.set_class(shown, "-camera")
+        self.set_class(not self.wide, "-narrow")
+        self.camera.display = shown
+        self.query_one("#left").display = not (shown and not self.wide)
+        if shown:
+            self.camera.poll()
+
+    def action_toggle_camera(self) -> None:
+        self.camera_choice = not self.camera_shown
+        self._layout_camera()
+
+    def action_camera_view(self) -> None:
+        cam = self.camera
+        cam.view = "policy" if cam.view == "raw" else "raw"
+        if not self.camera_shown:
+            self.action_toggle_camera()
+
+    def action_next_camera(self) -> None:
+        self.camera.camera_index += 1
+
+    # ------------------------------------------------------------------------------ drawing
+
+    def show(self, store: TelemetryStore, port: str) -> None:
+        """Hand each pane its part of the store (they repaint only what changed)."""
+        shown_port = "" if store.state == EngineState.DISCONNECTED else port
+        self.banner.show(store.state, task=store.task, reason=store.hold_reason, port=shown_port)
+        self.joints.show(store.latest_tick, store.health, store.dry_run, store.plan_ahead)
+        self.model.show(store.model)
+        cam = self.camera
+        cam.ring_name = store.frame_ring
+        cam.statuses = store.cameras
+        size = store.model.image_size if store.model is not None else ()
+        if len(size) == 2:
+            cam.policy_input_hw = (int(size[0]), int(size[1]))
+
+    def show_latency(self, store: TelemetryStore, now: float | None) -> None:
+        self.latency.show(store, now)
+
+    def add_events(self, store: TelemetryStore) -> None:
+        log = self.event_log
+        for event in store.take_events():
+            log.add_event(event)
+
+    def log_line(self, t: float, level: str, message: str, fix: str = "") -> None:
+        self.event_log.add(t, level, message, fix)
+
+    def set_ports(self, ports: list[PortInfo], error: str, preferred: str) -> None:
+        self.ports.set_ports(ports, error, preferred=preferred)
+
+    def set_connected(self, port: str) -> None:
+        self.ports.set_connected(port)
