@@ -282,8 +282,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override("model.device", "DEVICE", "--device"),
     Override("control.dry_run", "DRY_RUN", "--dry-run"),
     Override("model.hf_transfer", "HF_HUB_ENABLE_HF_TRANSFER", "--hf-transfer"),
-    Override("recording.enabled", "RECORD", "--recording"),
-    Override("recording.root", "RECORD_ROOT", "--record-root"),
+    Override("recording.enabled", "RECORD", "--rec"),
+    Override("recording.root", "RECORD_ROOT", "--rec-root"),
 )
 # USE_HARDWARE / --sim / --hardware steer arm.port: false -> "sim"; true with port "sim" -> "auto".
 USE_HARDWARE_ENV = "USE_HARDWARE"

@@ -44,6 +44,7 @@ from lepetpal_tui.core.types import (
     EngineState,
     ModelStatus,
     Observation,
+    RecordingStatus,
     ServoHealth,
     TelemetryBatch,
     TickSample,
@@ -81,6 +82,15 @@ class FrameSourceLike(Protocol):
     def failed_reason(self) -> str: ...
     def latest(self) -> CapturedFrame | None: ...
     def close(self) -> None: ...
+
+
+class RecorderLike(Protocol):
+    """What the engine needs from `record.feed.RecordFeed`. Fed from the telemetry publisher thread, never
+    from the actuator tick; `feed` must not block."""
+
+    def feed(self, batch: TelemetryBatch) -> None: ...
+    def command(self, cmd: Command) -> tuple[Level, str]: ...
+    def status(self) -> RecordingStatus: ...
 
 
 ArmFactory = Callable[[], ArmLike]
@@ -129,6 +139,7 @@ class Engine:
         on_telemetry: Callable[[TelemetryBatch], None] | None = None,
         session_log: SessionLog | None = None,
         telemetry_hz: float = 20.0,
+        recorder: RecorderLike | None = None,
     ) -> None:
         self.settings = settings
         self._arm_factory = arm_factory
@@ -136,6 +147,8 @@ class Engine:
         self._camera_factory = camera_factory
         self._on_telemetry = on_telemetry
         self.log = session_log
+        self.recorder = recorder
+        self._run = 0  # policy starts so far: the episode a recorded tick belongs to
         self._telemetry_period = 1.0 / telemetry_hz
         self.period = 1.0 / settings.control.rate_hz
         self.filter = SafetyFilter(settings.arm)
@@ -311,6 +324,7 @@ class Engine:
             "estop_count": self.estop_count,
             "tick_count": self.tick_count,
             "hold_reason": self._hold_reason,
+            "recording": None if self.recorder is None else self.recorder.status(),
         }
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -484,6 +498,7 @@ class Engine:
                 self._event("warning", f"Start refused: {why}")
                 return
             self._epoch += 1
+            self._run += 1
             self._confirmed_stand_ins = confirmed
             self._task = task
             self._macro = None
@@ -579,6 +594,15 @@ class Engine:
             self._prev_goal = start
             self._set_state(EngineState.MACRO, f"macro {cmd.name}")
         self._event("info", f'Macro "{cmd.name}" started.')
+
+    def _cmd_record(self, cmd: Command) -> None:
+        """Recording on/off (flag), or mark the last episode (name = "success" / "failure" / "timed out")."""
+        if self.recorder is None:
+            self._event("warning", "Recording is not available in this engine.")
+            return
+        level, text = self.recorder.command(cmd)
+        if text:
+            self._event(level, text)
 
     def _cmd_ui_lost(self, cmd: Command) -> None:
         self.ui_lost(cmd.reason or "the UI said it is going away")
@@ -769,7 +793,7 @@ class Engine:
                     self._prev_goal = goal
         if starved:
             self.starved_ticks += 1
-        self._emit_tick(k, start, period_s, measured, goal, written, clamped, starved)
+        self._emit_tick(k, start, period_s, measured, goal, written, clamped, starved, raw=proposed)
 
     def _emit_tick(
         self,
@@ -781,6 +805,7 @@ class Engine:
         written: bool,
         clamped: tuple[bool, ...],
         starved: bool,
+        raw: FloatArray | None = None,
     ) -> None:
         self.tick_count += 1
         m = tuple(float(v) for v in measured) if measured is not None else (float("nan"),) * 6
@@ -795,6 +820,8 @@ class Engine:
             starved=starved,
             queue_depth=self.queue.depth(k + 1),
             speed=self._speed,
+            raw_action=None if raw is None else tuple(float(v) for v in raw),
+            run=self._run if self._state in _ACTIVE else -1,
         )
         self.coalescer.add_tick(sample)
         if self.log is not None:
@@ -1061,11 +1088,20 @@ class Engine:
     def _publish(self, force: bool, last_state: EngineState | None, last_sent: float) -> None:
         sink = self._on_telemetry
         if sink is None:
-            self.coalescer.take(**self.snapshot())  # drain so memory stays bounded
+            batch = self.coalescer.take(**self.snapshot())  # drain so memory stays bounded
+            self._record(batch)
             return
         if force or self.coalescer.pending() or self._state != last_state or time.monotonic() - last_sent > 0.5:
+            batch = self.coalescer.take(**self.snapshot())
+            self._record(batch)
             with contextlib.suppress(Exception):  # the receiver is gone; the engine keeps holding
-                sink(self.coalescer.take(**self.snapshot()))
+                sink(batch)
+
+    def _record(self, batch: TelemetryBatch) -> None:
+        """Hand this batch's ticks to the recorder (a bounded, non-blocking queue: here, off the tick)."""
+        if self.recorder is not None:
+            with contextlib.suppress(Exception):  # a broken recorder must never stop the telemetry
+                self.recorder.feed(batch)
 
     # -------------------------------------------------------------------------------------- shutdown
 

@@ -126,14 +126,20 @@ def build_engine(
                 for name, cs in settings.cameras.items()}
 
     log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
-    return Engine(
+    from lepetpal_tui.record.feed import RecordFeed
+
+    recorder = RecordFeed(settings, session_log=str(log_path or ""))  # the process starts when recording is on
+    engine = Engine(
         settings,
         arm_factory=arm_factory,
         policy_factory=policy_factory,
         camera_factory=camera_factory,
         on_telemetry=on_telemetry,
         session_log=log,
+        recorder=recorder,
     )
+    recorder.attach(lambda: engine.cameras, engine._event_obj)
+    return engine
 
 
 # ------------------------------------------------------------------------------------ policy process
@@ -366,6 +372,9 @@ def _child_main(conn: Connection, settings: Settings, sim_port: str | None, log_
             lost.set()
             engine.ui_lost(f"the UI process {parent} is gone (the engine has a new parent)")
     engine.flush_telemetry()
+    close_recorder = getattr(engine.recorder, "close", None)
+    if callable(close_recorder):
+        close_recorder()  # the open episode is saved (or discarded) per [recording] on_quit
     owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):
         conn.close()

@@ -29,6 +29,7 @@ __all__ = [
     "Observation",
     "PortInfo",
     "PreflightCheck",
+    "RecordingStatus",
     "ServoHealth",
     "TelemetryBatch",
     "TickSample",
@@ -154,7 +155,8 @@ class EngineState(enum.StrEnum):
 @dataclass(frozen=True)
 class Command:
     """UI -> engine. `kind` is one of: start, stop, set_task, estop, estop_torque_off, rearm,
-    set_dry_run, macro, quit, heartbeat, ui_lost. `task` for start/set_task, `flag` for set_dry_run (and,
+    set_dry_run, macro, quit, heartbeat, ui_lost, record (`flag`: recording on/off; or `name` "success",
+    "failure", "timed out": mark the last recorded episode). `task` for start/set_task, `flag` for set_dry_run (and,
     on start, "run on a camera's synthetic fallback": the operator confirmed it), `name` for macro,
     `go_home` for quit, `reason` for ui_lost (the UI's last word: why it is going away). `heartbeat` is
     sent a few times a second from the UI's event loop."""
@@ -180,6 +182,8 @@ class TickSample:
     starved: bool  # RUNNING but no action was available
     queue_depth: int
     speed: float = 1.0  # playback speed factor: plan steps per tick (< 1 while inference is slow)
+    raw_action: tuple[float, ...] | None = None  # the plan's action before the safety filter (recording)
+    run: int = -1  # which policy start this tick belongs to (RUNNING / DRY-RUN); -1 otherwise
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,22 @@ class EngineEvent:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class RecordingStatus:
+    """What the recorder (lepetpal_tui/record) reports for the screen: on/off, episodes, frames."""
+
+    on: bool = False
+    episodes: int = 0  # saved in the dataset (this session and before, when resumed)
+    frames: int = 0  # frames of the episode being recorded (0 when none is open)
+    in_episode: bool = False
+    dropped: int = 0  # tick records dropped because the recorder's queue was full
+    last_episode: int | None = None  # index of the last saved episode (what s / f marks)
+    last_outcome: str = ""  # "success", "failure", "timed out" or ""
+    saving: bool = False  # an episode is being encoded and written
+    root: str = ""
+    error: str = ""  # why recording stopped, with what to do
+
+
 @dataclass
 class TelemetryBatch:
     """Coalesced telemetry, sent at a bounded rate (about 20 Hz).
@@ -229,6 +249,7 @@ class TelemetryBatch:
     estop_count: int = 0
     tick_count: int = 0
     hold_reason: str = ""
+    recording: RecordingStatus | None = None  # None when this engine has no recorder
 
     @property
     def latest_tick(self) -> TickSample | None:

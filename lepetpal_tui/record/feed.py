@@ -1,0 +1,213 @@
+"""The engine's side of recording: a bounded, never-blocking queue to the recorder process.
+
+`Engine._publish` (the telemetry thread, off the tick path) calls `feed(batch)` with every tick it
+publishes. Ticks of a policy run (TickSample.run >= 0) become small records in a multiprocessing queue
+(pickled by the queue's own feeder thread); a full queue drops the record and counts it. A run's end
+(stop, e-stop, fault: the next tick has another run id) sends "end", which closes the episode. Control
+messages (end, mark, quit) are never dropped: when the queue is full they wait in a local backlog, and
+ticks behind them are dropped, so the order is kept.
+
+Recording switched on while the policy runs starts with the next start (an episode is always a whole run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from multiprocessing.process import BaseProcess
+from typing import Any, Literal
+
+from lepetpal_tui.config import Settings
+from lepetpal_tui.core.types import Command, EngineEvent, RecordingStatus, TelemetryBatch
+
+Level = Literal["info", "warning", "error"]
+QUEUE_SIZE = 30 * 120  # two minutes of ticks at 30 Hz before anything is dropped
+OUTCOMES = ("success", "failure", "timed out")
+
+
+class RecordFeed:
+    """Implements the engine's RecorderLike; also owns the recorder process and (for now) the frame ring."""
+
+    def __init__(self, settings: Settings, session_log: str = "", ring_name: str | None = None) -> None:
+        self.settings = settings
+        self.session_log = session_log
+        self._on = settings.recording.enabled
+        self._ring_name = ring_name
+        self._feeder: Any = None
+        self._proc: BaseProcess | None = None
+        self._inbox: Any = None
+        self._outbox: Any = None
+        self._backlog: deque[tuple[Any, ...]] = deque()
+        self._lock = threading.RLock()  # feed (telemetry thread) and command (command thread)
+        self._open_run = -1  # the run being recorded
+        self._skip_run = -1  # the run that was going when recording was switched on
+        self._last_run = -1  # the newest run seen in a tick
+        self._dropped = 0
+        self._recorder: dict[str, Any] = {}
+        self._cameras: Callable[[], Mapping[str, Any]] = dict
+        self.on_event: Callable[[EngineEvent], None] = lambda e: None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def attach(self, cameras: Callable[[], Mapping[str, Any]], on_event: Callable[[EngineEvent], None]) -> None:
+        """Wire to the engine (its cameras and event log); starts the recorder when recording is on."""
+        self._cameras = cameras
+        self.on_event = on_event
+        if self._on:
+            self._start()
+
+    def _say(self, level: Level, text: str) -> None:
+        with contextlib.suppress(Exception):
+            self.on_event(EngineEvent(time.monotonic(), level, text))
+
+    def _start(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            return
+        from lepetpal_tui.record.dataset import choose_root
+        from lepetpal_tui.record.process import recorder_main
+
+        if self._ring_name is None and self.settings.cameras:
+            from lepetpal_tui.record.ring_feeder import RingFeeder, ring_for
+
+            ring = ring_for(self.settings)
+            fps = max(c.fps for c in self.settings.cameras.values())
+            self._feeder = RingFeeder(ring, self._cameras, fps, lambda text: self._say("warning", text))
+            self._ring_name = ring.name
+        ctx = mp.get_context("spawn")
+        self._inbox = ctx.Queue(QUEUE_SIZE)
+        self._outbox = ctx.Queue()
+        root = str(choose_root(self.settings.recording))
+        self._recorder = {"root": root}
+        self._proc = ctx.Process(
+            target=recorder_main,
+            args=(self.settings, self._ring_name or "", root, self.session_log, self._inbox, self._outbox,
+                  os.getpid()),
+            name="lepetpal-recorder",
+            daemon=False,  # must finish writing the last episode even while the engine exits
+        )
+        self._proc.start()
+        threading.Thread(target=self._read_outbox, name="engine-recorder-status", daemon=True).start()
+        self._say("info", f"Recording into {root} (recorder pid {self._proc.pid}).")
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _read_outbox(self) -> None:
+        outbox, proc = self._outbox, self._proc
+        while proc is not None and (proc.is_alive() or not outbox.empty()):
+            try:
+                msg = outbox.get(timeout=0.5)
+            except queue_mod.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            if msg[0] == "status":
+                self._recorder = dict(msg[1])
+            elif msg[0] == "event":
+                self._say(msg[1], msg[2])
+
+    def close(self, timeout: float = 300.0) -> None:
+        """After the engine stopped: end the open episode (per [recording] on_quit), wait for the save."""
+        if self._proc is not None:
+            self._send(("quit", self.settings.recording.on_quit), droppable=False)
+            deadline = time.monotonic() + timeout
+            while self._backlog and time.monotonic() < deadline:
+                self._flush()
+                time.sleep(0.05)
+            self._proc.join(max(0.0, deadline - time.monotonic()))
+            if self._proc.is_alive():
+                self._proc.terminate()
+        if self._feeder is not None:
+            self._feeder.close()
+            self._feeder = None
+
+    # -------------------------------------------------------------------------------------- the feed
+
+    def _flush(self) -> bool:
+        while self._backlog:
+            try:
+                self._inbox.put_nowait(self._backlog[0])
+            except queue_mod.Full:
+                return False
+            self._backlog.popleft()
+        return True
+
+    def _send(self, msg: tuple[Any, ...], droppable: bool) -> None:
+        with self._lock:
+            if self._inbox is None:
+                return
+            if self._flush():
+                try:
+                    self._inbox.put_nowait(msg)
+                    return
+                except queue_mod.Full:
+                    pass
+            if droppable:
+                self._dropped += 1
+            else:
+                self._backlog.append(msg)
+
+    def feed(self, batch: TelemetryBatch) -> None:
+        with self._lock:
+            self._feed(batch)
+
+    def _feed(self, batch: TelemetryBatch) -> None:
+        task = batch.task
+        for t in batch.ticks:
+            self._last_run = max(self._last_run, t.run)
+            if self._open_run >= 0 and t.run != self._open_run:
+                self._send(("end", self._open_run), droppable=False)
+                self._open_run = -1
+            if t.run < 0 or not self._on or t.run == self._skip_run or self._inbox is None:
+                continue
+            self._open_run = t.run
+            self._send(("tick", t.t, t.run, task, t.measured,
+                        t.goal, t.raw_action, t.clamped, t.starved, t.speed), droppable=True)
+
+    # ---------------------------------------------------------------------------------- the commands
+
+    def command(self, cmd: Command) -> tuple[Level, str]:
+        """`record` commands: name "" toggles recording (flag = on); a name in OUTCOMES marks the last episode."""
+        with self._lock:
+            return self._command(cmd)
+
+    def _command(self, cmd: Command) -> tuple[Level, str]:
+        if cmd.name in OUTCOMES:
+            if self._proc is None:
+                return "warning", "Nothing recorded yet: turn recording on first."
+            if self._open_run >= 0:  # marking while the run goes on: its episode ends here
+                self._send(("end", self._open_run), droppable=False)
+                self._skip_run, self._open_run = self._open_run, -1
+            self._send(("mark", cmd.name), droppable=False)
+            return "info", ""
+        if cmd.name:
+            return "warning", f'Unknown recording command "{cmd.name}".'
+        if cmd.flag == self._on:
+            return "info", "Recording is already " + ("on." if self._on else "off.")
+        self._on = cmd.flag
+        if not cmd.flag:
+            if self._open_run >= 0:
+                self._send(("end", self._open_run), droppable=False)
+                self._open_run = -1
+            return "info", "Recording off (the episode in progress, if any, is saved)."
+        self._skip_run = self._last_run if self._last_run >= 0 else -1
+        try:
+            self._start()
+        except Exception as exc:
+            self._on = False
+            return "error", f"Cannot start the recorder: {exc}"
+        return "info", "Recording on: each start of the policy records an episode."
+
+    def status(self) -> RecordingStatus:
+        r = self._recorder
+        fields = {f.name for f in dataclasses.fields(RecordingStatus)}
+        known = {k: v for k, v in r.items() if k in fields and k not in ("on", "dropped")}
+        return RecordingStatus(on=self._on, dropped=self._dropped + int(r.get("dropped", 0)), **known)
