@@ -103,7 +103,7 @@ class _Session:
         self.batch: TelemetryBatch | None = None
 
     def pump(self, timeout: float = 0.05) -> list[TelemetryBatch]:
-        batches = self.client.poll(timeout)
+        batches: list[TelemetryBatch] = self.client.poll(timeout)
         for b in batches:
             self.progress.feed(b)
             self.batch = b
@@ -112,7 +112,7 @@ class _Session:
 
     @property
     def state(self) -> str:
-        return self.progress.state
+        return str(self.progress.state)
 
     def wait_state(self, states: tuple[EngineState, ...], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
