@@ -35,11 +35,14 @@ OUTCOMES = ("success", "failure", "timed out")
 class RecordFeed:
     """Implements the engine's RecorderLike; also owns the recorder process and (for now) the frame ring."""
 
-    def __init__(self, settings: Settings, session_log: str = "", ring_name: str | None = None) -> None:
+    def __init__(self, settings: Settings, session_log: str = "",
+                 ring_name: Callable[[], str] | None = None) -> None:
+        """`ring_name`: the engine's frame ring, once it exists ("" before); None: make one here."""
         self.settings = settings
         self.session_log = session_log
         self._on = settings.recording.enabled
         self._ring_name = ring_name
+        self._ring_sent = False
         self._feeder: Any = None
         self._proc: BaseProcess | None = None
         self._inbox: Any = None
@@ -79,7 +82,8 @@ class RecordFeed:
             ring = ring_for(self.settings)
             fps = max(c.fps for c in self.settings.cameras.values())
             self._feeder = RingFeeder(ring, self._cameras, fps, lambda text: self._say("warning", text))
-            self._ring_name = ring.name
+            name = ring.name
+            self._ring_name = lambda: name
         ctx = mp.get_context("spawn")
         self._inbox = ctx.Queue(QUEUE_SIZE)
         self._outbox = ctx.Queue()
@@ -87,12 +91,13 @@ class RecordFeed:
         self._recorder = {"root": root}
         self._proc = ctx.Process(
             target=recorder_main,
-            args=(self.settings, self._ring_name or "", root, self.session_log, self._inbox, self._outbox,
-                  os.getpid()),
+            args=(self.settings, root, self.session_log, self._inbox, self._outbox, os.getpid()),
             name="lepetpal-recorder",
             daemon=False,  # must finish writing the last episode even while the engine exits
         )
         self._proc.start()
+        self._ring_sent = False
+        self._offer_ring()
         threading.Thread(target=self._read_outbox, name="engine-recorder-status", daemon=True).start()
         self._say("info", f"Recording into {root} (recorder pid {self._proc.pid}).")
 
@@ -159,7 +164,17 @@ class RecordFeed:
         with self._lock:
             self._feed(batch)
 
+    def _offer_ring(self) -> None:
+        """Tell the recorder where the frames are, once the ring exists (the cameras open after connect)."""
+        if self._ring_sent or self._ring_name is None or self._inbox is None:
+            return
+        name = self._ring_name()
+        if name:
+            self._send(("ring", name), droppable=False)
+            self._ring_sent = True
+
     def _feed(self, batch: TelemetryBatch) -> None:
+        self._offer_ring()
         task = batch.task
         for t in batch.ticks:
             self._last_run = max(self._last_run, t.run)

@@ -50,6 +50,7 @@ class FrameHistory:
             cam: deque(maxlen=max(4, int(_HISTORY_S * f))) for cam, f in fps.items()
         }
         self._seen: dict[str, int] = dict.fromkeys(fps, 0)
+        self.cameras = tuple(fps)
         self.stop = threading.Event()
 
     def poll_once(self) -> None:
@@ -252,22 +253,22 @@ def _attach_ring(name: str, deadline_s: float = 30.0) -> Any:
             time.sleep(0.05)
 
 
-def recorder_main(settings: Settings, ring_name: str, root: str, session_log: str,
+def recorder_main(settings: Settings, root: str, session_log: str,
                   inbox: Any, outbox: Any, parent_pid: int) -> None:
-    """Entry point of the recorder process (multiprocessing, spawn)."""
+    """Entry point of the recorder process (multiprocessing, spawn). The frame ring's name comes as a
+    ("ring", name) message once the engine's cameras are open."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when recording stops
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _lower_priority()
-    ring = _attach_ring(ring_name) if ring_name else None
-    history = FrameHistory(ring, {n: c.fps for n, c in settings.cameras.items()}) if ring is not None else None
-    if history is not None:
-        threading.Thread(target=history.run, name="recorder-frames", daemon=True).start()
+    ring: Any = None
+    history: FrameHistory | None = None
     backlog: queue_mod.Queue[tuple[Any, ...]] = queue_mod.Queue()
     frame_bytes = max(1, sum(c.width * c.height * 3 for c in settings.cameras.values()))
     budget = max(30, _BACKLOG_BYTES // frame_bytes)
     dropped = [0]
 
     def intake() -> None:
+        nonlocal ring, history
         while True:
             try:
                 msg = inbox.get(timeout=0.5)
@@ -279,11 +280,23 @@ def recorder_main(settings: Settings, ring_name: str, root: str, session_log: st
             except (EOFError, OSError):
                 backlog.put(("quit", settings.recording.on_quit))
                 return
+            if msg[0] == "ring":
+                if history is None:
+                    try:
+                        ring = _attach_ring(str(msg[1]), deadline_s=5.0)
+                    except FileNotFoundError as exc:
+                        backlog.put(("event", "warning", f"Recording without camera frames: {exc}"))
+                        continue
+                    history = FrameHistory(ring, {n: c.fps for n, c in settings.cameras.items() if n in ring.cameras})
+                    threading.Thread(target=history.run, name="recorder-frames", daemon=True).start()
+                continue
             if msg[0] == "tick":
                 if backlog.qsize() >= budget:
                     dropped[0] += 1
                     continue
-                images = {cam: history.at(cam, msg[1]) if history is not None else None for cam in settings.cameras}
+                h = history
+                images = {cam: h.at(cam, msg[1]) if h is not None and cam in h.cameras else None
+                          for cam in settings.cameras}
                 backlog.put(("frame", msg, images))
             else:
                 backlog.put(msg)
@@ -303,6 +316,8 @@ def recorder_main(settings: Settings, ring_name: str, root: str, session_log: st
             rec.end(save=True)
         elif kind == "mark":
             rec.mark(str(item[1]))
+        elif kind == "event":
+            rec.event(str(item[1]), str(item[2]))
         elif kind == "quit":
             rec.end(save=item[1] != "discard")
             rec.report()
