@@ -48,6 +48,7 @@ from lepetpal_tui.ui.widgets.latency import LatencyPane
 from lepetpal_tui.ui.widgets.log import EventLog
 from lepetpal_tui.ui.widgets.model import ModelPane
 from lepetpal_tui.ui.widgets.ports import PortPane
+from lepetpal_tui.ui.widgets.recording import RecordingLine
 from lepetpal_tui.ui.widgets.task import TaskPane
 
 STATS_ENV = "LEPETPAL_UI_STATS"  # path: write first-paint time and redraw counts there (bench)
@@ -84,6 +85,9 @@ class LePetPalApp(App[int]):
         Binding("r", "rearm", "Re-arm"),
         Binding("h", "macro('home')", "Home"),
         Binding("t", "macro('throw')", "Throw"),
+        Binding("f9", "toggle_recording", "Record", priority=True, key_display="F9", show=False),
+        Binding("s", "mark('success')", "Mark success", show=False),
+        Binding("f", "mark('failure')", "Mark failure", show=False),
         # ctrl+q is the one shown: it works while typing in the task field too, where `q` is just a letter.
         Binding("q", "quit", "Quit", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True, key_display="^Q"),
@@ -152,6 +156,7 @@ class LePetPalApp(App[int]):
                 yield JointsPane(self.settings.arm.limits, self.settings.safety, id="joints")
                 yield LatencyPane(self.settings.control.rate_hz, id="latency")
         yield TaskPane(id="task")
+        yield RecordingLine(id="recording")
         yield EventLog(self.t0, id="log")
         yield Footer(id="footer", compact=True, show_command_palette=False)
 
@@ -372,6 +377,7 @@ class LePetPalApp(App[int]):
         self.main.query_one(StateBanner).show(store.state, task=store.task, reason=store.hold_reason, port=port)
         self.main.query_one(JointsPane).show(store.latest_tick, store.health, store.dry_run)
         self.main.query_one(ModelPane).show(store.model)
+        self.main.query_one(RecordingLine).show(store.recording)
 
     def log_ui(self, level: str, message: str, fix: str = "") -> None:
         if not self.screen_stack:  # a late message while the app exits
@@ -469,6 +475,13 @@ class LePetPalApp(App[int]):
             return
         if self.send("macro", name=name):
             self.log_ui("info", f"macro {name} requested")
+
+    def action_toggle_recording(self) -> None:
+        status = self.store.recording
+        self.send("record", flag=not (status is not None and status.on))  # the engine's event confirms it
+
+    def action_mark(self, outcome: str) -> None:
+        self.send("record", name=outcome)
 
     def action_leave_field(self) -> None:
         self.set_focus(None)
