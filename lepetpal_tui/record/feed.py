@@ -81,7 +81,8 @@ class RecordFeed:
 
             ring = ring_for(self.settings)
             fps = max(c.fps for c in self.settings.cameras.values())
-            self._feeder = RingFeeder(ring, self._cameras, fps, lambda text: self._say("warning", text))
+            self._feeder = RingFeeder(ring, self._cameras, fps, lambda text: self._say("warning", text),
+                                      active=lambda: self._on or self._open_run >= 0)
             name = ring.name
             self._ring_name = lambda: name
         ctx = mp.get_context("spawn")
@@ -95,11 +96,23 @@ class RecordFeed:
             name="lepetpal-recorder",
             daemon=False,  # must finish writing the last episode even while the engine exits
         )
-        self._proc.start()
+        # Started from a thread already at the recorder's low priority: the child inherits the starting
+        # thread's nice, and the caller may be the command thread at -10 (its whole start-up, imports
+        # included, would then compete with the actuator).
+        starter = threading.Thread(target=self._spawn_low, args=(self._proc,), name="engine-recorder-spawn")
+        starter.start()
+        starter.join()
         self._ring_sent = False
         self._offer_ring()
         threading.Thread(target=self._read_outbox, name="engine-recorder-status", daemon=True).start()
         self._say("info", f"Recording into {root} (recorder pid {self._proc.pid}).")
+
+    @staticmethod
+    def _spawn_low(proc: BaseProcess) -> None:
+        from lepetpal_tui.record.process import lower_priority
+
+        lower_priority()
+        proc.start()
 
     @property
     def pid(self) -> int | None:

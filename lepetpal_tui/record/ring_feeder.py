@@ -23,8 +23,9 @@ def ring_for(settings: Settings) -> FrameRing:
 
 class RingFeeder:
     def __init__(self, ring: FrameRing, cameras: Callable[[], Mapping[str, Any]], fps: float,
-                 on_problem: Callable[[str], None]) -> None:
+                 on_problem: Callable[[str], None], active: Callable[[], bool] = lambda: True) -> None:
         self.ring = ring
+        self._active = active  # copy frames only while recording (a synthetic frame costs 3.5 ms to render)
         self._cameras = cameras
         self._period = 0.5 / max(1.0, fps)
         self._on_problem = on_problem
@@ -36,6 +37,8 @@ class RingFeeder:
         last: dict[str, Any] = {}
         refused: set[str] = set()
         while not self._stop.wait(self._period):
+            if not self._active():
+                continue
             for name, cam in list(self._cameras().items()):
                 if name in refused or name not in self.ring.cameras:
                     continue
