@@ -189,10 +189,13 @@ class RecordFeed:
     def _feed(self, batch: TelemetryBatch) -> None:
         self._offer_ring()
         task = batch.task
+        # The run cut by quitting (the engine halts with "quitting" before it disconnects) is the one
+        # [recording] on_quit decides about; every other end is saved.
+        quitting = batch.hold_reason == "quitting" and self.settings.recording.on_quit == "discard"
         for t in batch.ticks:
             self._last_run = max(self._last_run, t.run)
             if self._open_run >= 0 and t.run != self._open_run:
-                self._send(("end", self._open_run), droppable=False)
+                self._send(("discard" if quitting else "end", self._open_run), droppable=False)
                 self._open_run = -1
             if t.run < 0 or not self._on or t.run == self._skip_run or self._inbox is None:
                 continue

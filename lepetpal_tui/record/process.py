@@ -11,7 +11,7 @@ policy always win the CPU; it only takes what is left. Threads:
 - main: LeRobot work: `add_frame` as frames come, `save_episode` + `finalize` when an episode ends.
 
 Messages in (tuples, small to pickle): ("tick", t, run, task, measured, action, raw, clamped, starved,
-speed), ("end", run), ("mark", outcome), ("quit", on_quit). Out: ("status", {RecordingStatus fields}) and
+speed), ("end", run), ("discard", run), ("mark", outcome), ("ring", name), ("quit", on_quit). Out: ("status", {RecordingStatus fields}) and
 ("event", level, text).
 """
 
@@ -323,8 +323,8 @@ def recorder_main(settings: Settings, root: str, session_log: str,
         kind = item[0]
         if kind == "frame":
             rec.add(item[1], item[2])
-        elif kind == "end":
-            rec.end(save=True)
+        elif kind in ("end", "discard"):
+            rec.end(save=kind == "end")
         elif kind == "mark":
             rec.mark(str(item[1]))
         elif kind == "event":

@@ -106,3 +106,14 @@ def test_new_dataset_never_reuses_an_occupied_folder(tmp_path: Path) -> None:
     (tmp_path / "ds-2").mkdir()
     (tmp_path / "ds-2" / "x").write_text("")
     assert choose_root(dataclasses.replace(s, root=str(root), existing="new")) == (tmp_path / "ds-3").resolve()
+
+
+def test_the_run_cut_by_quitting_is_discarded_when_on_quit_says_so() -> None:
+    for on_quit, last in (("discard", "discard1"), ("save", "end1")):
+        feed, q = _feed()
+        feed.settings = dataclasses.replace(
+            feed.settings, recording=dataclasses.replace(feed.settings.recording, on_quit=on_quit))  # type: ignore[arg-type]
+        feed.feed(_batch(1, 1))
+        quit_batch = dataclasses.replace(_batch(-1), state=EngineState.READY, hold_reason="quitting")
+        feed.feed(quit_batch)
+        assert kinds(q)[-1] == last
