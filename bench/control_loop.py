@@ -5,7 +5,9 @@ Runs the engine in its own process, exactly as the TUI does, on the simulated ar
 1 Mbps wire timing), with the real tiny SmolVLA checkpoint (built offline) as the policy. The controlling
 process keeps one thread spinning pure-Python work the whole time, as a busy UI would.
 
-    .venv/bin/python bench/control_loop.py [--duration 30] [--estops 5] [--policy tiny|scripted]
+    .venv/bin/python bench/control_loop.py [--duration 30] [--estops 5] [--policy tiny|scripted] [--record]
+
+--record compares recording off / on / encoding instead (bench/control_loop_record.py).
 
 Prints the figures and writes bench/results/control_loop.json. Goal: p99 jitter <= 2 ms.
 """
@@ -55,7 +57,13 @@ def main() -> int:
     ap.add_argument("--estops", type=int, default=5, help="e-stops to time")
     ap.add_argument("--policy", choices=["tiny", "scripted"], default="tiny")
     ap.add_argument("--no-busy", action="store_true", help="leave the controlling process idle")
+    ap.add_argument("--record", action="store_true",
+                    help="jitter and starved ticks with recording off, on and encoding (--duration each)")
     args = ap.parse_args()
+    if args.record:
+        from control_loop_record import record_main
+
+        return record_main(args, busy_ui, wait)
 
     from lepetpal_tui.sim.process import SimArm
 

@@ -77,6 +77,10 @@ def settings_flags_parser() -> argparse.ArgumentParser:
         default=s,
         help="faster downloads with hf_transfer (HF_HUB_ENABLE_HF_TRANSFER)",
     )
+    g.add_argument("--rec", dest="recording", action="store_true", default=s,
+                   help="record runs as LeRobot dataset episodes from the start (RECORD)")
+    g.add_argument("--no-rec", dest="recording", action="store_false", default=s)
+    g.add_argument("--rec-root", metavar="DIR", default=s, help="folder of the recorded dataset (RECORD_ROOT)")
     return p
 
 
@@ -89,6 +93,8 @@ _FLAG_KEYS = {
     "dry_run": "control.dry_run",
     "hf_transfer": "model.hf_transfer",
     "policy_server": "model.server",
+    "recording": "recording.enabled",
+    "record_root": "recording.root",
 }
 
 

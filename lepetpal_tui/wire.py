@@ -23,6 +23,8 @@ from lepetpal_tui.joints import JOINT_NAMES, FloatArray
 
 __all__ = [
     "JOINT_NAMES",
+    "OUTCOMES",
+    "Outcome",
     "ActionChunk",
     "CameraStatus",
     "ChunkReply",
@@ -40,6 +42,7 @@ __all__ = [
     "InferRequest",
     "InferenceTiming",
     "Level",
+    "MarkEpisode",
     "ModelPhase",
     "ModelStatus",
     "Observation",
@@ -49,11 +52,13 @@ __all__ = [
     "PreflightCheck",
     "Quit",
     "Rearm",
+    "RecordingStatus",
     "RemoteServerInfo",
     "ResetRequest",
     "RunMacro",
     "ServoHealth",
     "SetDryRun",
+    "SetRecording",
     "SetTask",
     "Start",
     "Stop",
@@ -325,11 +330,31 @@ class UiLost(_CommandBase):
     reason: str = ""
 
 
-Command = Start | Stop | SetTask | EStop | Rearm | SetDryRun | RunMacro | Quit | Heartbeat | UiLost
+@dataclass(frozen=True, kw_only=True)
+class SetRecording(_CommandBase):
+    """Recording on/off: each start of the policy then records a LeRobot dataset episode."""
+
+    on: bool
+
+
+Outcome = Literal["success", "failure", "timed out"]
+OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "timed out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkEpisode(_CommandBase):
+    """Mark the last recorded episode (kept in the dataset and in the session log)."""
+
+    outcome: Outcome
+
+
+Command = (Start | Stop | SetTask | EStop | Rearm | SetDryRun | RunMacro | Quit | Heartbeat | UiLost
+           | SetRecording | MarkEpisode)
 
 _COMMAND_NAMES: dict[type, str] = {
     Start: "start", Stop: "stop", SetTask: "set_task", Rearm: "rearm", SetDryRun: "set_dry_run",
     RunMacro: "macro", Quit: "quit", Heartbeat: "heartbeat", UiLost: "ui_lost",
+    SetRecording: "record", MarkEpisode: "mark_episode",
 }
 
 
@@ -353,6 +378,8 @@ class TickSample:
     starved: bool  # RUNNING but no action was available
     queue_depth: int
     speed: float = 1.0  # playback speed factor: plan steps per tick (< 1 while inference is slow)
+    raw_action: tuple[float, ...] | None = None  # the plan's action before the safety filter (recording)
+    run: int = -1  # which policy start this tick belongs to (RUNNING / DRY-RUN); -1 otherwise
 
 
 @dataclass(frozen=True)
@@ -393,6 +420,7 @@ class EventKind(enum.StrEnum):
     SLOW_INFERENCE = "slow_inference"
     UI_LOST = "ui_lost"
     UI_SILENT = "ui_silent"
+    RECORDING = "recording"
     INTERNAL = "internal"
     ENGINE_GONE = "engine_gone"
     DISCONNECTED = "disconnected"
@@ -427,6 +455,22 @@ class CameraStatus:
 
 
 @dataclass(frozen=True)
+class RecordingStatus:
+    """What the recorder (lepetpal_tui/record) reports for the screen: on/off, episodes, frames."""
+
+    on: bool = False
+    episodes: int = 0  # saved in the dataset (this session and before, when resumed)
+    frames: int = 0  # frames of the episode being recorded (0 when none is open)
+    in_episode: bool = False
+    dropped: int = 0  # tick records dropped because the recorder's queue was full
+    last_episode: int | None = None  # index of the last saved episode (what s / f marks)
+    last_outcome: str = ""  # "success", "failure", "timed out" or ""
+    saving: bool = False  # an episode is being encoded and written
+    root: str = ""
+    error: str = ""  # why recording stopped, with what to do
+
+
+@dataclass(frozen=True)
 class EngineSnapshot:
     """The engine's counters and state at one moment (telemetry batches carry the same fields)."""
 
@@ -444,6 +488,7 @@ class EngineSnapshot:
     plan_ahead: tuple[tuple[float, ...], ...] = ()
     frame_ring: str = ""  # shared-memory name of the engine's frame ring ("" until cameras are open)
     cameras: tuple[CameraStatus, ...] = ()
+    recording: RecordingStatus | None = None  # None when this engine has no recorder
 
 
 @dataclass
@@ -471,6 +516,7 @@ class TelemetryBatch:
     plan_ahead: tuple[tuple[float, ...], ...] = ()  # see EngineSnapshot
     frame_ring: str = ""
     cameras: tuple[CameraStatus, ...] = ()
+    recording: RecordingStatus | None = None
 
     @property
     def latest_tick(self) -> TickSample | None:

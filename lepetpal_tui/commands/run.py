@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-timeout", type=float, default=600.0, metavar="S",
                         help="give up if the arm and policy are not ready after S seconds (default 600)")
     parser.add_argument("--go-home", action="store_true", help="run the home macro before disconnecting")
+    parser.add_argument("--episodes", type=int, default=None, metavar="N",
+                        help="evaluate: N episodes, home between them, s / f marks or timed out, a summary")
+    parser.add_argument("--episode-seconds", type=float, default=60.0, metavar="S",
+                        help="with --episodes: an episode not marked within S seconds is timed out (default 60)")
+    parser.add_argument("--record", default=None, metavar="DIR",
+                        help="record every episode into the LeRobot dataset at DIR (recording.enabled, .root)")
 
 
 class _HungUp(Exception):
@@ -106,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
         print("lepetpal run: --task is empty. Say what the arm should do, e.g. --task \"pick up the ball\".",
               file=sys.stderr)
         return 2
+    if args.record:
+        from lepetpal_tui.record.evaluate import with_recording
+
+        settings = with_recording(settings, args.record)
+    if args.episodes is not None:
+        from lepetpal_tui.record.evaluate import evaluate
+
+        return evaluate(args, settings, task)
     if args.duration is not None and args.duration <= 0:
         print("lepetpal run: --duration must be a positive number of seconds.", file=sys.stderr)
         return 2

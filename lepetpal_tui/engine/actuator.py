@@ -92,7 +92,7 @@ class Actuator:
         measured = read.value
         if measured is None:
             self._watchdog.read_failed(read.error or RuntimeError("no reading"))
-            self._emit(k, start, period_s, None, None, False, _NO_CLAMPS, False)
+            self._emit(k, start, period_s, None, None, False, _NO_CLAMPS, False, None)
             return
         self._watchdog.read_ok()
         with c.lock:
@@ -109,7 +109,7 @@ class Actuator:
                 c.halt(EngineState.ERROR, result.reason, HoldCause.FAULT)
                 c.event("error", f"Holding: {result.reason}.", "Check the policy output; re-arm to retry.",
                         EventKind.POLICY_OUTPUT_FAULT)
-                self._emit(k, start, period_s, measured, None, False, clamped, starved)
+                self._emit(k, start, period_s, measured, None, False, clamped, starved, proposed)
                 return
             goal = result.goal
             c.counters.clamps += result.clamp_count
@@ -127,7 +127,7 @@ class Actuator:
                     c.prev_goal = goal
         if starved:
             c.counters.starved += 1
-        self._emit(k, start, period_s, measured, goal, written, clamped, starved)
+        self._emit(k, start, period_s, measured, goal, written, clamped, starved, proposed)
 
     def _proposal(self, k: int, state: EngineState, epoch: int, awaiting: bool,
                   macro: MacroRun | None) -> tuple[FloatArray | None, bool]:
@@ -153,7 +153,7 @@ class Actuator:
         return None, False
 
     def _emit(self, k: int, start: float, period_s: float, measured: FloatArray | None, goal: FloatArray | None,
-              written: bool, clamped: tuple[bool, ...], starved: bool) -> None:
+              written: bool, clamped: tuple[bool, ...], starved: bool, raw: FloatArray | None) -> None:
         c = self._c
         c.counters.ticks += 1
         sample = TickSample(
@@ -167,6 +167,8 @@ class Actuator:
             starved=starved,
             queue_depth=c.queue.depth(k + 1),
             speed=self._speed,
+            raw_action=None if raw is None else tuple(float(v) for v in raw),
+            run=c.run if c.state in ACTIVE else -1,
         )
         c.coalescer.add_tick(sample)
         if c.log is not None:

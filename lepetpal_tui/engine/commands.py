@@ -16,6 +16,7 @@ from lepetpal_tui.engine.control import ACTIVE, Control, MacroRun
 from lepetpal_tui.engine.guarded_arm import ArmLike
 from lepetpal_tui.engine.macros import macro_refusal, plan_macro
 from lepetpal_tui.engine.pacing import Pacer
+from lepetpal_tui.engine.publish import RecorderLike
 from lepetpal_tui.engine.watchdog import Watchdog
 from lepetpal_tui.joints import FloatArray
 from lepetpal_tui.wire import (
@@ -25,10 +26,12 @@ from lepetpal_tui.wire import (
     EventKind,
     Heartbeat,
     HoldCause,
+    MarkEpisode,
     Quit,
     Rearm,
     RunMacro,
     SetDryRun,
+    SetRecording,
     SetTask,
     Start,
     Stop,
@@ -38,13 +41,15 @@ from lepetpal_tui.wire import (
 
 class CommandHandler:
     def __init__(self, control: Control, cameras: CameraWatch, pacer: Pacer, watchdog: Watchdog, *,
-                 on_ui_lost: Callable[[str], None], on_quit: Callable[[bool], None]) -> None:
+                 on_ui_lost: Callable[[str], None], on_quit: Callable[[bool], None],
+                 recorder: RecorderLike | None = None) -> None:
         self._c = control
         self._cameras = cameras
         self._pacer = pacer
         self._watchdog = watchdog
         self._on_ui_lost = on_ui_lost
         self._on_quit = on_quit
+        self._recorder = recorder
 
     def apply(self, cmd: Command) -> None:
         match cmd:
@@ -66,10 +71,20 @@ class CommandHandler:
                 self._on_quit(cmd.go_home)
             case UiLost():
                 self._on_ui_lost(cmd.reason or "the UI said it is going away")
+            case SetRecording() | MarkEpisode():
+                self._record(cmd)
             case Heartbeat():
                 pass  # the facade notes it before dispatch
             case _:
                 assert_never(cmd)
+
+    def _record(self, cmd: SetRecording | MarkEpisode) -> None:
+        if self._recorder is None:
+            self._refuse("Recording is not available in this engine.")
+            return
+        level, text = self._recorder.command(cmd)
+        if text:
+            self._c.event(level, text, kind=EventKind.RECORDING)
 
     def _refuse(self, why: str) -> None:
         self._c.event("warning", why, kind=EventKind.REFUSED)
@@ -177,6 +192,7 @@ class CommandHandler:
                 self._refuse(f"Start refused: {why}")
                 return
             c.epoch += 1
+            c.run += 1  # the episode a recorded tick belongs to
             c.confirmed_stand_ins = confirmed
             c.task = task
             c.macro = None

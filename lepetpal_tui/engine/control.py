@@ -59,6 +59,7 @@ class Control:
         self.hold_reason = ""
         self.hold_cause = HoldCause.NONE
         self.epoch = 0
+        self.run = 0  # policy starts so far: the episode a recorded tick belongs to
         self.estopped = False
         self.dry_run = settings.control.dry_run
         self.task = ""

@@ -30,7 +30,7 @@ from lepetpal_tui.engine.guarded_arm import ArmLike, GuardedArm
 from lepetpal_tui.engine.inference import Inference, PolicyLike
 from lepetpal_tui.engine.pacing import Pacer
 from lepetpal_tui.engine.plan_ahead import HORIZON_S, macro_actions, preview_goals
-from lepetpal_tui.engine.publish import Publisher, TelemetryCoalescer
+from lepetpal_tui.engine.publish import Publisher, RecorderLike, TelemetryCoalescer
 from lepetpal_tui.engine.safety import SafetyFilter
 from lepetpal_tui.engine.session_log import SessionLog
 from lepetpal_tui.engine.watchdog import Watchdog
@@ -71,6 +71,7 @@ class Engine:
         session_log: SessionLog | None = None,
         telemetry_hz: float = 20.0,
         stand_in_factory: StandInFactory | None = None,
+        recorder: RecorderLike | None = None,
     ) -> None:
         self.settings = settings
         self._arm_factory = arm_factory
@@ -85,8 +86,9 @@ class Engine:
         self.inference = Inference(c, pacer, self.cameras)
         self.watchdog = Watchdog(c)
         self.actuator = Actuator(c, pacer, self.watchdog)
+        self.recorder = recorder
         self.commands = CommandHandler(c, self.cameras, pacer, self.watchdog, on_ui_lost=self.ui_lost,
-                                       on_quit=self._quit)
+                                       on_quit=self._quit, recorder=recorder)
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._cancel_load = threading.Event()
@@ -94,7 +96,8 @@ class Engine:
         self._final_status: ModelStatus | None = None
         self._threads: list[threading.Thread] = []
         self.frame_ring = ""  # the shared-memory frame ring's name, set by engine.frame_publisher
-        self._publisher = Publisher(self.coalescer, self.snapshot, on_telemetry, self._finished, 1.0 / telemetry_hz)
+        self._publisher = Publisher(self.coalescer, self.snapshot, on_telemetry, self._finished, 1.0 / telemetry_hz,
+                                    recorder=recorder)
 
     # ------------------------------------------------------------------------------------- public API
 
@@ -247,6 +250,7 @@ class Engine:
             plan_ahead=self.plan_ahead(),
             frame_ring=self.frame_ring,
             cameras=tuple(self._camera_status(n, cam) for n, cam in self.cameras.cameras.items()),
+            recording=None if self.recorder is None else self.recorder.status(),
         )
 
     def _camera_status(self, name: str, cam: FrameSourceLike) -> CameraStatus:

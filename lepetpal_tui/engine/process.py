@@ -127,6 +127,10 @@ def build_engine(
         return SyntheticCamera(name, width, height, fps)
 
     log = SessionLog(log_path, settings, log_ticks=settings.logging.log_ticks) if log_path else None
+    from lepetpal_tui.record.feed import RecordFeed
+
+    # The recorder process starts only when recording is turned on; frames come from the frame ring.
+    recorder = RecordFeed(settings, session_log=str(log_path or ""), ring_name=lambda: engine.frame_ring)
     engine = Engine(
         settings,
         arm_factory=arm_factory,
@@ -135,7 +139,9 @@ def build_engine(
         on_telemetry=on_telemetry,
         session_log=log,
         stand_in_factory=stand_in_factory,
+        recorder=recorder,
     )
+    recorder.attach(engine.control.add_event)
     return engine
 
 
@@ -232,6 +238,9 @@ def child_main(conn: Connection, settings: Settings, sim_port: str | None, log_p
             lost.set()
             engine.ui_lost(f"the UI process {parent} is gone (the engine has a new parent)")
     engine.flush_telemetry()
+    close_recorder = getattr(engine.recorder, "close", None)
+    if callable(close_recorder):
+        close_recorder()  # the open episode is saved (or discarded) per [recording] on_quit
     frames.stop()
     owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):

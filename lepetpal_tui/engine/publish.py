@@ -13,17 +13,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from lepetpal_tui.wire import (
     ChunkSample,
     EngineEvent,
     EngineSnapshot,
     EngineState,
+    Level,
+    MarkEpisode,
     ModelStatus,
+    RecordingStatus,
     ServoHealth,
+    SetRecording,
     TelemetryBatch,
     TickSample,
 )
+
+
+class RecorderLike(Protocol):
+    """What the engine needs from `record.feed.RecordFeed`. Fed from the publisher thread, never from the
+    actuator tick; `feed` must not block."""
+
+    def feed(self, batch: TelemetryBatch) -> None: ...
+    def command(self, cmd: SetRecording | MarkEpisode) -> tuple[Level, str]: ...
+    def status(self) -> RecordingStatus: ...
 
 
 class TelemetryCoalescer:
@@ -96,12 +110,14 @@ class Publisher:
         sink: Callable[[TelemetryBatch], None] | None,
         finished: threading.Event,
         period_s: float,
+        recorder: RecorderLike | None = None,
     ) -> None:
         self.coalescer = coalescer
         self._snapshot = snapshot
         self._sink = sink
         self._finished = finished
         self._period_s = period_s
+        self._recorder = recorder
 
     def run(self) -> None:
         last_state: EngineState | None = None
@@ -116,8 +132,16 @@ class Publisher:
     def _publish(self, force: bool, last_state: EngineState | None, last_sent: float) -> EngineState:
         snap = self._snapshot()
         if self._sink is None:
-            self.coalescer.take(snap)  # drain so memory stays bounded
+            self._record(self.coalescer.take(snap))  # drain so memory stays bounded
         elif force or self.coalescer.pending() or snap.state != last_state or time.monotonic() - last_sent > 0.5:
+            batch = self.coalescer.take(snap)
+            self._record(batch)
             with contextlib.suppress(Exception):  # the receiver is gone; the engine keeps holding
-                self._sink(self.coalescer.take(snap))
+                self._sink(batch)
         return snap.state
+
+    def _record(self, batch: TelemetryBatch) -> None:
+        """Hand this batch's ticks to the recorder (a bounded, non-blocking queue: here, off the tick)."""
+        if self._recorder is not None:
+            with contextlib.suppress(Exception):  # a broken recorder must never stop the telemetry
+                self._recorder.feed(batch)

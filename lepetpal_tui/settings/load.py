@@ -42,6 +42,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override("control.dry_run", "DRY_RUN", "--dry-run"),
     Override("model.hf_transfer", "HF_HUB_ENABLE_HF_TRANSFER", "--hf-transfer"),
     Override("model.server", "POLICY_SERVER", "--policy-server"),
+    Override("recording.enabled", "RECORD", "--rec"),
+    Override("recording.root", "RECORD_ROOT", "--rec-root"),
 )
 # USE_HARDWARE / --sim / --hardware steer arm.port: false -> "sim"; true with port "sim" -> "auto".
 USE_HARDWARE_ENV = "USE_HARDWARE"

@@ -211,6 +211,28 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class RecordingSettings:
+    """Recording runs as LeRobot dataset episodes (lepetpal_tui/record): one episode per policy start."""
+
+    enabled: bool = field(default=False, metadata=_meta("record from the start (the TUI key toggles it)"))
+    root: str = field(default="recordings", metadata=_meta("folder of the LeRobot dataset"))
+    repo_id: str = field(default="local/lepetpal", metadata=_meta("dataset repo id (user/name)"))
+    store: Literal["video", "images"] = field(
+        default="video", metadata=_meta('camera frames as "video" (encoded after each episode) or "images"')
+    )
+    codec: Literal["h264", "hevc", "libsvtav1"] = field(
+        default="h264", metadata=_meta('video codec: "h264" (lightest on a small CPU), "hevc" or "libsvtav1"')
+    )
+    existing: Literal["resume", "new"] = field(
+        default="resume",
+        metadata=_meta('a dataset already in root: "resume" (append) or "new" (a fresh folder beside it)'),
+    )
+    on_quit: Literal["save", "discard"] = field(
+        default="save", metadata=_meta('an episode still open at quit: "save" it or "discard" it')
+    )
+
+
+@dataclass(frozen=True)
 class UISettings:
     camera: Literal["auto", "halfblock", "kitty", "sixel", "off"] = field(
         default="auto",
@@ -232,6 +254,7 @@ class Settings:
     macros: dict[str, MacroSettings] = field(default_factory=default_macros)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     ui: UISettings = field(default_factory=UISettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
     # Not a file setting: where the values came from ("default", "file", "env:NAME", "flag:--x").
     source_path: str = ""
     origins: dict[str, str] = field(default_factory=dict, compare=False)

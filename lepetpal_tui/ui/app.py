@@ -43,13 +43,16 @@ from lepetpal_tui.ui.widgets.confirm import ConfirmScreen
 from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import (
+    OUTCOMES,
     Command,
     EngineState,
     EStop,
     Heartbeat,
+    MarkEpisode,
     Rearm,
     RunMacro,
     SetDryRun,
+    SetRecording,
     SetTask,
     Start,
     Stop,
@@ -96,6 +99,9 @@ class LePetPalApp(App[int]):
         Binding("c", "toggle_camera", "Camera"),
         Binding("v", "camera_view", "Raw/policy"),
         Binding("n", "next_camera", "Next camera", show=False),
+        Binding("f9", "toggle_recording", "Record", priority=True, key_display="F9", show=False),
+        Binding("s", "mark('success')", "Mark success", show=False),
+        Binding("f", "mark('failure')", "Mark failure", show=False),
         # ctrl+q is the one shown: it works while typing in the task field too, where `q` is just a letter.
         Binding("q", "quit", "Quit", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True, key_display="^Q"),
@@ -476,6 +482,14 @@ class LePetPalApp(App[int]):
 
     def action_next_camera(self) -> None:
         self.operator.action_next_camera()
+
+    def action_toggle_recording(self) -> None:
+        status = self.store.recording
+        self.send(SetRecording(on=not (status is not None and status.on)))  # the engine's event confirms it
+
+    def action_mark(self, outcome: str) -> None:
+        if outcome in OUTCOMES:
+            self.send(MarkEpisode(outcome=outcome))  # type: ignore[arg-type]
 
     def action_leave_field(self) -> None:
         self.set_focus(None)

@@ -32,6 +32,7 @@ from lepetpal_tui.ui.widgets.latency import LatencyPane
 from lepetpal_tui.ui.widgets.log import EventLog
 from lepetpal_tui.ui.widgets.model import ModelPane
 from lepetpal_tui.ui.widgets.ports import PortPane
+from lepetpal_tui.ui.widgets.recording import RecordingLine
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import EngineState, PortInfo
 
@@ -68,6 +69,7 @@ class OperatorScreen(Screen[None]):
             yield CameraPane(tuple(s.cameras), s.model.camera_map, mode=s.ui.camera, fps=s.ui.camera_fps,
                              clock=self.clock, id="camera")
         yield TaskPane(id="task")
+        yield RecordingLine(id="recording")
         yield EventLog(self.t0, id="log")
         yield Footer(id="footer", compact=True, show_command_palette=False)
         yield KeysBar(id="keys")
@@ -158,6 +160,7 @@ class OperatorScreen(Screen[None]):
         self.banner.show(store.state, task=store.task, reason=store.hold_reason, port=shown_port)
         self.joints.show(store.latest_tick, store.health, store.dry_run, store.plan_ahead)
         self.model.show(store.model)
+        self.query_one(RecordingLine).show(store.recording)
         cam = self.camera
         cam.ring_name = store.frame_ring
         cam.statuses = store.cameras

@@ -16,6 +16,7 @@ from lepetpal_tui.wire import (
     EngineEvent,
     EngineState,
     ModelStatus,
+    RecordingStatus,
     ServoHealth,
     TelemetryBatch,
     TickSample,
@@ -61,6 +62,7 @@ class TelemetryStore:
     pending_events: list[EngineEvent] = field(default_factory=list)
     # Bumped on every change so the refresh timer redraws only when something moved.
     version: int = 0
+    recording: RecordingStatus | None = None  # None: this engine has no recorder
 
     def apply(self, batch: TelemetryBatch) -> None:
         self.batches += 1
@@ -87,6 +89,8 @@ class TelemetryStore:
         self.clamp_count = batch.clamp_count
         self.estop_count = batch.estop_count
         self.tick_count = batch.tick_count
+        if batch.recording is not None:
+            self.recording = batch.recording
         self.version += 1
 
     def set_state(self, state: EngineState, reason: str = "") -> None:

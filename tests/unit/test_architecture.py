@@ -26,7 +26,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("layer", ["arm", "feetech", "policy", "engine", "settings", "sim"])
+@pytest.mark.parametrize("layer", ["arm", "feetech", "policy", "engine", "settings", "sim", "record"])
 def test_layer_has_no_ui_imports(layer: str) -> None:
     offenders = {
         str(p.relative_to(PKG)): sorted(_imports(p) & {"textual", "rich", "lepetpal_tui.ui"})

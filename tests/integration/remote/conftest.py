@@ -95,17 +95,3 @@ def remote_settings(tmp_path: Path, server: str, policy_dir: Path, **control: An
 def goal_writes(trace: list[Any]) -> list[float]:
     return [r.t for r in trace if r.direction == "rx" and r.register == "Goal_Position"
             and r.instruction in ("SYNC_WRITE", "WRITE")]
-
-
-def load_support(name: str) -> Any:
-    import importlib.util
-
-    key = f"lepetpal_test_support_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, ROOT / "tests" / "support" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module

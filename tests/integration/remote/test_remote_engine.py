@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.delay_proxy import DelayProxy
 
 from lepetpal_tui.engine.facade import Engine
 from lepetpal_tui.engine.process import build_engine
 from lepetpal_tui.engine.session_log import read_log
 from lepetpal_tui.wire import EngineState, ModelStatus, Rearm, Start
 
-from .conftest import free_port, goal_writes, load_support, remote_settings  # type: ignore[import-not-found]
+from .conftest import free_port, goal_writes, remote_settings  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +140,7 @@ def test_slow_link_300_ms(sim_arm: Any, serve: Any, tmp_path: Path, tiny_policy_
     chunks arrive. Measured on the 2-core AVX2 EPYC: a 0.9 MB observation takes 3-7 s through this link
     (gRPC's flow-control window: several round trips), so the first chunk is followed by a short hold."""
     server = serve()
-    proxy = load_support("delay_proxy").DelayProxy(("127.0.0.1", server.port), 0.3)
+    proxy = DelayProxy(("127.0.0.1", server.port), 0.3)
     settings = remote_settings(tmp_path, f"127.0.0.1:{proxy.port}", tiny_policy_dir)
     log = tmp_path / "slow.jsonl"
     engine, _ = _engine(settings, sim_arm, log)

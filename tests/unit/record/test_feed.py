@@ -1,0 +1,119 @@
+"""RecordFeed: episode boundaries from the run ids, drop-and-count, order of control messages, marks."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from pathlib import Path
+from typing import Any
+
+from lepetpal_tui.record.dataset import choose_root
+from lepetpal_tui.record.feed import RecordFeed
+from lepetpal_tui.settings import Settings
+from lepetpal_tui.wire import EngineState, MarkEpisode, SetRecording, TelemetryBatch, TickSample
+
+
+class FakeQueue:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.items: list[tuple[Any, ...]] = []
+
+    def put_nowait(self, msg: tuple[Any, ...]) -> None:
+        if len(self.items) >= self.maxsize:
+            raise queue.Full
+        self.items.append(msg)
+
+
+class FakeProc:
+    pid = 1
+
+    def is_alive(self) -> bool:
+        return True
+
+
+def _feed(on: bool = True, maxsize: int = 1000) -> tuple[RecordFeed, FakeQueue]:
+    s = Settings()
+    s = dataclasses.replace(s, recording=dataclasses.replace(s.recording, enabled=on))
+    feed = RecordFeed(s)
+    q = FakeQueue(maxsize)
+    feed._inbox, feed._proc = q, FakeProc()  # type: ignore[assignment]
+    return feed, q
+
+
+def _tick(run: int, t: float = 0.0) -> TickSample:
+    return TickSample(t=t, period_s=0.033, work_s=0.001, measured=(0.0,) * 6, goal=(1.0,) * 6, written=True,
+                      clamped=(False,) * 6, starved=False, queue_depth=10, raw_action=(2.0,) * 6, run=run)
+
+
+def _batch(*runs: int) -> TelemetryBatch:
+    return TelemetryBatch(state=EngineState.RUNNING, task="wave", ticks=[_tick(r, i) for i, r in enumerate(runs)])
+
+
+def kinds(q: FakeQueue) -> list[str]:
+    return [f"{m[0]}{m[2] if m[0] == 'tick' else m[1] if m[0] != 'mark' else ':' + m[1]}" for m in q.items]
+
+
+def test_runs_become_episodes_and_idle_ticks_close_them() -> None:
+    feed, q = _feed()
+    feed.feed(_batch(-1, 1, 1))
+    feed.feed(_batch(1, -1, -1, 2, 2))
+    feed.feed(_batch(3))  # a restart without a stop in between is a new episode too
+    assert kinds(q) == ["tick1", "tick1", "tick1", "end1", "tick2", "tick2", "end2", "tick3"]
+    tick = q.items[0]
+    assert tick[3] == "wave" and tick[5] == (1.0,) * 6 and tick[6] == (2.0,) * 6  # task, goal, raw action
+
+
+def test_full_queue_drops_ticks_and_counts_but_keeps_the_end_in_order() -> None:
+    feed, q = _feed(maxsize=2)
+    feed.feed(_batch(1, 1, 1, 1, -1))
+    assert kinds(q) == ["tick1", "tick1"]
+    assert feed.status().dropped == 2
+    q.items.clear()  # the recorder caught up
+    feed.feed(_batch(2))
+    assert kinds(q) == ["end1", "tick2"]
+
+
+def test_mark_while_running_closes_that_episode_first() -> None:
+    feed, q = _feed()
+    feed.feed(_batch(1, 1))
+    assert feed.command(MarkEpisode(outcome="success"))[0] == "info"
+    feed.feed(_batch(1, 1, -1))  # the rest of that run is not recorded again as another episode
+    assert kinds(q) == ["tick1", "tick1", "end1", "mark:success"]
+
+
+def test_switched_on_mid_run_waits_for_the_next_start() -> None:
+    feed, q = _feed(on=False)
+    feed.feed(_batch(1, 1))
+    feed._start = lambda: None  # type: ignore[method-assign]
+    level, text = feed.command(SetRecording(on=True))
+    assert level == "info" and "each start" in text
+    feed.feed(_batch(1, 1, -1, 2))
+    assert kinds(q) == ["tick2"]
+    level, text = feed.command(SetRecording(on=False))
+    assert "off" in text and kinds(q) == ["tick2", "end2"]
+    feed.feed(_batch(2, 3))
+    assert kinds(q) == ["tick2", "end2"]
+
+
+def test_new_dataset_never_reuses_an_occupied_folder(tmp_path: Path) -> None:
+    s = Settings().recording
+    root = tmp_path / "ds"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text("{}")
+    assert choose_root(dataclasses.replace(s, root=str(root), existing="resume")) == root.resolve()
+    new = choose_root(dataclasses.replace(s, root=str(root), existing="new"))
+    assert new == (tmp_path / "ds-2").resolve()
+    (tmp_path / "ds-2").mkdir()
+    (tmp_path / "ds-2" / "x").write_text("")
+    assert choose_root(dataclasses.replace(s, root=str(root), existing="new")) == (tmp_path / "ds-3").resolve()
+
+
+def test_the_run_cut_by_quitting_is_discarded_when_on_quit_says_so() -> None:
+    for on_quit, last in (("discard", "discard1"), ("save", "end1")):
+        feed, q = _feed()
+        feed.settings = dataclasses.replace(
+            feed.settings, recording=dataclasses.replace(feed.settings.recording, on_quit=on_quit))  # type: ignore[arg-type]
+        feed.feed(_batch(1, 1))
+        quit_batch = dataclasses.replace(_batch(-1), state=EngineState.READY, hold_reason="quitting")
+        feed.feed(quit_batch)
+        assert kinds(q)[-1] == last
