@@ -24,7 +24,6 @@ from lepetpal_tui.joints import JOINT_NAMES, FloatArray
 __all__ = [
     "JOINT_NAMES",
     "OUTCOMES",
-    "Outcome",
     "ActionChunk",
     "CameraStatus",
     "ChunkReply",
@@ -46,6 +45,7 @@ __all__ = [
     "ModelPhase",
     "ModelStatus",
     "Observation",
+    "Outcome",
     "PolicyFailed",
     "PolicyLoaded",
     "PortInfo",

@@ -58,7 +58,12 @@ _TUNNEL_FIX = ("Start it on the GPU machine (`lepetpal serve`), open the tunnel 
 
 
 class PolicyServerError(PolicyError):
-    """A policy-server fault the operator can fix; `message` is one sentence, `fix` says what to do."""
+    """A policy-server fault the operator can fix; `message` is one sentence, `fix` says what to do.
+    `unreachable`: nothing answers (yet): waiting may fix it, unlike a server that answered with a fault."""
+
+    def __init__(self, message: str, fix: str = "", *, unreachable: bool = False) -> None:
+        super().__init__(message, fix)
+        self.unreachable = unreachable
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -93,7 +98,7 @@ def explain_rpc_error(exc: BaseException, address: str, what: str, checkpoint: s
         )
     if code == grpc.StatusCode.UNAVAILABLE:
         return PolicyServerError(f"The policy server at {address} is not reachable while {what} ({details}).",
-                                 _TUNNEL_FIX)
+                                 _TUNNEL_FIX, unreachable=True)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return PolicyServerError(
             f"The policy server at {address} did not answer within its time limit while {what}: the link "
@@ -230,7 +235,7 @@ class PolicyServerClient:
             grpc.channel_ready_future(link.channel).result(timeout=5.0)
         except grpc.FutureTimeoutError:
             raise PolicyServerError(f"No policy server answers at {self.address} (nothing listens there, or the "
-                                    "SSH tunnel is down).", _TUNNEL_FIX) from None
+                                    "SSH tunnel is down).", _TUNNEL_FIX, unreachable=True) from None
         spec = RemotePolicyConfig(
             policy_type="smolvla",
             pretrained_name_or_path=self.model.path,
@@ -255,7 +260,7 @@ class PolicyServerClient:
         with self._lock:
             if self._lost.is_set() and self._watcher is not None and self._watcher.is_alive():
                 raise PolicyServerError(f"The policy server at {self.address} is still not reachable.",
-                                        _TUNNEL_FIX)
+                                        _TUNNEL_FIX, unreachable=True)
             try:
                 if self._needs_setup:
                     self.connect()
@@ -397,7 +402,7 @@ def connect_policy_server(settings: Settings, on_status: StatusFn, cancel: threa
             client.connect(cancel)
             return client
         except PolicyServerError as exc:
-            if "not reachable" not in exc.message and "No policy server answers" not in exc.message:
+            if not exc.unreachable:
                 client._status("failed", "the policy server could not load the policy", error=exc.message, fix=exc.fix)
                 client.close()
                 raise

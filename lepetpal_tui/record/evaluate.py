@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.wire import EngineState, Heartbeat, MarkEpisode, Outcome, RunMacro, Start, Stop, TelemetryBatch
+from lepetpal_tui.wire import (
+    EngineState,
+    Heartbeat,
+    MarkEpisode,
+    Outcome,
+    RunMacro,
+    Start,
+    Stop,
+    TelemetryBatch,
+)
 
 EXIT_FAILED = 1
 _KEYS: dict[str, Outcome] = {"s": "success", "f": "failure"}

@@ -17,6 +17,7 @@ import select
 import signal
 import time
 import tty
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -158,12 +159,27 @@ class SimServer:
             self.running = False  # the owner is gone
             return
         name, args = msg[0], msg[1:]
+        handler = self._handlers().get(name)
+        if handler is None:
+            self.conn.send(("error", f"ValueError: unknown simulator command {name!r}"))
+            return
         try:
-            result = getattr(self, f"cmd_{name}")(*args)
+            result = handler(*args)
         except Exception as exc:  # reported to the caller, who raises it
             self.conn.send(("error", f"{type(exc).__name__}: {exc}"))
             return
         self.conn.send(("ok", result))
+
+    def _handlers(self) -> dict[str, Callable[..., Any]]:
+        """The control channel's commands (`SimArm` sends their names): an explicit table, so an unknown
+        name is an error the caller sees, not an attribute lookup."""
+        return {
+            "state": self.cmd_state, "move_by_hand": self.cmd_move_by_hand, "trace": self.cmd_trace,
+            "clear_trace": self.cmd_clear_trace, "set_tracing": self.cmd_set_tracing,
+            "set_fault": self.cmd_set_fault, "clear_faults": self.cmd_clear_faults,
+            "set_limp_goal_kept": self.cmd_set_limp_goal_kept, "slave_path": self.cmd_slave_path,
+            "stop": self.cmd_stop,
+        }
 
     def cmd_state(self) -> dict[int, dict[str, Any]]:
         self.bus.advance()
