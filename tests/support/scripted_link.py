@@ -88,8 +88,13 @@ class ScriptedLink:
             self.closed_with = (go_home, timeout)
             self._alive = False
             self._cond.notify_all()
-        if self._replies is not None:
-            self._replies.close()
+        self.close_replies()
+
+    def close_replies(self) -> None:
+        """Stop the real engine that answered commands (if one was started)."""
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            replies.close()
 
     def abandon(self, reason: str) -> None:
         """The UI left without a quit (hangup, crash): recorded as a `ui_lost` command."""
@@ -193,4 +198,5 @@ class EngineReplies:
 
     def close(self) -> None:
         self._release.set()
-        self.engine.close(timeout=2.0)
+        if not self.engine.finished:
+            self.engine.close(timeout=2.0)

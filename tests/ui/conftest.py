@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -165,9 +165,11 @@ AppMaker = Callable[..., tuple[LePetPalApp, ScriptedLink]]
 
 
 @pytest.fixture
-def make_app() -> AppMaker:
+def make_app() -> Iterator[AppMaker]:
     """make_app(scenario=None, ports=PORTS, autoconnect=True, settings=None, batches=None) -> (app, link);
-    `batches` replaces the named scenario's telemetry."""
+    `batches` replaces the named scenario's telemetry. Each link's answering engine is closed after the
+    test (left running, their threads would load every later test in this process)."""
+    links: list[ScriptedLink] = []
 
     def make(
         scenario_name: str | None = "ready",
@@ -180,6 +182,7 @@ def make_app() -> AppMaker:
         if batches is None:
             batches = scenario(scenario_name) if scenario_name else []
         link = ScriptedLink(batches, clock=fixed_clock)
+        links.append(link)
         app = LePetPalApp(
             settings or Settings(),
             link_factory=lambda _s, _p: link,
@@ -191,7 +194,9 @@ def make_app() -> AppMaker:
         )
         return app, link
 
-    return make
+    yield make
+    for link in links:
+        link.close_replies()
 
 
 Settle = Callable[..., Any]

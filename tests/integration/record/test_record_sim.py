@@ -165,7 +165,7 @@ def test_two_episodes_reload_with_lerobot(recorded: tuple[Path, Path, str]) -> N
     assert [marks[i]["frames"] for i in (0, 1)] == lengths
     assert "success rate    1/2 (50 %)" in output
     commands = [json.loads(line) for line in log.read_text().splitlines() if '"type":"command"' in line]
-    assert [c["name"] for c in commands if c["kind"] == "record"] == ["success", "timed out"]
+    assert [c["outcome"] for c in commands if c["kind"] == "mark_episode"] == ["success", "timed out"]
 
 
 def test_lerobot_train_runs_two_steps(recorded: tuple[Path, Path, str], tiny_policy_dir: Path, tmp_path: Path) -> None:
