@@ -243,6 +243,11 @@ def lower_priority() -> None:
     timeout while the recorder started). Idle I/O class: staging frames as PNG writes ~10 MB/s."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RECORDER_NICE)
+    # SCHED_IDLE (Linux; no permission needed): the scheduler runs the recorder only on a core nobody else
+    # wants and preempts it at once when the actuator, the bus or the simulator wakes. Nice +15 alone
+    # still let PNG staging and encoding delay ticks (p99 14 ms recording vs 3.6 ms off, AVX2 EPYC).
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     nr = {"x86_64": 251, "aarch64": 31}.get(os.uname().machine)
     if nr is not None:
         with contextlib.suppress(Exception):
