@@ -125,8 +125,13 @@ def running_load(window_s: float, tmp: Path) -> dict[str, float]:
     app.keys(F6)
     time.sleep(0.5)
     app.keys(b"q")
+    # The invented engine answers no command (it stays RUNNING), so quit asks first: "y" = stop and quit.
+    time.sleep(0.5)
+    app.keys(b"y")
     rc = app.finish()
     after = app.stats(key="written_unix")
+    if after["written_unix"] == before["written_unix"]:
+        raise RuntimeError("the app did not write its counters at exit (it did not quit cleanly)")
     span = after["written_unix"] - before["first_paint_unix"]
     busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     return {

@@ -27,6 +27,7 @@ from textual.screen import Screen
 from textual.worker import Worker, get_current_worker
 
 from lepetpal_tui.settings import Settings, replace_setting
+from lepetpal_tui.ui import partial_updates
 from lepetpal_tui.ui.link import (
     EngineLink,
     LinkFactory,
@@ -128,6 +129,7 @@ class LePetPalApp(App[int]):
         from multiprocessing import resource_tracker
 
         resource_tracker.ensure_running()
+        partial_updates.install()  # partial repaints send only what changed (see the module)
         self.settings = settings
         self.link_factory = link_factory
         self.sim_factory = sim_factory

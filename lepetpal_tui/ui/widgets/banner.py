@@ -74,4 +74,4 @@ class StateBanner(Static):
             hint = f"{reason.rstrip('.')}.  {hint}"
         text.append("\n")
         text.append(f" {hint}")
-        self.update(text)
+        self.update(text, layout=False)  # two fixed rows (app.tcss): no reflow of the screen

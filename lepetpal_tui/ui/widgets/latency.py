@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+from rich.color import Color as RichColor
+from rich.segment import Segment
+from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.strip import Strip
 from textual.widgets import Sparkline, Static
 
 from lepetpal_tui.ui.store import Stats, TelemetryStore
@@ -26,6 +30,45 @@ def stats_line(label: str, s: Stats) -> str:
     )
 
 
+COLOR_STEPS = 4  # the sparkline's colour ramp, quantized: runs of bars share one escape sequence
+
+
+class SteppedSparkline(Sparkline):
+    """Textual's Sparkline with its colour ramp cut into COLOR_STEPS steps.
+
+    Why: every bar of the stock widget has its own blended true colour, so each repaint sends an escape
+    sequence per cell (about 1.6 KiB for a 40-cell row). With a few steps, neighbouring bars share a
+    style and merge into one segment; a spike still shows in the max colour."""
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        lo = self.get_component_rich_style("sparkline--min-color").color
+        hi = self.get_component_rich_style("sparkline--max-color").color
+        if lo is None or hi is None:
+            return strip.simplify()
+        a, b = lo.get_truecolor(), hi.get_truecolor()
+        span = [b[i] - a[i] for i in range(3)]
+        axis = max(range(3), key=lambda i: abs(span[i]))
+        cache: dict[Style, Style] = {}
+
+        def stepped(style: Style | None) -> Style | None:
+            if style is None or style.color is None or span[axis] == 0:
+                return style
+            if (hit := cache.get(style)) is not None:
+                return hit
+            c = style.color.get_truecolor()
+            frac = min(1.0, max(0.0, (c[axis] - a[axis]) / span[axis]))
+            k = round(frac * (COLOR_STEPS - 1)) / (COLOR_STEPS - 1)
+            rgb = tuple(round(a[i] + k * span[i]) for i in range(3))
+            out = cache[style] = style + Style(color=RichColor.from_rgb(*rgb))
+            return out
+
+        # Blank cells keep their own style: only the bars are on the ramp.
+        return Strip(
+            [Segment(t, st if t.isspace() else stepped(st), c) for t, st, c in strip], strip.cell_length
+        ).simplify()
+
+
 class LatencyPane(Vertical):
     def __init__(self, rate_hz: float, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -33,12 +76,21 @@ class LatencyPane(Vertical):
         self._version = -1
         self._drawn_at = 0.0
         self._sparkline_at = -TICK_SPARKLINE_S
+        self._texts: dict[str, str] = {}
+
+    def _set_text(self, widget_id: str, text: str) -> None:
+        """Update a one-line Static only when its text changed, and without a layout pass: by default
+        `Static.update` re-lays-out the screen, and at 4 Hz for three lines that was a reflow (and a
+        repaint of every pane) several times a second. These lines have a fixed height (app.tcss)."""
+        if self._texts.get(widget_id) != text:
+            self._texts[widget_id] = text
+            self.query_one(f"#{widget_id}", Static).update(text, layout=False)
 
     def compose(self) -> ComposeResult:
         yield Static(stats_line("inference/chunk", Stats.of([])), id="latency-inference-stats")
-        yield Sparkline([], summary_function=max, id="latency-inference")
+        yield SteppedSparkline([], summary_function=max, id="latency-inference")
         yield Static(stats_line("tick period", Stats.of([])), id="latency-tick-stats")
-        yield Sparkline([], summary_function=max, id="latency-tick")
+        yield SteppedSparkline([], summary_function=max, id="latency-tick")
         yield Static("", id="latency-counters")
 
     def on_mount(self) -> None:
@@ -53,11 +105,12 @@ class LatencyPane(Vertical):
             return
         self._drawn_at = now if now is not None else 0.0
         self._version = store.version
-        self.query_one("#latency-inference-stats", Static).update(
-            stats_line("inference/chunk", store.inference_stats())
-        )
-        self.query_one("#latency-tick-stats", Static).update(stats_line("tick period", store.tick_stats()))
-        self.query_one("#latency-inference", Sparkline).data = list(store.inference_ms)
+        self._set_text("latency-inference-stats", stats_line("inference/chunk", store.inference_stats()))
+        self._set_text("latency-tick-stats", stats_line("tick period", store.tick_stats()))
+        inference = list(store.inference_ms)
+        spark = self.query_one("#latency-inference", Sparkline)
+        if spark.data != inference:
+            spark.data = inference
         if now is None or now - self._sparkline_at >= TICK_SPARKLINE_S:
             self._sparkline_at = now if now is not None else self._sparkline_at
             self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
@@ -66,7 +119,8 @@ class LatencyPane(Vertical):
         speed = 1.0 if tick is None else tick.speed
         # Below 1 the plan plays slower because inference cannot keep up (see [control] min_speed).
         shown = f"[b yellow]{speed:.2f}x[/]" if speed < 0.995 else f"{speed:.2f}x"
-        self.query_one("#latency-counters", Static).update(
+        self._set_text(
+            "latency-counters",
             f"starved {starved}   clamped {store.clamp_count}   e-stops {store.estop_count}"
             f"   ticks {store.tick_count}   speed {shown}"
         )

@@ -41,11 +41,17 @@ class RecordingLine(Static):
     RecordingLine { height: 1; padding: 0 1; }
     """
 
+    _shown: Text | None = None
+
     def on_mount(self) -> None:
         self.display = False
 
     def show(self, status: RecordingStatus | None) -> None:
         visible = status is not None and (status.on or status.episodes > 0 or bool(status.error))
-        self.display = visible
+        if self.display != visible:
+            self.display = visible
         if visible and status is not None:
-            self.update(recording_text(status))
+            text = recording_text(status)
+            if text != self._shown:  # the frame count moves every redraw; one fixed row, so no reflow
+                self._shown = text
+                self.update(text, layout=False)
