@@ -7,9 +7,13 @@ Joint vectors are always in `JOINT_NAMES` order and in robot units (degrees for 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    FloatArray = npt.NDArray[np.float64]
 
 JOINT_NAMES: tuple[str, ...] = (
     "shoulder_pan",
@@ -20,7 +24,18 @@ JOINT_NAMES: tuple[str, ...] = (
     "gripper",
 )
 
-FloatArray = npt.NDArray[np.float64]
+
+
+def __getattr__(name: str) -> Any:
+    # FloatArray needs numpy, and numpy costs ~0.1 s: the settings and the UI's first screen import this
+    # leaf but need only the names, so the alias is built on first use.
+    if name == "FloatArray":
+        import numpy as np
+        import numpy.typing as npt
+
+        alias = globals()["FloatArray"] = npt.NDArray[np.float64]
+        return alias
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def joint_vector(values: Mapping[str, float]) -> list[float]:

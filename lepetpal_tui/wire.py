@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import numpy.typing as npt
+from lepetpal_tui.joints import JOINT_NAMES
 
-from lepetpal_tui.joints import JOINT_NAMES, FloatArray
+if TYPE_CHECKING:  # numpy only in annotations: the UI imports this module before its first screen
+    import numpy as np
+    import numpy.typing as npt
+
+    from lepetpal_tui.joints import FloatArray
 
 __all__ = [
     "JOINT_NAMES",
@@ -35,7 +38,6 @@ __all__ = [
     "EngineSnapshot",
     "EngineState",
     "EventKind",
-    "FloatArray",
     "Heartbeat",
     "HoldCause",
     "InferRequest",
@@ -521,3 +523,4 @@ class TelemetryBatch:
     @property
     def latest_tick(self) -> TickSample | None:
         return self.ticks[-1] if self.ticks else None
+

@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
+from lepetpal_tui.joints import FloatArray
 from lepetpal_tui.settings import JOINT_NAMES
-from lepetpal_tui.wire import ActionChunk, FloatArray, InferenceTiming, Observation
+from lepetpal_tui.wire import ActionChunk, InferenceTiming, Observation
 
 # Joint order: shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll, gripper.
 # All inside the default limits (±100 degrees body joints, gripper 0..100).

@@ -11,11 +11,13 @@ function. The camera rename map only changes the feature name the frame is fed a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is imported where a frame is drawn, not before the UI's first screen
+    import numpy as np
+    import numpy.typing as npt
 
-Frame = npt.NDArray[np.uint8]
+    Frame = npt.NDArray[np.uint8]
 
 IMAGE_PREFIX = "observation.images."
 DEFAULT_INPUT_HW = (512, 512)  # SmolVLA's resize_imgs_with_padding unless the checkpoint says otherwise
@@ -23,6 +25,8 @@ DEFAULT_INPUT_HW = (512, 512)  # SmolVLA's resize_imgs_with_padding unless the c
 
 def _bilinear_axis(src: int, dst: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32]]:
     """Source indices and weights of torch's bilinear interpolation with align_corners=False."""
+    import numpy as np
+
     scale = src / dst
     x = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
     x = np.clip(x, 0.0, None)
@@ -34,6 +38,8 @@ def _bilinear_axis(src: int, dst: int) -> tuple[npt.NDArray[np.intp], npt.NDArra
 
 def resize_with_pad(image: Frame, height: int, width: int) -> Frame:
     """The frame as the policy gets it: fitted into height x width, black padding on the left and top."""
+    import numpy as np
+
     return sample_resize_with_pad(image, height, width, np.arange(height), np.arange(width))
 
 
@@ -44,6 +50,8 @@ def sample_resize_with_pad(
 
     The pane shows a few thousand pixels of the 512 x 512 input: sampling them costs well under a
     millisecond where the whole input costs about 55 ms in numpy on a 2-core EPYC."""
+    import numpy as np
+
     h, w = image.shape[:2]
     rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
     if (h, w) == (height, width):

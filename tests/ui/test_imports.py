@@ -48,3 +48,27 @@ def test_ui_process_imports_no_torch_or_lerobot() -> None:
     heavy = [m for m in result["modules"] if m.split(".")[0] in HEAVY]
     assert heavy == [], f"the UI process imported {heavy[:10]}"
     assert "textual" in result["modules"]
+
+
+FIRST_SCREEN = textwrap.dedent(
+    """
+    import json, sys
+    import lepetpal_tui.cli, lepetpal_tui.commands.ui
+    from lepetpal_tui.settings import load_settings
+    from lepetpal_tui.ui.app import LePetPalApp
+    settings = load_settings(None)
+    print(json.dumps(sorted(sys.modules)))
+    """
+)
+
+
+def test_first_screen_needs_no_numpy() -> None:
+    # numpy costs ~0.1 s of a ~1 s first screen on a 2-core machine; only the camera pane needs it, and
+    # it imports it when the first frame is drawn.
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_SCREEN], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "lepetpal_tui.ui.widgets.camera" in modules  # the test imported what the first screen shows
+    assert "numpy" not in modules

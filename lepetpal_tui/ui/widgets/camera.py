@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
@@ -36,11 +34,18 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from lepetpal_tui.frame_ring import FrameRing, RingFrame
 from lepetpal_tui.ui.policy_view import DEFAULT_INPUT_HW, policy_feature, sample_resize_with_pad
 from lepetpal_tui.wire import CameraStatus
 
-Frame = npt.NDArray[np.uint8]
+if TYPE_CHECKING:
+    # numpy and the frame ring (numpy too, ~0.1 s) are imported when the pane first reads a frame, not
+    # before the UI's first screen.
+    import numpy as np
+    import numpy.typing as npt
+
+    from lepetpal_tui.frame_ring import FrameRing, RingFrame
+
+    Frame = npt.NDArray[np.uint8]
 PAD = (24, 24, 24)  # around the picture, so the frame's own edges show
 
 
@@ -55,6 +60,8 @@ def fit(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
 def sample_frame(image: Frame, box_w: int, box_h: int, policy_hw: tuple[int, int] | None) -> Frame:
     """The picture to show in a box of box_w x box_h pixels: nearest samples of the raw frame, or of the
     policy's input (exact pixels of its resize-with-pad) when `policy_hw` is given."""
+    import numpy as np
+
     src_h, src_w = policy_hw if policy_hw is not None else image.shape[:2]
     w, h = fit(src_w, src_h, box_w, box_h)
     out = np.empty((box_h, box_w, 3), dtype=np.uint8)
@@ -111,6 +118,8 @@ class HalfBlockFrame(Widget):
         return style
 
     def _rebuild(self) -> None:
+        import numpy as np
+
         w, h = self.size.width, self.size.height
         if w <= 0 or h <= 0:
             return
@@ -166,6 +175,8 @@ SPAN_GAP = 4  # changed cells closer than this are refreshed as one span (a curs
 
 def _spans(cols: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
     """Sorted column numbers as [x0, x1) spans, neighbours fewer than SPAN_GAP apart merged."""
+    import numpy as np
+
     if cols.size == 0:
         return []
     breaks = np.flatnonzero(np.diff(cols) >= SPAN_GAP)
@@ -301,6 +312,8 @@ class CameraPane(Vertical):
         if not self.display or not self.is_mounted:
             return
         if self._ring is None and self.ring_name:
+            from lepetpal_tui.frame_ring import FrameRing
+
             try:
                 self._ring = FrameRing.attach(self.ring_name)
             except (FileNotFoundError, ValueError):
