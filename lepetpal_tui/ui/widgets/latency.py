@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.color import Color as RichColor
 from rich.segment import Segment
@@ -40,33 +41,47 @@ class SteppedSparkline(Sparkline):
     sequence per cell (about 1.6 KiB for a 40-cell row). With a few steps, neighbouring bars share a
     style and merge into one segment; a spike still shows in the max colour."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Textual keeps each rendered line until the data changes; so do we (source strip -> stepped).
+        self._stepped: dict[int, tuple[Strip, Strip]] = {}
+        self._styles: dict[tuple[Style, Style | None, Style | None], Style | None] = {}
+
     def render_line(self, y: int) -> Strip:
         strip = super().render_line(y)
-        lo = self.get_component_rich_style("sparkline--min-color").color
-        hi = self.get_component_rich_style("sparkline--max-color").color
-        if lo is None or hi is None:
-            return strip.simplify()
-        a, b = lo.get_truecolor(), hi.get_truecolor()
-        span = [b[i] - a[i] for i in range(3)]
-        axis = max(range(3), key=lambda i: abs(span[i]))
-        cache: dict[Style, Style] = {}
-
-        def stepped(style: Style | None) -> Style | None:
-            if style is None or style.color is None or span[axis] == 0:
-                return style
-            if (hit := cache.get(style)) is not None:
-                return hit
-            c = style.color.get_truecolor()
-            frac = min(1.0, max(0.0, (c[axis] - a[axis]) / span[axis]))
-            k = round(frac * (COLOR_STEPS - 1)) / (COLOR_STEPS - 1)
-            rgb = tuple(round(a[i] + k * span[i]) for i in range(3))
-            out = cache[style] = style + Style(color=RichColor.from_rgb(*rgb))
-            return out
-
+        hit = self._stepped.get(y)
+        if hit is not None and hit[0] is strip:
+            return hit[1]
+        lo = self.get_component_rich_style("sparkline--min-color")
+        hi = self.get_component_rich_style("sparkline--max-color")
         # Blank cells keep their own style: only the bars are on the ramp.
-        return Strip(
-            [Segment(t, st if t.isspace() else stepped(st), c) for t, st, c in strip], strip.cell_length
+        out = Strip(
+            [Segment(t, st if t.isspace() or st is None else self._step(st, lo, hi), c) for t, st, c in strip],
+            strip.cell_length,
         ).simplify()
+        if len(self._stepped) > 64:
+            self._stepped.clear()
+        self._stepped[y] = (strip, out)
+        return out
+
+    def _step(self, style: Style, lo: Style, hi: Style) -> Style | None:
+        key = (style, lo, hi)
+        if key in self._styles:
+            return self._styles[key]
+        out: Style | None = style
+        if style.color is not None and lo.color is not None and hi.color is not None:
+            a, b, c = lo.color.get_truecolor(), hi.color.get_truecolor(), style.color.get_truecolor()
+            span = [b[i] - a[i] for i in range(3)]
+            axis = max(range(3), key=lambda i: abs(span[i]))
+            if span[axis]:
+                frac = min(1.0, max(0.0, (c[axis] - a[axis]) / span[axis]))
+                k = round(frac * (COLOR_STEPS - 1)) / (COLOR_STEPS - 1)
+                rgb = tuple(round(a[i] + k * span[i]) for i in range(3))
+                out = style + Style(color=RichColor.from_rgb(*rgb))
+        if len(self._styles) > 1024:
+            self._styles.clear()
+        self._styles[key] = out
+        return out
 
 
 class LatencyPane(Vertical):
