@@ -119,7 +119,7 @@ class LePetPalApp(App[int]):
         sim_factory: SimFactory | None = None,
         port_lister: PortLister = list_serial_ports,
         clock: Callable[[], float] = time.monotonic,
-        refresh_hz: float = 12.0,
+        refresh_hz: float = 10.0,
         autoconnect: bool = True,
         animations: bool = True,
     ) -> None:

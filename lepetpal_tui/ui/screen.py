@@ -14,12 +14,13 @@ pane whose data did not change repaints nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Input
 
 from lepetpal_tui.settings import Settings
@@ -35,6 +36,8 @@ from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.recording import RecordingLine
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import EngineState, PortInfo
+
+W = TypeVar("W", bound=Widget)
 
 WIDE_COLS = 150  # from here the camera gets a column of its own and is shown from the start
 SHORT_ROWS = 36
@@ -55,6 +58,7 @@ class OperatorScreen(Screen[None]):
         self.clock = clock
         # None: follow the terminal's width; True/False: the operator chose with `c`.
         self.camera_choice: bool | None = False if settings.ui.camera == "off" else None
+        self._panes: dict[type[Widget], Widget] = {}
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -80,33 +84,41 @@ class OperatorScreen(Screen[None]):
 
     # ------------------------------------------------------------------------------ handles
 
+    def _pane(self, cls: type[W]) -> W:
+        """The one pane of this class, looked up once: the panes are composed once and never replaced,
+        and the redraw asks for each of them ten times a second."""
+        pane = self._panes.get(cls)
+        if pane is None:
+            pane = self._panes[cls] = self.query_one(cls)
+        return pane  # type: ignore[return-value]
+
     @property
     def banner(self) -> StateBanner:
-        return self.query_one(StateBanner)
+        return self._pane(StateBanner)
 
     @property
     def joints(self) -> JointsPane:
-        return self.query_one(JointsPane)
+        return self._pane(JointsPane)
 
     @property
     def latency(self) -> LatencyPane:
-        return self.query_one(LatencyPane)
+        return self._pane(LatencyPane)
 
     @property
     def model(self) -> ModelPane:
-        return self.query_one(ModelPane)
+        return self._pane(ModelPane)
 
     @property
     def ports(self) -> PortPane:
-        return self.query_one(PortPane)
+        return self._pane(PortPane)
 
     @property
     def camera(self) -> CameraPane:
-        return self.query_one(CameraPane)
+        return self._pane(CameraPane)
 
     @property
     def event_log(self) -> EventLog:
-        return self.query_one(EventLog)
+        return self._pane(EventLog)
 
     @property
     def task_input(self) -> Input:
@@ -160,7 +172,7 @@ class OperatorScreen(Screen[None]):
         self.banner.show(store.state, task=store.task, reason=store.hold_reason, port=shown_port)
         self.joints.show(store.latest_tick, store.health, store.dry_run, store.plan_ahead)
         self.model.show(store.model)
-        self.query_one(RecordingLine).show(store.recording)
+        self._pane(RecordingLine).show(store.recording)
         cam = self.camera
         cam.ring_name = store.frame_ring
         cam.statuses = store.cameras

@@ -15,9 +15,9 @@ from textual.widgets import Sparkline, Static
 
 from lepetpal_tui.ui.store import Stats, TelemetryStore
 
-MIN_INTERVAL_S = 0.25  # 4 Hz is plenty for latency history; joints and banner redraw faster
+MIN_INTERVAL_S = 0.5  # 2 Hz is plenty for latency figures; joints and banner redraw faster
 # The tick sparkline shifts with every tick, so each update repaints all its cells (an escape sequence
-# each: about 8 KiB at 120x40). Once a second shows the trend; the figures above it update at 4 Hz.
+# each: about 8 KiB at 120x40). Once a second shows the trend; the figures above it update at 2 Hz.
 TICK_SPARKLINE_S = 1.0
 
 
@@ -122,12 +122,14 @@ class LatencyPane(Vertical):
         self._version = store.version
         self._set_text("latency-inference-stats", stats_line("inference/chunk", store.inference_stats()))
         self._set_text("latency-tick-stats", stats_line("tick period", store.tick_stats()))
-        inference = list(store.inference_ms)
-        spark = self.query_one("#latency-inference", Sparkline)
-        if spark.data != inference:
-            spark.data = inference
+        # Re-rendering a sparkline (Textual blends a colour per bar per row) costs a few ms: at most once a
+        # second each, and the inference one only when a chunk arrived.
         if now is None or now - self._sparkline_at >= TICK_SPARKLINE_S:
             self._sparkline_at = now if now is not None else self._sparkline_at
+            inference = list(store.inference_ms)
+            spark = self.query_one("#latency-inference", Sparkline)
+            if spark.data != inference:
+                spark.data = inference
             self.query_one("#latency-tick", Sparkline).data = list(store.tick_periods_ms)[-120:]
         starved = f"[b red]{store.starved_ticks}[/]" if store.starved_ticks else "0"
         tick = store.latest_tick
