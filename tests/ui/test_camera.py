@@ -65,3 +65,52 @@ async def _camera_keys_and_estop(make_app: Any, settle: Any) -> None:
     finally:
         ring.close()
         ring.unlink()
+
+
+def test_kitty_and_sixel_panes_send_their_protocol(monkeypatch: Any, capfd: Any) -> None:
+    """[ui] camera = "kitty" / "sixel": the pane draws through textual-image, and what reaches the
+    terminal is that protocol's escape sequence (Kitty: APC `ESC _ G`, which textual-image writes to the
+    terminal itself, then placeholder cells in the screen update; Sixel: DCS `ESC P ... q`), not half
+    blocks. No such terminal is available here, so the bytes are checked, not a picture."""
+    from textual._compositor import CompositorUpdate
+    from textual.app import App
+
+    from lepetpal_tui.ui.widgets.camera import CameraPane
+
+    written: list[str] = []
+
+    def display(self: App[Any], screen: Any, update: Any) -> None:
+        if isinstance(update, CompositorUpdate):
+            written.append(update.render_segments(self.console))
+
+    monkeypatch.setattr(App, "_display", display)
+    ring = FrameRing.create({"front": (120, 160)})
+    ring.write("front", SceneRenderer(160, 120).render(np.array(MEASURED)), t=T0)
+
+    class One(App[None]):
+        def __init__(self, mode: str) -> None:
+            super().__init__()
+            self.mode = mode
+
+        def compose(self) -> Any:
+            yield CameraPane(("front",), {}, mode=self.mode, fps=5.0, id="camera")
+
+    async def run(mode: str) -> tuple[int, str]:
+        written.clear()
+        capfd.readouterr()
+        app = One(mode)
+        async with app.run_test(size=(60, 24)) as pilot:
+            pane = app.query_one(CameraPane)
+            pane.ring_name = ring.name
+            assert await _pause_until(pilot, lambda: pane.frames_drawn >= 1)
+            await pilot.pause(0.3)
+            return pane.frames_drawn, "".join(written) + capfd.readouterr().out
+
+    try:
+        drawn, kitty = asyncio.run(run("kitty"))
+        assert drawn >= 1 and "\x1b_G" in kitty and "▀" not in kitty
+        drawn, sixel = asyncio.run(run("sixel"))
+        assert drawn >= 1 and "\x1bP" in sixel and "▀" not in sixel
+    finally:
+        ring.close()
+        ring.unlink()
