@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine_line, write_result  # bench/machine.py (the script's folder is on sys.path)
+from machine import (  # bench/machine.py (the script's folder is on sys.path)
+    machine_line,
+    steal_percent,
+    steal_seconds,
+    write_result,
+)
 
 from lepetpal_tui.engine.launcher import EngineClient
 from lepetpal_tui.engine.session_log import read_log
@@ -94,10 +99,11 @@ def main() -> int:
             sim.set_tracing(False)  # tracing every packet costs the sim CPU; not needed for jitter
             client.send(Start(task="pick up the ball"))
             wait(client, batches, lambda b: b.state == EngineState.RUNNING, 10.0)
-            t_run = time.monotonic()
+            t_run, steal0 = time.monotonic(), steal_seconds()
             mark = len(batches)
             while time.monotonic() - t_run < args.duration:
                 batches.extend(client.poll(0.05))
+            steal = steal_percent(steal0, steal_seconds(), time.monotonic() - t_run)
             ticks: list[TickSample] = [t for b in batches[mark:] for t in b.ticks]
             chunks = [c for b in batches[mark:] for c in b.chunks]
             starved = sum(t.starved for t in ticks)
@@ -146,6 +152,7 @@ def main() -> int:
         "period_deviation_ms": {"p50": percentile(period_dev_ms, 50), "p99": percentile(period_dev_ms, 99),
                                 "max": max(period_dev_ms)},
         "load_average_1min": os.getloadavg()[0],
+        "host_steal_percent": steal,
         "tick_work_ms": {"p50": percentile(work_ms, 50), "p99": percentile(work_ms, 99)},
         "starved_ticks": starved,
         "chunks": len(chunks),
@@ -167,6 +174,8 @@ def main() -> int:
           f"max {j['max']:.3f} ms   (goal p99 <= 2 ms: {'met' if j['p99'] <= 2.0 else 'NOT met'})")
     print(f"|period - {period * 1000:.2f} ms|: p50 {pd['p50']:.3f} ms  p99 {pd['p99']:.3f} ms  max {pd['max']:.3f} ms")
     print(f"machine load average (1 min) at the end: {result['load_average_1min']:.2f} on {os.cpu_count()} cores")
+    print("CPU time the hypervisor took while running (steal): "
+          + ("not reported here" if steal is None else f"{steal:.1f} % of the CPUs (a stolen slice makes ticks late)"))
     print(f"tick work (read + filter + write): p50 {percentile(work_ms, 50):.2f} ms  p99 {percentile(work_ms, 99):.2f} ms")
     if lat_ms:
         print(f"chunks {len(chunks)}; chunk latency p50 {percentile(lat_ms, 50):.0f} ms  p99 {percentile(lat_ms, 99):.0f} ms")

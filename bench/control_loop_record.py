@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine_line, write_result
+from machine import machine_line, steal_percent, steal_seconds, write_result
 
 from lepetpal_tui.engine.launcher import EngineClient
 from lepetpal_tui.engine.session_log import read_log
@@ -39,14 +39,16 @@ from lepetpal_tui.wire import (
 )
 
 
-def _phase(client: EngineClient, batches: list[TelemetryBatch], seconds: float, wait: Any) -> tuple[float, float]:
+def _phase(client: EngineClient, batches: list[TelemetryBatch], seconds: float, wait: Any,
+           steal: dict[str, float | None], name: str) -> tuple[float, float]:
     client.send(Start(task="pick up the ball"))
     wait(client, batches, lambda b: b.state == EngineState.RUNNING, 10.0)
-    t0 = time.monotonic()
+    t0, s0 = time.monotonic(), steal_seconds()
     while time.monotonic() - t0 < seconds:
         batches.extend(client.poll(0.05))
         client.send(Heartbeat())
     t1 = time.monotonic()
+    steal[name] = steal_percent(s0, steal_seconds(), t1 - t0)
     client.send(Stop())
     wait(client, batches, lambda b: b.state == EngineState.READY, 5.0)
     return t0, t1
@@ -68,6 +70,7 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
     )
     batches: list[TelemetryBatch] = []
     spans: dict[str, tuple[float, float]] = {}
+    steal: dict[str, float | None] = {}  # % of the CPUs the hypervisor took during each phase
     stop_busy = threading.Event()
     with SimArm.start(wire_time=True) as sim:
         client = EngineClient.spawn(s, sim_port=sim.port)
@@ -78,12 +81,12 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
                 return 1
             if not args.no_busy:
                 threading.Thread(target=busy_ui, args=(stop_busy,), daemon=True).start()
-            spans["off"] = _phase(client, batches, args.duration, wait)
+            spans["off"] = _phase(client, batches, args.duration, wait, steal, "off")
             client.send(SetRecording(on=True))
             time.sleep(8.0)  # the recorder process starts and imports LeRobot before the episode
-            spans["on"] = _phase(client, batches, args.duration, wait)
+            spans["on"] = _phase(client, batches, args.duration, wait, steal, "on")
             client.send(SetRecording(on=False))
-            spans["encode"] = _phase(client, batches, args.duration, wait)
+            spans["encode"] = _phase(client, batches, args.duration, wait, steal, "encode")
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:  # wait for the save, for the frame count
                 batches.extend(client.poll(0.2))
@@ -108,9 +111,12 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
         starved = sum(bool(r.get("starved")) for r in span)
         result["phases"][name] = {"ticks": len(span), "starved_ticks": starved,
                                   "tick_jitter_ms": {"p50": percentile(late, 50), "p99": percentile(late, 99),
-                                                     "max": max(late) if late else None}}
+                                                     "max": max(late) if late else None},
+                                  "host_steal_percent": steal.get(name)}
+        st = steal.get(name)
         print(f"recording {name:<7} ticks {len(span):5d}  starved {starved:3d}  jitter p50 {percentile(late, 50):.3f} ms"
-              f"  p99 {percentile(late, 99):.3f} ms  max {max(late) if late else float('nan'):.3f} ms")
+              f"  p99 {percentile(late, 99):.3f} ms  max {max(late) if late else float('nan'):.3f} ms"
+              f"  host steal {'n/a' if st is None else f'{st:.1f} %'}")
     if status is not None:
         result.update(episodes_saved=status.episodes, ticks_dropped=status.dropped, recorder_error=status.error)
         print(f"episodes saved {status.episodes}; ticks dropped {status.dropped}" +

@@ -28,6 +28,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor took from this machine's CPUs so far (all CPUs summed; /proc/stat "steal").
+
+    On a virtual machine the host can stop a vCPU for several milliseconds; a tick that falls then is
+    late whatever the engine does. Print it beside tick jitter (the difference over the measured window)
+    so a tail can be read against it. None where the kernel does not report it (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_percent(before: float | None, after: float | None, seconds: float) -> float | None:
+    """Steal over a window as a percentage of all CPUs' time."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return 100.0 * (after - before) / (seconds * (os.cpu_count() or 1))
+
+
 def machine_line() -> str:
     return f"CPU: {cpu_caps().describe()}, {os.cpu_count()} CPUs, {platform.platform()}"
 
