@@ -19,6 +19,7 @@ stays (the screen is right either way, only heavier).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rich.cells import cell_len
@@ -27,7 +28,21 @@ from rich.control import Control
 
 CHECKED_TEXTUAL = ("8.",)  # ChopsUpdate's fields (chops, spans, chop_ends) as of Textual 8.2
 
+SPAN_GAP = 4  # changed cells closer than this are refreshed as one span: a cursor move costs ~8 bytes
+
 _stock: Any = None
+
+
+def cell_spans(columns: Iterable[int]) -> list[tuple[int, int]]:
+    """Changed columns (ascending) as [x0, x1) spans to refresh, neighbours fewer than SPAN_GAP cells
+    apart merged. The joints pane and the camera pane refresh what they changed through this."""
+    spans: list[tuple[int, int]] = []
+    for x in columns:
+        if spans and x - spans[-1][1] < SPAN_GAP:
+            spans[-1] = (spans[-1][0], x + 1)
+        else:
+            spans.append((x, x + 1))
+    return spans
 
 
 def render_segments_cropped(self: Any, console: Console) -> str:

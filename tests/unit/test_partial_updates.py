@@ -97,3 +97,13 @@ def test_install_is_idempotent_and_reversible() -> None:
     assert ChopsUpdate.render_segments is partial_updates.render_segments_cropped
     partial_updates.uninstall()
     assert ChopsUpdate.render_segments is stock
+
+
+def test_cell_spans_merge_only_near_neighbours() -> None:
+    assert partial_updates.cell_spans([]) == []
+    assert partial_updates.cell_spans([5]) == [(5, 6)]
+    # 2..4 and 6 are fewer than SPAN_GAP apart: one span; 20 is far: a span of its own
+    assert partial_updates.cell_spans([2, 3, 4, 6, 20]) == [(2, 7), (20, 21)]
+    far = 5 + partial_updates.SPAN_GAP  # SPAN_GAP unchanged cells (5 .. far-1) between them: not merged
+    assert partial_updates.cell_spans([4, far]) == [(4, 5), (far, far + 1)]
+    assert partial_updates.cell_spans([4, far - 1]) == [(4, far)]

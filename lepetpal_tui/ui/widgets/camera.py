@@ -34,6 +34,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from lepetpal_tui.ui.partial_updates import cell_spans
 from lepetpal_tui.ui.policy_view import DEFAULT_INPUT_HW, policy_feature, sample_resize_with_pad
 from lepetpal_tui.wire import CameraStatus
 
@@ -145,7 +146,7 @@ class HalfBlockFrame(Widget):
             self.rows_redrawn += 1
             cols = np.flatnonzero(changed[y])
             self.cells_redrawn += int(cols.size)
-            for x0, x1 in _spans(cols):
+            for x0, x1 in cell_spans(cols.tolist()):
                 self.refresh(Region(x0, y, x1 - x0, 1))
 
     def _strip(self, upper: list[list[int]], lower: list[list[int]]) -> Strip:
@@ -168,21 +169,6 @@ class HalfBlockFrame(Widget):
         if 0 <= y < len(self._strips):
             return self._strips[y]
         return Strip.blank(self.size.width)
-
-
-SPAN_GAP = 4  # changed cells closer than this are refreshed as one span (a cursor move is ~8 bytes)
-
-
-def _spans(cols: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
-    """Sorted column numbers as [x0, x1) spans, neighbours fewer than SPAN_GAP apart merged."""
-    import numpy as np
-
-    if cols.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(cols) >= SPAN_GAP)
-    starts = np.concatenate(([cols[0]], cols[breaks + 1]))
-    ends = np.concatenate((cols[breaks], [cols[-1]])) + 1
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def graphics_image_class(mode: str) -> Any:

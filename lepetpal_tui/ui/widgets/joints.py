@@ -15,12 +15,12 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from lepetpal_tui.settings import JOINT_NAMES, SafetySettings
+from lepetpal_tui.ui.partial_updates import cell_spans
 from lepetpal_tui.wire import ServoHealth, TickSample
 
 NAME_W = 14
 NUM_W = 7
 MUTED = "grey58"  # the limits and the zero mark: a colour, not "dim" (an extra SGR code per cell run)
-SPAN_GAP = 4  # changed cells closer than this are refreshed as one span (a cursor move costs ~8 bytes)
 
 Run = tuple[str, str]
 """A piece of a row: its text and a rich style name. Rows are built as runs, not rich Text: rendering
@@ -139,7 +139,9 @@ class JointsPane(Widget):
             self.refresh()
             return
         for y, (a, b) in enumerate(zip(old, cells, strict=True)):
-            for x0, x1 in _changed_spans(a, b):
+            changed = range(max(len(a), len(b))) if len(a) != len(b) else (
+                x for x, (ca, cb) in enumerate(zip(a, b, strict=True)) if ca != cb)
+            for x0, x1 in cell_spans(changed):
                 self.refresh(Region(x0, y, x1 - x0, 1))
 
     def _style(self, name: str) -> Style:
@@ -216,18 +218,3 @@ def _cells_of(row: list[Run], width: int) -> list[tuple[str, str]]:
     (Every character in a row is one cell wide.)"""
     cells = [(ch, style) for text, style in row for ch in text][:width]
     return cells + [(" ", "")] * (width - len(cells))
-
-
-def _changed_spans(old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[tuple[int, int]]:
-    """[x0, x1) ranges of cells that differ, nearby ranges merged (see SPAN_GAP)."""
-    if len(old) != len(new):
-        return [(0, max(len(old), len(new)))]
-    spans: list[tuple[int, int]] = []
-    for x, (a, b) in enumerate(zip(old, new, strict=True)):
-        if a == b:
-            continue
-        if spans and x - spans[-1][1] < SPAN_GAP:
-            spans[-1] = (spans[-1][0], x + 1)
-        else:
-            spans.append((x, x + 1))
-    return spans
