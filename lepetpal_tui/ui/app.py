@@ -150,7 +150,7 @@ class LePetPalApp(App[int]):
         self._close_go_home = False
         self._quitting = False
         self._pending_connect: str | None = None
-        self._first_paint: float | None = None
+        self._full_paint: float | None = None
         self._abandoned = False  # the UI is going away without a quit: the engine takes the UI-lost path
         self.hard_exit: Callable[[int], None] = os._exit
         self.operator = OperatorScreen(settings, self.t0, clock)
@@ -200,7 +200,8 @@ class LePetPalApp(App[int]):
         yield from super().get_system_commands(screen)
 
     def _painted(self) -> None:
-        self._first_paint = time.time()
+        """Every pane is mounted and painted (the first paint, with fewer panes, came before)."""
+        self._full_paint = time.time()
         self._write_stats()
 
     def _write_stats(self) -> None:
@@ -208,10 +209,11 @@ class LePetPalApp(App[int]):
         if not path:
             return
         data = {
-            "first_paint_unix": self._first_paint,
+            "first_paint_unix": self.operator.first_paint,
+            "full_screen_unix": self._full_paint,
             "redraws": self.redraws,
             "batches": self.store.batches,
-            "camera_frames": self.operator.camera.frames_drawn if self.operator.is_mounted else 0,
+            "camera_frames": self.operator.camera.frames_drawn if self.operator.complete else 0,
             "written_unix": time.time(),
         }
         with open(path, "w", encoding="utf-8") as fh:

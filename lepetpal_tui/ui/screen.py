@@ -10,11 +10,19 @@ select is the active screen, so the app used to find them through `screen_stack[
 
 Redrawing: `show(store)` hands each pane its part of the store; the panes keep them in reactives, so a
 pane whose data did not change repaints nothing.
+
+The first screen comes in two steps (issue 15: first screen <= 0.5 s on a 2-core CPU). `compose` yields
+what an operator needs at once and what fixes the layout: the banner, the joints, the task field, the
+recording line, the footer and the empty columns and log slot. Right after that first paint, `_mount_rest`
+imports and mounts the Port, Model, Latency, Camera and Log panes into their places (the columns keep
+their sizes, so nothing jumps), and only then posts `Ready`: the app starts the engine, the timers and the
+port scan once every pane is there.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import time
+from typing import TYPE_CHECKING, Any, cast
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -26,18 +34,18 @@ from textual.widgets import Footer, Input
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.ui.store import TelemetryStore
 from lepetpal_tui.ui.widgets.banner import StateBanner
-from lepetpal_tui.ui.widgets.camera import CameraPane
 from lepetpal_tui.ui.widgets.joints import JointsPane
 from lepetpal_tui.ui.widgets.keys import KeysBar
-from lepetpal_tui.ui.widgets.latency import LatencyPane
-from lepetpal_tui.ui.widgets.log import EventLog
-from lepetpal_tui.ui.widgets.model import ModelPane
-from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.recording import RecordingLine
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import EngineState, PortInfo
 
-W = TypeVar("W", bound=Widget)
+if TYPE_CHECKING:  # mounted after the first paint (see `_mount_rest`), imported there
+    from lepetpal_tui.ui.widgets.camera import CameraPane
+    from lepetpal_tui.ui.widgets.latency import LatencyPane
+    from lepetpal_tui.ui.widgets.log import EventLog
+    from lepetpal_tui.ui.widgets.model import ModelPane
+    from lepetpal_tui.ui.widgets.ports import PortPane
 
 WIDE_COLS = 150  # from here the camera gets a column of its own and is shown from the start
 SHORT_ROWS = 36
@@ -58,67 +66,85 @@ class OperatorScreen(Screen[None]):
         self.clock = clock
         # None: follow the terminal's width; True/False: the operator chose with `c`.
         self.camera_choice: bool | None = False if settings.ui.camera == "off" else None
-        self._panes: dict[type[Widget], Widget] = {}
+        self._panes: dict[str, Widget] = {}
+        self.complete = False  # every pane is mounted (after the first paint): `Ready` has been posted
+        self.first_paint: float | None = None  # time.time() of the first paint (the bench reads it)
 
     def compose(self) -> ComposeResult:
         s = self.settings
         yield StateBanner(id="banner")
         with Horizontal(id="top"):
-            with Vertical(id="left"):
-                yield PortPane(id="ports")
-                yield ModelPane(s.model.path, id="model")
+            yield Vertical(id="left")  # Port and Model panes, after the first paint
             with Vertical(id="right"):
                 yield JointsPane(s.arm.limits, s.safety, id="joints")
-                yield LatencyPane(s.control.rate_hz, id="latency")
-            yield CameraPane(tuple(s.cameras), s.model.camera_map, mode=s.ui.camera, fps=s.ui.camera_fps,
-                             clock=self.clock, id="camera")
+                # the Latency pane below, and the Camera column beside, after the first paint
         yield TaskPane(id="task")
         yield RecordingLine(id="recording")
-        yield EventLog(self.t0, id="log")
+        yield Vertical(id="log-slot")  # the event log, after the first paint
         yield Footer(id="footer", compact=True, show_command_palette=False)
         yield KeysBar(id="keys")
 
     def on_mount(self) -> None:
+        self.call_after_refresh(self._mount_rest)
+
+    async def _mount_rest(self) -> None:
+        """Mount the panes the first paint did without, then tell the app the screen is ready."""
+        self.first_paint = time.time()
+        from lepetpal_tui.ui.widgets.camera import CameraPane
+        from lepetpal_tui.ui.widgets.latency import LatencyPane
+        from lepetpal_tui.ui.widgets.log import EventLog
+        from lepetpal_tui.ui.widgets.model import ModelPane
+        from lepetpal_tui.ui.widgets.ports import PortPane
+
+        s = self.settings
+        camera = CameraPane(tuple(s.cameras), s.model.camera_map, mode=s.ui.camera, fps=s.ui.camera_fps,
+                            clock=self.clock, id="camera")
+        camera.display = False  # until `_layout_camera` decides, so that it never flashes in
+        await self.query_one("#left").mount(PortPane(id="ports"), ModelPane(s.model.path, id="model"))
+        await self.query_one("#right").mount(LatencyPane(s.control.rate_hz, id="latency"))
+        await self.query_one("#top").mount(camera)
+        await self.query_one("#log-slot").mount(EventLog(self.t0, id="log"))
+        self.complete = True
         self._layout_camera()
         self.post_message(self.Ready())
 
     # ------------------------------------------------------------------------------ handles
 
-    def _pane(self, cls: type[W]) -> W:
-        """The one pane of this class, looked up once: the panes are composed once and never replaced,
-        and the redraw asks for each of them ten times a second."""
-        pane = self._panes.get(cls)
+    def _pane(self, pane_id: str) -> Widget:
+        """The one pane with this id, looked up once: the panes are mounted once and never replaced,
+        and the redraw asks for each of them ten times a second. NoMatches before `Ready`."""
+        pane = self._panes.get(pane_id)
         if pane is None:
-            pane = self._panes[cls] = self.query_one(cls)
-        return pane  # type: ignore[return-value]
+            pane = self._panes[pane_id] = self.query_one(f"#{pane_id}")
+        return pane
 
     @property
     def banner(self) -> StateBanner:
-        return self._pane(StateBanner)
+        return cast(StateBanner, self._pane("banner"))
 
     @property
     def joints(self) -> JointsPane:
-        return self._pane(JointsPane)
+        return cast(JointsPane, self._pane("joints"))
 
     @property
     def latency(self) -> LatencyPane:
-        return self._pane(LatencyPane)
+        return cast("LatencyPane", self._pane("latency"))
 
     @property
     def model(self) -> ModelPane:
-        return self._pane(ModelPane)
+        return cast("ModelPane", self._pane("model"))
 
     @property
     def ports(self) -> PortPane:
-        return self._pane(PortPane)
+        return cast("PortPane", self._pane("ports"))
 
     @property
     def camera(self) -> CameraPane:
-        return self._pane(CameraPane)
+        return cast("CameraPane", self._pane("camera"))
 
     @property
     def event_log(self) -> EventLog:
-        return self._pane(EventLog)
+        return cast("EventLog", self._pane("log"))
 
     @property
     def task_input(self) -> Input:
@@ -143,6 +169,8 @@ class OperatorScreen(Screen[None]):
         return self.wide if self.camera_choice is None else self.camera_choice
 
     def _layout_camera(self) -> None:
+        if not self.complete:  # a resize before the rest is mounted: `_mount_rest` lays it out
+            return
         shown = self.camera_shown
         self.set_class(shown, "-camera")
         self.set_class(not self.wide, "-narrow")
@@ -156,13 +184,16 @@ class OperatorScreen(Screen[None]):
         self._layout_camera()
 
     def action_camera_view(self) -> None:
+        if not self.complete:
+            return
         cam = self.camera
         cam.view = "policy" if cam.view == "raw" else "raw"
         if not self.camera_shown:
             self.action_toggle_camera()
 
     def action_next_camera(self) -> None:
-        self.camera.camera_index += 1
+        if self.complete:
+            self.camera.camera_index += 1
 
     # ------------------------------------------------------------------------------ drawing
 
@@ -172,7 +203,7 @@ class OperatorScreen(Screen[None]):
         self.banner.show(store.state, task=store.task, reason=store.hold_reason, port=shown_port)
         self.joints.show(store.latest_tick, store.health, store.dry_run, store.plan_ahead)
         self.model.show(store.model)
-        self._pane(RecordingLine).show(store.recording)
+        cast(RecordingLine, self._pane("recording")).show(store.recording)
         cam = self.camera
         cam.ring_name = store.frame_ring
         cam.statuses = store.cameras

@@ -211,6 +211,8 @@ def settle() -> Settle:
 
         for _ in range(tries):
             await pilot.pause(0.01)
+            if not app.operator.complete:  # the panes after the first paint are not mounted yet
+                continue
             scanned = getattr(app.query_one(PortPane), "_summary", None) is not None
             if app.store.batches >= batches and scanned and (not app.autoconnect or app.link is not None):
                 break

@@ -62,13 +62,21 @@ FIRST_SCREEN = textwrap.dedent(
 )
 
 
-def test_first_screen_needs_no_numpy() -> None:
+# Mounted after the first paint (ui/screen.py `_mount_rest`): the first paint must not import them.
+AFTER_FIRST_PAINT = ("lepetpal_tui.ui.widgets.camera", "lepetpal_tui.ui.widgets.latency",
+                     "lepetpal_tui.ui.widgets.log", "lepetpal_tui.ui.widgets.model")
+
+
+def test_first_screen_needs_no_numpy_nor_the_later_panes() -> None:
     # numpy costs ~0.1 s of a ~1 s first screen on a 2-core machine; only the camera pane needs it, and
-    # it imports it when the first frame is drawn.
+    # it imports it when the first frame is drawn. The panes mounted after the first paint (and rich's
+    # pretty-printer, which the log's RichLog pulls in) wait for it too.
     out = subprocess.run(
         [sys.executable, "-c", FIRST_SCREEN], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr[-3000:]
     modules = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "lepetpal_tui.ui.widgets.camera" in modules  # the test imported what the first screen shows
+    assert "lepetpal_tui.ui.widgets.joints" in modules  # the test imported what the first screen shows
     assert "numpy" not in modules
+    early = [m for m in AFTER_FIRST_PAINT if m in modules]
+    assert early == [], f"imported before the first paint: {early}"
