@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import statistics
 import tempfile
@@ -138,6 +139,11 @@ def main() -> int:
         for r in read_log(client.log_path)
         if r.get("type") == "tick" and r.get("late_s") is not None and t_lo <= r["t"] <= t_hi
     ]
+    # Slots the loop skipped (a tick that overran a whole period skips to the current slot): expected
+    # ticks over the window minus the ticks the session log holds, and the longest gap between two starts.
+    starts = sorted(r["t"] for r in read_log(client.log_path) if r.get("type") == "tick" and t_lo <= r["t"] <= t_hi)
+    skipped = max(0, round((t_hi - t_lo) / period) + 1 - len(starts))
+    longest_gap_ms = max((b - a for a, b in itertools.pairwise(starts)), default=0.0) * 1000
     periods = [t.period_s for t in ticks[1:]]
     period_dev_ms = [abs(p - period) * 1000 for p in periods]
     work_ms = [t.work_s * 1000 for t in ticks]
@@ -151,6 +157,8 @@ def main() -> int:
         "tick_jitter_ms": {"p50": percentile(jitter_ms, 50), "p99": percentile(jitter_ms, 99), "max": max(jitter_ms)},
         "period_deviation_ms": {"p50": percentile(period_dev_ms, 50), "p99": percentile(period_dev_ms, 99),
                                 "max": max(period_dev_ms)},
+        "skipped_slots": skipped,
+        "longest_gap_between_ticks_ms": longest_gap_ms,
         "load_average_1min": os.getloadavg()[0],
         "host_steal_percent": steal,
         "tick_work_ms": {"p50": percentile(work_ms, 50), "p99": percentile(work_ms, 99)},
@@ -173,6 +181,7 @@ def main() -> int:
     print(f"tick jitter (start vs its deadline): p50 {j['p50']:.3f} ms  p99 {j['p99']:.3f} ms  "
           f"max {j['max']:.3f} ms   (goal p99 <= 2 ms: {'met' if j['p99'] <= 2.0 else 'NOT met'})")
     print(f"|period - {period * 1000:.2f} ms|: p50 {pd['p50']:.3f} ms  p99 {pd['p99']:.3f} ms  max {pd['max']:.3f} ms")
+    print(f"longest gap between two tick starts {longest_gap_ms:.1f} ms; slots skipped after an overrun {skipped}")
     print(f"machine load average (1 min) at the end: {result['load_average_1min']:.2f} on {os.cpu_count()} cores")
     print("CPU time the hypervisor took while running (steal): "
           + ("not reported here" if steal is None else f"{steal:.1f} % of the CPUs (a stolen slice makes ticks late)"))

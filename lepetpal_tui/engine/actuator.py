@@ -38,6 +38,17 @@ def raise_thread_priority() -> bool:
     return True
 
 
+def slot_for(now: float, t0: float, k: int, period: float) -> tuple[int, float, bool]:
+    """(slot, lateness, skipped) for a tick due in slot `k` of the grid t0 + k * period that starts at
+    `now`. A tick that overran a whole period runs in the current slot (the missed ones never run: the
+    arm gets the goal of now, not a backlog). The lateness is taken against the slot it was due in, so
+    that a stall of several periods shows as what it was, not as a small lateness against the new slot."""
+    late = now - (t0 + k * period)
+    if late >= period:
+        return int((now - t0) / period), late, True
+    return k, late, False
+
+
 class Actuator:
     def __init__(self, control: Control, pacer: Pacer, watchdog: Watchdog) -> None:
         self._c = control
@@ -68,11 +79,11 @@ class Actuator:
             if delay > 0:
                 time.sleep(delay)
             now = time.monotonic()
-            if now - deadline >= period:  # overran a whole period: skip to the current slot
-                k = int((now - t0) / period)
+            k, late, skipped = slot_for(now, t0, k, period)
+            if skipped:
                 self._c.counters.overruns += 1
             try:
-                self._late_s = now - (t0 + k * period)  # how late this tick started: the jitter
+                self._late_s = late
                 self.tick(k, now, now - last_start)
             except Exception as exc:  # a bug must not leave the arm moving: hold and report
                 self._c.halt(EngineState.ERROR, f"internal error: {exc}", HoldCause.FAULT)
