@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -67,6 +70,20 @@ POLL_S = 0.05
 # The engine holds when no heartbeat arrives for safety.ui_heartbeat_s (about 1 s): send four a second
 # so a slow frame or two never trips it, while a frozen event loop does.
 HEARTBEAT_S = 0.25
+
+
+def terminal_hung_up_on(fd: int) -> bool:
+    """Whether the terminal on `fd` is gone: its other end closed (a pty whose master went away), so the
+    tty answers EIO. That can happen without a SIGHUP (a terminal program that was not our session's
+    controlling terminal), and then Textual's input thread reads EOF in a loop and nobody sees the
+    screen. Not a terminal (tests, pipes): False."""
+    try:
+        termios.tcgetattr(fd)
+    except termios.error as exc:
+        return bool(exc.args) and exc.args[0] == errno.EIO
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _engine_fix(exc: BaseException) -> str:
@@ -151,6 +168,7 @@ class LePetPalApp(App[int]):
         self._quitting = False
         self._pending_connect: str | None = None
         self._full_paint: float | None = None
+        self._tty_fd: int | None = None  # the terminal checked for a hangup with each heartbeat
         self._abandoned = False  # the UI is going away without a quit: the engine takes the UI-lost path
         self.hard_exit: Callable[[int], None] = os._exit
         self.operator = OperatorScreen(settings, self.t0, clock)
@@ -180,6 +198,10 @@ class LePetPalApp(App[int]):
         self.scan_ports()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.terminal_hung_up)
+        # The same hand-over when the terminal goes without a SIGHUP (checked with each heartbeat).
+        stdin = sys.__stdin__
+        if not self.is_headless and stdin is not None and stdin.isatty():
+            self._tty_fd = stdin.fileno()
         if self.autoconnect:
             self.connect(self.settings.arm.port)
         # Typing goes to the task field first: stray letters must not become macro keys.
@@ -411,6 +433,9 @@ class LePetPalApp(App[int]):
         return True
 
     def _send_heartbeat(self) -> None:
+        if self._tty_fd is not None and terminal_hung_up_on(self._tty_fd):
+            self.terminal_hung_up("the terminal is gone (its other end closed)")
+            return
         link = self.link
         if link is not None:
             with contextlib.suppress(Exception):  # a gone engine is reported by the worker's poll
@@ -533,11 +558,11 @@ class LePetPalApp(App[int]):
             else:
                 link.send(UiLost(sent_at=self.clock(), reason=reason))
 
-    def terminal_hung_up(self) -> None:
-        """SIGHUP: the terminal is gone (SSH dropped, tmux session killed). Nobody can see this screen
-        or press F12 any more: hand over to the engine (it lives in its own session) and leave at once;
-        restoring a dead terminal on the way out could block."""
-        self.abandon_engine("the terminal hung up (SIGHUP: SSH dropped or the terminal closed)")
+    def terminal_hung_up(self, why: str = "SIGHUP: SSH dropped or the terminal closed") -> None:
+        """SIGHUP, or a terminal that answers EIO: it is gone (SSH dropped, tmux session killed). Nobody
+        can see this screen or press F12 any more: hand over to the engine (it lives in its own session)
+        and leave at once; restoring a dead terminal on the way out could block."""
+        self.abandon_engine(f"the terminal hung up ({why})")
         self.hard_exit(128 + signal.SIGHUP)
 
     def _handle_exception(self, error: Exception) -> None:
