@@ -139,11 +139,12 @@ def main() -> int:
         for r in read_log(client.log_path)
         if r.get("type") == "tick" and r.get("late_s") is not None and t_lo <= r["t"] <= t_hi
     ]
-    # Slots the loop skipped (a tick that overran a whole period skips to the current slot): expected
-    # ticks over the window minus the ticks the session log holds, and the longest gap between two starts.
+    # Slots the loop skipped (a tick that overran a whole period skips to the current slot): the slots
+    # inside each gap of 1.5 periods or more between two tick starts; and the longest gap.
     starts = sorted(r["t"] for r in read_log(client.log_path) if r.get("type") == "tick" and t_lo <= r["t"] <= t_hi)
-    skipped = max(0, round((t_hi - t_lo) / period) + 1 - len(starts))
-    longest_gap_ms = max((b - a for a, b in itertools.pairwise(starts)), default=0.0) * 1000
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    skipped = sum(round(g / period) - 1 for g in gaps if g >= 1.5 * period)
+    longest_gap_ms = max(gaps, default=0.0) * 1000
     periods = [t.period_s for t in ticks[1:]]
     period_dev_ms = [abs(p - period) * 1000 for p in periods]
     work_ms = [t.work_s * 1000 for t in ticks]
