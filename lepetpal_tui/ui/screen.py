@@ -77,7 +77,8 @@ class OperatorScreen(Screen[None]):
             yield Vertical(id="left")  # Port and Model panes, after the first paint
             with Vertical(id="right"):
                 yield JointsPane(s.arm.limits, s.safety, id="joints")
-                # the Latency pane below, and the Camera column beside, after the first paint
+                # the Latency pane below, after the first paint
+            yield Vertical(id="camera-slot")  # the Camera pane's column, after the first paint
         yield TaskPane(id="task")
         yield RecordingLine(id="recording")
         yield Vertical(id="log-slot")  # the event log, after the first paint
@@ -85,6 +86,7 @@ class OperatorScreen(Screen[None]):
         yield KeysBar(id="keys")
 
     def on_mount(self) -> None:
+        self._layout_camera()
         self.call_after_refresh(self._mount_rest)
 
     async def _mount_rest(self) -> None:
@@ -99,10 +101,10 @@ class OperatorScreen(Screen[None]):
         s = self.settings
         camera = CameraPane(tuple(s.cameras), s.model.camera_map, mode=s.ui.camera, fps=s.ui.camera_fps,
                             clock=self.clock, id="camera")
-        camera.display = False  # until `_layout_camera` decides, so that it never flashes in
+        camera.display = False  # until `_layout_camera` decides: a hidden pane reads no frames
         await self.query_one("#left").mount(PortPane(id="ports"), ModelPane(s.model.path, id="model"))
         await self.query_one("#right").mount(LatencyPane(s.control.rate_hz, id="latency"))
-        await self.query_one("#top").mount(camera)
+        await self.query_one("#camera-slot").mount(camera)
         await self.query_one("#log-slot").mount(EventLog(self.t0, id="log"))
         self.complete = True
         self._layout_camera()
@@ -169,13 +171,14 @@ class OperatorScreen(Screen[None]):
         return self.wide if self.camera_choice is None else self.camera_choice
 
     def _layout_camera(self) -> None:
-        if not self.complete:  # a resize before the rest is mounted: `_mount_rest` lays it out
-            return
         shown = self.camera_shown
         self.set_class(shown, "-camera")
         self.set_class(not self.wide, "-narrow")
-        self.camera.display = shown
+        self.query_one("#camera-slot").display = shown
         self.query_one("#left").display = not (shown and not self.wide)
+        if not self.complete:  # the first paint: the columns are laid out, the panes come right after
+            return
+        self.camera.display = shown
         if shown:
             self.camera.poll()
 
