@@ -87,11 +87,19 @@ class OperatorScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._layout_camera()
-        self.call_after_refresh(self._mount_rest)
+        # Typing goes to the task field from the first paint (stray letters must not become macro keys),
+        # and with a focused widget the footer shows its keys at once.
+        self.task_input.focus()
+        self.call_after_refresh(self._after_first_paint)
+
+    def _after_first_paint(self) -> None:
+        self.first_paint = time.time()
+        # A task of its own: awaited here, the mounts would hold up the other after-refresh callbacks
+        # (the footer's keys among them) until every pane is in.
+        self.run_worker(self._mount_rest(), name="mount-rest", exclusive=True)
 
     async def _mount_rest(self) -> None:
         """Mount the panes the first paint did without, then tell the app the screen is ready."""
-        self.first_paint = time.time()
         from lepetpal_tui.ui.widgets.camera import CameraPane
         from lepetpal_tui.ui.widgets.latency import LatencyPane
         from lepetpal_tui.ui.widgets.log import EventLog

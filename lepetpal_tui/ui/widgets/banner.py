@@ -45,7 +45,9 @@ class StateBanner(Static):
     """Shows the engine state in large, coloured text; its CSS class follows the state."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__("", id=id)
+        # What the first paint shows, before the app has a state to show (a moment later).
+        super().__init__(Text.assemble((" ● STARTING ", "bold"), "\n Opening the panes...", end=""), id=id,
+                         classes="-disconnected")
         self._shown: tuple[str, ...] = ()
 
     def show(self, state: EngineState, *, task: str = "", reason: str = "", port: str = "") -> None:
