@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m ruff check lepetpal_tui tests bench
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check lepetpal_tui tests bench

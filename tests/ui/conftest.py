@@ -164,6 +164,24 @@ def scenario(name: str) -> list[TelemetryBatch]:
 AppMaker = Callable[..., tuple[LePetPalApp, ScriptedLink]]
 
 
+# Textual's pilot waits after each key press until the process looks idle (`wait_for_idle`: its CPU time
+# stops advancing), for at most 1 s. The answering engine's threads run in this process, so it never looks
+# idle and every key cost 1 s (typing a task took 27 s). A quarter of a second is still a hundred times
+# what the app takes to handle a key, and `Pilot.press` then waits for every pending event anyway.
+KEY_IDLE_WAIT_S = 0.25
+
+
+@pytest.fixture(autouse=True)
+def _quicker_key_presses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import textual.app
+    from textual._wait import wait_for_idle
+
+    async def wait_for_idle_briefly(min_sleep: float = 0.0, max_sleep: float = KEY_IDLE_WAIT_S) -> None:
+        await wait_for_idle(min_sleep, min(max_sleep, KEY_IDLE_WAIT_S))
+
+    monkeypatch.setattr(textual.app, "wait_for_idle", wait_for_idle_briefly, raising=False)
+
+
 @pytest.fixture
 def make_app() -> Iterator[AppMaker]:
     """make_app(scenario=None, ports=PORTS, autoconnect=True, settings=None, batches=None) -> (app, link);
