@@ -54,7 +54,7 @@ def _phase(client: EngineClient, batches: list[TelemetryBatch], seconds: float, 
     return t0, t1
 
 
-def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
+def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_source: Any) -> int:
     from lepetpal_tui.policy.demo_checkpoint import build_test_policy
     from lepetpal_tui.sim.process import SimArm
 
@@ -67,6 +67,7 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
     s = dataclasses.replace(
         s, model=model, logging=dataclasses.replace(s.logging, dir=str(tmp / "logs")),
         recording=dataclasses.replace(s.recording, root=str(tmp / "dataset"), enabled=False),
+        cameras=with_camera_source(s, args.camera_source),
     )
     batches: list[TelemetryBatch] = []
     spans: dict[str, tuple[float, float]] = {}
@@ -100,10 +101,10 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
     ticks = [r for r in read_log(client.log_path) if r.get("type") == "tick" and r.get("late_s") is not None]
     status: RecordingStatus | None = next((b.recording for b in reversed(batches) if b.recording is not None), None)
     result: dict[str, Any] = {"policy": args.policy, "controlling_process_busy": not args.no_busy,
-                              "phase_s": args.duration, "camera": "synthetic 640x480", "store": s.recording.store,
+                              "phase_s": args.duration, "camera": f"{args.camera_source} 640x480", "store": s.recording.store,
                               "codec": s.recording.codec, "phases": {}}
     print(machine_line())
-    print(f"policy {args.policy}; camera synthetic 640x480 recorded as {s.recording.store} ({s.recording.codec}); "
+    print(f"policy {args.policy}; camera {args.camera_source} 640x480 recorded as {s.recording.store} ({s.recording.codec}); "
           f"controlling process busy: {not args.no_busy}")
     for name, (t0, t1) in spans.items():
         span = [r for r in ticks if t0 <= r["t"] <= t1]
@@ -124,5 +125,6 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any) -> int:
     result["load_average_1min"] = os.getloadavg()[0]
     result["session_log"] = str(client.log_path)
     print(f"machine load average (1 min) at the end: {result['load_average_1min']:.2f} on {os.cpu_count()} cores")
-    print(f"written to {write_result('control_loop_record', result)}")
+    name = "control_loop_record" + ("" if args.camera_source == "synthetic" else f"_{args.camera_source}")
+    print(f"written to {write_result(name, result)}")
     return 0
