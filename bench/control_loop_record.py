@@ -8,7 +8,7 @@ the [recording] default). Three phases of `--duration` seconds each:
   on      recording on: every tick paired with its frame and staged by LeRobot's add_frame (nice +15)
   encode  recording off again, right after the "on" episode ended: the recorder encodes and saves it
 Prints p50 / p99 / max jitter (tick start vs its deadline, from the session log) and starved ticks per
-phase, the frames recorded and the ticks dropped, and writes bench/results/<cpu kind>/control_loop_record.json.
+phase, the frames recorded and the ticks dropped, and writes bench/results/<vendor>-<cpu kind>/control_loop_record.json.
 """
 
 from __future__ import annotations

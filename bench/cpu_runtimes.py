@@ -32,7 +32,7 @@ the torch int8 path by a margin that survives the noise; the JSON holds the figu
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
-Writes bench/results/<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.policy.speed.cpu_caps, e.g. x86-avx2).
+Writes bench/results/<vendor>-<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.policy.speed.cpu_caps, e.g. x86-avx2).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ built once into $XDG_CACHE_HOME/lepetpal/bench-smolvla-full (default ~/.cache). 
 cache for this bench lives beside it, so a first start here is a first start.
 
 Usage: .venv/bin/python bench/full_size_run.py [--duration 60] [--rebuild]
-Writes bench/results/<cpu kind>/full_size_run.json. Takes a few minutes on a 2-core CPU.
+Writes bench/results/<vendor>-<cpu kind>/full_size_run.json. Takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations

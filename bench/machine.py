@@ -1,8 +1,8 @@
 """What every benchmark prints and stores beside its figures: the CPU (model, kind, ISA flags) it ran on.
 
-Results go to bench/results/<cpu kind>/<bench>.json (kinds from lepetpal_tui.policy.speed.cpu_caps, e.g.
-x86-avx2, x86-avx512-vnni-bf16): one result per CPU kind, kept in git, so figures from different
-machines sit side by side instead of overwriting each other.
+Results go to bench/results/<vendor>-<cpu kind>/<bench>.json (kinds from lepetpal_tui.policy.speed.cpu_caps,
+e.g. amd-x86-avx2, intel-x86-avx512-vnni-bf16): one result per CPU vendor and kind, kept in git, so figures
+from different machines sit side by side instead of overwriting each other.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 def machine_info() -> dict[str, Any]:
     caps = cpu_caps()
     return {
-        "cpu": caps.model, "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
+        "cpu": caps.model, "cpu_vendor": cpu_vendor(), "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
         "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": caps.int8_activation_bits,
         "bf16_native": caps.bf16_native, "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
@@ -53,8 +53,27 @@ def machine_line() -> str:
     return f"CPU: {cpu_caps().describe()}, {os.cpu_count()} CPUs, {platform.platform()}"
 
 
+def cpu_vendor() -> str:
+    """"amd", "intel", or the machine name elsewhere ("aarch64"): two vendors' CPUs of one kind (the same
+    ISA path) still differ in speed, so their figures are kept apart."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, vendor.lower())
+    except OSError:
+        pass
+    return platform.machine().lower() or "cpu"
+
+
+def results_dir() -> Path:
+    """bench/results/<vendor>-<cpu kind>, e.g. amd-x86-avx2, intel-x86-avx512-vnni-bf16."""
+    return RESULTS_ROOT / f"{cpu_vendor()}-{cpu_caps().kind}"
+
+
 def results_path(name: str) -> Path:
-    return RESULTS_ROOT / cpu_caps().kind / f"{name}.json"
+    return results_dir() / f"{name}.json"
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

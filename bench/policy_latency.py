@@ -13,7 +13,7 @@ with LeRobot's fp32 chunk for the same noise; the max abs difference (robot unit
 against the tolerance `load_policy` uses to accept int8/bf16 (ACTION_TOLERANCE).
 
 Usage: .venv/bin/python bench/policy_latency.py [--reps 5] [--dtype int8|bf16|fp32] [--flow-steps N]
-Writes bench/results/<cpu kind>/policy_latency.json (or policy_latency_<dtype>.json for a non-default
+Writes bench/results/<vendor>-<cpu kind>/policy_latency.json (or policy_latency_<dtype>.json for a non-default
 --dtype); prints the CPU (model, kind, ISA flags) with the figures.
 Takes a few minutes on a 2-core CPU.
 """

@@ -11,7 +11,7 @@ Runs the real `lepetpal` command in a pseudo-terminal (120x40), as an operator w
      (key c; half blocks at [ui] camera_fps, 5 by default): UI-process CPU, terminal KiB/s, camera frames
      drawn, and the actuator's jitter (how late each tick started, from the session log) in the same
      window, so "the camera costs the tick nothing" is a measured claim.
-Prints the figures and writes bench/results/<cpu kind>/ui_figures.json. The machine may be shared: run it
+Prints the figures and writes bench/results/<vendor>-<cpu kind>/ui_figures.json. The machine may be shared: run it
 once or twice, and read the figures with the load average it prints.
 """
 
