@@ -9,10 +9,11 @@ process keeps one thread spinning pure-Python work the whole time, as a busy UI 
                                            [--camera-source synthetic|pattern]
 
 --record compares recording off / on / encoding instead (bench/control_loop_record.py).
---camera-source pattern swaps the simulated arm's scene camera (rendered on the engine's frame-ring thread,
-in the actuator's process) for the cheap moving pattern: the difference is the scene renderer's share.
+--camera-source pattern swaps the simulated arm's scene camera (drawn in its renderer process, asked and
+copied from the engine's frame-ring and inference threads) for the cheap moving pattern drawn in the engine:
+the difference is what the scene camera still costs the tick.
 
-Prints the figures and writes bench/results/<cpu kind>/control_loop.json (control_loop_pattern.json for the
+Prints the figures and writes bench/results/<vendor>-<cpu kind>/control_loop.json (control_loop_pattern.json for the
 pattern camera). Goal: p99 jitter <= 2 ms.
 """
 

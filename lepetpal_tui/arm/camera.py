@@ -14,6 +14,7 @@ picture that is not the room acts blind.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -136,36 +137,84 @@ class SceneCamera:
     """The arm drawn from its measured joints (`sim.scene.SceneRenderer`): it moves when the arm moves.
 
     `joints()` returns the latest measured joints (None before the first read: the rest pose is drawn).
-    Rendering is cached on the pose, so a still arm costs a dictionary lookup per frame.
+    Rendering is cached on the pose, so a still arm costs a tuple comparison per frame. A new pose is
+    drawn in the renderer's own process (`sim.scene_process`), off the engine's GIL; where that process
+    cannot start or stops answering, in this process from then on (the same picture; only the tick's
+    jitter pays), and `renderer` says which.
     """
 
     kind = "synthetic"
 
     def __init__(
-        self, name: str, width: int, height: int, joints: Callable[[], npt.NDArray[np.float64] | None]
+        self, name: str, width: int, height: int, joints: Callable[[], npt.NDArray[np.float64] | None],
+        *, own_process: bool = True,
     ) -> None:
         from lepetpal_tui.sim.scene import SceneRenderer
+        from lepetpal_tui.sim.scene_process import SceneProcessError, SceneRendererProcess
 
         self.name = name
         self.width, self.height = int(width), int(height)
         self._joints = joints
-        self._renderer = SceneRenderer(self.width, self.height)
         self._lock = threading.Lock()  # the inference thread and the frame ring's thread both render
+        self._key: tuple[int, ...] | None = None
+        self._last: Frame | None = None
+        self._local: SceneRenderer | None = None
+        self._remote: SceneRendererProcess | None = None
+        self.fallback_reason = ""  # why frames are drawn in this process ("" while the renderer process draws)
+        if own_process:
+            try:
+                self._remote = SceneRendererProcess(self.width, self.height)
+            except SceneProcessError as exc:
+                self.fallback_reason = str(exc)
+        else:
+            self.fallback_reason = "asked to render in this process"
 
     @property
     def failed_reason(self) -> str:
         return ""
 
+    @property
+    def renderer(self) -> str:
+        """"process" while the renderer process draws, "in-process" after a fallback."""
+        return "process" if self._remote is not None else "in-process"
+
     def latest_image(self) -> Frame:
-        q = self._joints()
+        from lepetpal_tui.sim.scene import pose, pose_key
+
+        q = pose(self._joints())
+        key = pose_key(q)
         with self._lock:
-            return self._renderer.render(q)
+            if key == self._key and self._last is not None:
+                return self._last
+            self._last, self._key = self._render(q), key
+            return self._last
+
+    def _render(self, q: npt.NDArray[np.float64]) -> Frame:
+        from lepetpal_tui.sim.scene import SceneRenderer
+        from lepetpal_tui.sim.scene_process import SceneProcessError
+
+        remote = self._remote
+        if remote is not None:
+            try:
+                return remote.render(q)
+            except SceneProcessError as exc:
+                self.fallback_reason = str(exc)
+                self._remote = None
+                # The engine's output file: the tick's jitter figures change, the picture does not.
+                print(f'camera "{self.name}": {exc}; drawing the scene in the engine process from now on',
+                      file=sys.stderr, flush=True)
+                threading.Thread(target=remote.close, daemon=True).start()
+        if self._local is None:
+            self._local = SceneRenderer(self.width, self.height)
+        return self._local.render(q)
 
     def latest(self) -> CapturedFrame:
         return CapturedFrame(self.latest_image(), time.monotonic())
 
     def close(self) -> None:
-        pass
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.close()
 
 
 # ----------------------------------------------------------------------------------------------- opencv

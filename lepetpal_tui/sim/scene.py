@@ -35,6 +35,16 @@ _JAW = (60, 60, 60)
 _BALL = (220, 40, 40)
 
 
+def pose(joints: Vec | None) -> Vec:
+    """The six values the scene draws: None is the rest pose, NaN counts as 0."""
+    return np.zeros(6) if joints is None else np.nan_to_num(np.asarray(joints, dtype=np.float64)[:6])
+
+
+def pose_key(q: Vec) -> tuple[int, ...]:
+    """Poses with the same key draw the same picture (0.05 degree: finer than the servo's 0.088 degree step)."""
+    return tuple(round(float(v) * 20) for v in q)
+
+
 class SceneRenderer:
     """Renders the arm at a pose into a width x height RGB image; cheap enough for 30 frames/s (a few ms)."""
 
@@ -136,8 +146,8 @@ class SceneRenderer:
 
     def render(self, joints: Vec | None) -> Frame:
         """The scene with the arm at `joints` (six values, JOINT_NAMES order); None draws the rest pose."""
-        q = np.zeros(6) if joints is None else np.nan_to_num(np.asarray(joints, dtype=np.float64)[:6])
-        key = tuple(round(float(v) * 20) for v in q)  # 0.05 degree: finer than the servo's 0.088 degree step
+        q = pose(joints)
+        key = pose_key(q)
         if key == self._key and self._last is not None:
             return self._last
         img = self._background.copy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -11,8 +13,20 @@ from lepetpal_tui.settings import JOINT_NAMES, CameraSettings
 POSE = np.array([10.0, -20.0, 30.0, 15.0, 0.0, 40.0])
 
 
+_OPEN: list[SceneCamera] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_cameras() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()  # each one has a renderer process
+
+
 def _camera(pose: list[np.ndarray]) -> SceneCamera:
-    return SceneCamera("front", 160, 120, joints=lambda: pose[0])
+    cam = SceneCamera("front", 160, 120, joints=lambda: pose[0])
+    _OPEN.append(cam)
+    return cam
 
 
 def test_same_pose_same_image_over_time() -> None:
@@ -44,6 +58,8 @@ def test_each_joint_moves_the_picture(joint: str) -> None:
 
 def test_source_picks_scene_or_pattern() -> None:
     joints = lambda: POSE  # noqa: E731
-    assert isinstance(open_camera("front", CameraSettings(), print, joints=joints), SceneCamera)
+    scene = open_camera("front", CameraSettings(), print, joints=joints)
+    assert isinstance(scene, SceneCamera)
+    _OPEN.append(scene)
     assert isinstance(open_camera("front", CameraSettings(source="pattern"), print, joints=joints), SyntheticCamera)
     assert isinstance(open_camera("front", CameraSettings(), print), SyntheticCamera)  # no joints to draw
