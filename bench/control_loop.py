@@ -53,6 +53,18 @@ def busy_ui(stop: threading.Event) -> None:
             x = (x + i * i) % 1000003
 
 
+def with_bench_control(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with --no-realtime-wakeup applied."""
+    control = dataclasses.replace(settings.control, realtime_wakeup=not args.no_realtime_wakeup)
+    return dataclasses.replace(settings, control=control)
+
+
+def variant(args: argparse.Namespace) -> str:
+    """The result file's suffix for a non-default setup: the default file stays the comparable figure."""
+    return ("" if args.camera_source == "synthetic" else f"_{args.camera_source}") + (
+        "_no_rt_wakeup" if args.no_realtime_wakeup else "")
+
+
 def with_camera_source(settings: Settings, source: str) -> dict[str, CameraSettings]:
     """The settings' cameras with their source replaced (--camera-source)."""
     return {name: dataclasses.replace(cam, source=source) for name, cam in settings.cameras.items()}
@@ -75,15 +87,17 @@ def main() -> int:
     ap.add_argument("--policy", choices=["tiny", "scripted"], default="tiny")
     ap.add_argument("--no-busy", action="store_true", help="leave the controlling process idle")
     ap.add_argument("--camera-source", choices=["synthetic", "pattern"], default="synthetic",
-                    help="the camera: the simulated arm's scene (default; rendered in the engine process) or "
+                    help="the camera: the simulated arm's scene (default; drawn in its renderer process) or "
                          "the cheap moving pattern, to split the scene renderer's share of the jitter")
+    ap.add_argument("--no-realtime-wakeup", action="store_true",
+                    help="[control] realtime_wakeup = false: the tick sleeps at normal priority (nice -10 only)")
     ap.add_argument("--record", action="store_true",
                     help="jitter and starved ticks with recording off, on and encoding (--duration each)")
     args = ap.parse_args()
     if args.record:
         from control_loop_record import record_main
 
-        return record_main(args, busy_ui, wait, with_camera_source)
+        return record_main(args, busy_ui, wait, with_camera_source, with_bench_control, variant)
 
     from lepetpal_tui.sim.process import SimArm
 
@@ -99,6 +113,7 @@ def main() -> int:
         settings, model=model, logging=dataclasses.replace(settings.logging, dir=str(tmp / "logs")),
         cameras=with_camera_source(settings, args.camera_source),
     )
+    settings = with_bench_control(settings, args)
     period = 1.0 / settings.control.rate_hz
     batches: list[TelemetryBatch] = []
     stop_busy = threading.Event()
@@ -168,6 +183,7 @@ def main() -> int:
         "policy": "tiny SmolVLA (real checkpoint format, 0.3 M parameters)" if args.policy == "tiny" else "scripted",
         "controlling_process_busy": not args.no_busy,
         "camera_source": args.camera_source,
+        "realtime_wakeup": settings.control.realtime_wakeup,
         "rate_hz": settings.control.rate_hz,
         "run_s": args.duration,
         "ticks": len(ticks),
@@ -189,12 +205,11 @@ def main() -> int:
         },
         "session_log": str(client.log_path),
     }
-    # a non-default camera gets its own file: control_loop.json stays the comparable figure
-    out = write_result("control_loop" + ("" if args.camera_source == "synthetic" else f"_{args.camera_source}"), result)
+    out = write_result("control_loop" + variant(args), result)
     j = result["tick_jitter_ms"]
     print(machine_line())
     print(f"policy: {result['policy']}; controlling process busy: {result['controlling_process_busy']}; "
-          f"camera: {args.camera_source}")
+          f"camera: {args.camera_source}; realtime wakeup: {settings.control.realtime_wakeup}")
     print(f"ticks {len(ticks)} at {settings.control.rate_hz:g} Hz over {args.duration:g} s; starved {starved}")
     pd = result["period_deviation_ms"]
     print(f"tick jitter (start vs its deadline): p50 {j['p50']:.3f} ms  p99 {j['p99']:.3f} ms  "

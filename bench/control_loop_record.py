@@ -54,7 +54,8 @@ def _phase(client: EngineClient, batches: list[TelemetryBatch], seconds: float, 
     return t0, t1
 
 
-def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_source: Any) -> int:
+def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_source: Any,
+                with_bench_control: Any, variant: Any) -> int:
     from lepetpal_tui.policy.demo_checkpoint import build_test_policy
     from lepetpal_tui.sim.process import SimArm
 
@@ -69,6 +70,7 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_s
         recording=dataclasses.replace(s.recording, root=str(tmp / "dataset"), enabled=False),
         cameras=with_camera_source(s, args.camera_source),
     )
+    s = with_bench_control(s, args)
     batches: list[TelemetryBatch] = []
     spans: dict[str, tuple[float, float]] = {}
     steal: dict[str, float | None] = {}  # % of the CPUs the hypervisor took during each phase
@@ -102,10 +104,10 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_s
     status: RecordingStatus | None = next((b.recording for b in reversed(batches) if b.recording is not None), None)
     result: dict[str, Any] = {"policy": args.policy, "controlling_process_busy": not args.no_busy,
                               "phase_s": args.duration, "camera": f"{args.camera_source} 640x480", "store": s.recording.store,
-                              "codec": s.recording.codec, "phases": {}}
+                              "codec": s.recording.codec, "realtime_wakeup": s.control.realtime_wakeup, "phases": {}}
     print(machine_line())
     print(f"policy {args.policy}; camera {args.camera_source} 640x480 recorded as {s.recording.store} ({s.recording.codec}); "
-          f"controlling process busy: {not args.no_busy}")
+          f"controlling process busy: {not args.no_busy}; realtime wakeup: {s.control.realtime_wakeup}")
     for name, (t0, t1) in spans.items():
         span = [r for r in ticks if t0 <= r["t"] <= t1]
         late = [r["late_s"] * 1000 for r in span]
@@ -125,6 +127,6 @@ def record_main(args: argparse.Namespace, busy_ui: Any, wait: Any, with_camera_s
     result["load_average_1min"] = os.getloadavg()[0]
     result["session_log"] = str(client.log_path)
     print(f"machine load average (1 min) at the end: {result['load_average_1min']:.2f} on {os.cpu_count()} cores")
-    name = "control_loop_record" + ("" if args.camera_source == "synthetic" else f"_{args.camera_source}")
+    name = "control_loop_record" + variant(args)
     print(f"written to {write_result(name, result)}")
     return 0

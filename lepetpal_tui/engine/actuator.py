@@ -16,6 +16,7 @@ import numpy as np
 from lepetpal_tui.engine.control import ACTIVE, Control, MacroRun
 from lepetpal_tui.engine.pacing import Pacer
 from lepetpal_tui.engine.safety import SafetyFilter
+from lepetpal_tui.engine.wakeup import RealtimeWakeup
 from lepetpal_tui.engine.watchdog import Watchdog
 from lepetpal_tui.joints import FloatArray
 from lepetpal_tui.wire import EngineState, EventKind, HoldCause, TickSample
@@ -68,6 +69,11 @@ class Actuator:
         if not raise_thread_priority():
             self._c.event("info", "Control thread runs at normal priority (no permission to raise it).",
                           "Allow a negative nice (CAP_SYS_NICE or limits.conf) for steadier ticks on a busy CPU.")
+        wakeup = RealtimeWakeup(self._c.settings.control.realtime_wakeup)
+        if not wakeup.available:
+            self._c.event("info", f"Control ticks wake at normal priority: {wakeup.why_not}.",
+                          "Allow real-time priority (CAP_SYS_NICE, or rtprio in limits.conf) for punctual "
+                          "ticks on a busy CPU.")
         period = self.period
         t0 = time.monotonic()
         k = 0
@@ -77,7 +83,7 @@ class Actuator:
             deadline = t0 + k * period
             delay = deadline - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                wakeup.sleep(delay)
             now = time.monotonic()
             k, late, skipped = slot_for(now, t0, k, period)
             if skipped:

@@ -128,6 +128,10 @@ class ControlSettings:
         default=0.2,
         metadata=_meta("slowest playback speed factor; below it the arm holds between chunks", lo=0.05, hi=1.0),
     )
+    realtime_wakeup: bool = field(
+        default=True,
+        metadata=_meta("wake each tick at real-time priority (only its sleep; needs CAP_SYS_NICE or an rtprio limit)"),
+    )
     quit_go_home: bool = field(default=False, metadata=_meta("run the home macro on quit"))
     quit_torque_off: bool = field(default=True, metadata=_meta("turn torque off when disconnecting on quit"))
 
