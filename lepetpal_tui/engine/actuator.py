@@ -28,8 +28,9 @@ _NO_CLAMPS: tuple[bool, ...] = (False,) * 6
 def raise_thread_priority() -> bool:
     """Ask the kernel to favour the calling thread (nice -10) when the CPU is contended.
 
-    Only a CFS weight, not SCHED_FIFO: LeRobot's bus client spins while it waits for a reply, and a
-    real-time spinner could starve the USB stack (or the simulator) it is waiting for. Needs root or
+    Only a CFS weight for the tick's work: LeRobot's bus client spins while it waits for a reply, and a
+    real-time spinner could starve the USB stack (or the simulator) it is waiting for. The sleep before
+    each tick may be real-time (`engine.wakeup`). Needs root or
     CAP_SYS_NICE (or a nice limit in /etc/security/limits.conf); without it, nothing changes.
     """
     try:

@@ -35,7 +35,7 @@ from lepetpal_tui.sim.scene import Frame, SceneRenderer, Vec
 
 START_TIMEOUT_S = 10.0  # python + numpy import + the table's background: ~0.3 s on a 2-core EPYC
 REPLY_TIMEOUT_S = 2.0  # one render is a few ms; far beyond that the process is stuck
-RENDER_NICE = 10  # below the tick (-5) and inference (0), like the frame ring's thread
+RENDER_NICE = 10  # below the tick (-10) and inference (0), like the frame ring's thread
 
 _REQUEST = struct.Struct("<Q6d")  # request number, six joint values
 _REPLY = struct.Struct("<Q")  # the request number whose frame is now in the ring
