@@ -40,7 +40,7 @@ from lepetpal_tui.feetech.registers import BY_NAME
 from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 from lepetpal_tui.wire import ServoHealth
 
-__all__ = ["Arm", "ArmError", "close_robot", "diagnose_connect_failure", "open_robot"]
+__all__ = ["Arm", "ArmError", "ArmGlitch", "close_robot", "diagnose_connect_failure", "open_robot"]
 
 FloatArray = npt.NDArray[np.float64]
 _N = len(JOINT_NAMES)
@@ -50,6 +50,11 @@ _RESYNC_S = 0.02  # after an out-of-step reply: time for the other late replies 
 _HEALTH_ADDR = BY_NAME["Present_Load"].address
 _HEALTH_LEN = BY_NAME["Present_Temperature"].address + 1 - _HEALTH_ADDR
 _DIAG_TIMEOUT_S = 0.25  # long enough to see a reply LeRobot's 50 ms timeout missed
+# LeRobot's handshake pings each servo once, without retries: one lost reply fails the connect. A glitch
+# (see ArmGlitch) is tried again; a fault the probe can name is not. Seen in CI: the simulated arm stalled
+# ~80 ms on a loaded 2-core machine, the engine went to ERROR and never reached LOADING.
+CONNECT_TRIES = 3
+_RETRY_PAUSE_S = 0.2  # lets late replies land before the port is reopened (opening it flushes them)
 _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={port}"
 
 
@@ -179,29 +184,40 @@ def diagnose_probe(port: str, probe: P.BusProbe, safety: SafetySettings) -> str 
     return None
 
 
-def diagnose_connect_failure(port: str, exc: BaseException, safety: SafetySettings) -> str:
-    """Explain a failed open/handshake. The port must already be closed (the probe reopens it)."""
+class ArmGlitch(ArmError):
+    """A connect that failed although every servo then answers a probe normally: a reply lost or late on
+    the wire (USB noise, or a computer too busy to read it in LeRobot's ~34 ms). `Arm.connect` tries again."""
+
+    def __init__(self, port: str, cause: str, tries: int = 1) -> None:
+        self.cause = cause
+        again = f" {tries} times" if tries > 1 else ""
+        super().__init__(
+            f"Connecting to the arm on {port} failed{again}: {cause}. The servos answer a probe normally, so "
+            "this is a glitch on the bus: power-cycle the arm, replug its USB cable and connect again; "
+            "`lepetpal ports` shows what answers."
+        )
+
+
+def diagnose_connect_failure(port: str, exc: BaseException, safety: SafetySettings) -> ArmError:
+    """Explain a failed open/handshake: ArmGlitch when the servos answer a probe normally afterwards,
+    else an ArmError naming the fault. The port must already be closed (the probe reopens it)."""
     if not os.path.exists(port):
-        return (
+        return ArmError(
             f"The arm's port {port} is gone (USB cable unplugged, or the adapter reset). Plug it back in, "
             "run `lepetpal ports` to see where it appears, and connect again."
         )
     code = _errno_of(exc)
     if code in (errno.EACCES, errno.EPERM, errno.EBUSY, errno.ENOENT) or isinstance(exc, P.PortBusyError):
-        return P.open_error_note(port, exc if isinstance(exc, OSError) else OSError(code, str(exc)))
+        return ArmError(P.open_error_note(port, exc if isinstance(exc, OSError) else OSError(code, str(exc))))
     try:
         with P.RawBus(port) as bus:
             probe = P.scan(bus, timeout_s=_DIAG_TIMEOUT_S, thorough=True)
     except OSError as probe_exc:
-        return P.open_error_note(port, probe_exc)
+        return ArmError(P.open_error_note(port, probe_exc))
     found = diagnose_probe(port, probe, safety)
     if found:
-        return found
-    return (
-        f"Connecting to the arm on {port} failed: {_first_line(exc)}. The servos answer a probe normally, so "
-        "this may be a glitch: power-cycle the arm, replug its USB cable and connect again; "
-        "`lepetpal ports` shows what answers."
-    )
+        return ArmError(found)
+    return ArmGlitch(port, _first_line(exc))
 
 
 # ------------------------------------------------------------------------------------ open / close
@@ -249,7 +265,7 @@ def open_robot(
             robot.bus.connect(handshake=True)
         except Exception as exc:
             _close_port(robot)
-            raise ArmError(diagnose_connect_failure(port, exc, safety)) from None
+            raise diagnose_connect_failure(port, exc, safety) from None
         return robot, lock_fd
     except BaseException:
         os.close(lock_fd)
@@ -313,6 +329,7 @@ class Arm:
         self.calibration_file = calibration_path(settings, is_sim)
         self._robot: Any = None
         self._lock_fd: int | None = None
+        self.connect_glitches: list[str] = []  # the last connect's glitches that a retry got past
         self._io = threading.Lock()  # the engine may read health from another thread than the tick
         self._names = list(JOINT_NAMES)
         self._out = np.zeros(_N, dtype=np.float64)
@@ -328,6 +345,18 @@ class Arm:
         if self.is_connected:
             return
         calibration = self._calibration()
+        self.connect_glitches = []
+        for tries in range(1, CONNECT_TRIES + 1):
+            try:
+                self._connect_once(calibration)
+                return
+            except ArmGlitch as glitch:
+                self.connect_glitches.append(glitch.cause)
+                if tries == CONNECT_TRIES:
+                    raise ArmGlitch(self.port, glitch.cause, tries) from None
+                time.sleep(_RETRY_PAUSE_S)
+
+    def _connect_once(self, calibration: dict[str, JointCalibration]) -> None:
         robot, lock_fd = open_robot(self.port, self.settings, self.safety, is_sim=self.is_sim)
         try:
             bus = robot.bus
@@ -350,7 +379,7 @@ class Arm:
             raise
         except Exception as exc:
             close_robot(robot, lock_fd, torque_off=False)
-            raise ArmError(diagnose_connect_failure(self.port, exc, self.safety)) from None
+            raise diagnose_connect_failure(self.port, exc, self.safety) from None
         self._robot, self._lock_fd = robot, lock_fd
 
     def _calibration(self) -> dict[str, JointCalibration]:

@@ -310,6 +310,11 @@ class Engine:
             self._finished.set()
             return
         c.arm = GuardedArm(arm)
+        glitches = list(getattr(arm, "connect_glitches", ()))
+        if glitches:
+            c.event("warning", f"The arm connected on try {len(glitches) + 1}; before that: {glitches[0]}.",
+                    "A lost reply at connect is harmless once; if it repeats, check the USB cable and that "
+                    "nothing else loads this computer.", EventKind.BUS_FAULT)
         if self._stopping.is_set():
             return
         first = c.arm.call(lambda a: np.asarray(a.read_joints(), dtype=np.float64))

@@ -80,6 +80,9 @@ class SimBus:
                 instr: str = "STATUS") -> Reply | None:
         if servo.faults.silent:
             return None
+        if servo.faults.lost_replies > 0:  # a one-off loss (USB noise, a stalled host): the request still acts
+            servo.faults.lost_replies -= 1
+            return None
         if servo.faults.no_health_reply and address is not None and address >= _PRESENT_LOAD and data:
             return None  # the health registers (load, voltage, temperature) go unanswered
         error = servo.error_byte()

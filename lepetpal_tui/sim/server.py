@@ -231,6 +231,8 @@ class SimServer:
                 f.model_number = int(value) if value is not None else 2825  # an STS3250
             elif kind == "firmware":
                 f.firmware_minor = int(value) if value is not None else 9
+            elif kind == "lost_reply":
+                f.lost_replies = int(value) if value is not None else 1
             else:
                 raise ValueError(f"unknown fault kind {kind!r}")
         return self.port.path

@@ -51,6 +51,7 @@ FAULT_KINDS = (
     "wrong_model",
     "firmware",
     "no_health_reply",
+    "lost_reply",
 )
 
 _A = {name: reg.address for name, reg in BY_NAME.items()}
@@ -67,6 +68,7 @@ class ServoFaults:
     temperature_c: float | None = None
     model_number: int | None = None
     firmware_minor: int | None = None
+    lost_replies: int = 0  # the next N status packets are lost on the wire (then the servo answers again)
 
     def active(self) -> list[str]:
         out = []
@@ -90,6 +92,8 @@ class ServoFaults:
             out.append("wrong_model")
         if self.firmware_minor is not None:
             out.append("firmware")
+        if self.lost_replies:
+            out.append("lost_reply")
         return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lepetpal_tui.arm.adapter import Arm, ArmError
+from lepetpal_tui.arm.adapter import Arm, ArmError, ArmGlitch
 from lepetpal_tui.arm.calibration import default_sim_calibration, load_calibration
 from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 
@@ -156,6 +156,29 @@ def test_fault_gives_specific_message_and_retry_connects(
     sim_arm.clear_faults()
     arm.connect()  # the failed attempt closed the port and dropped the lock
     assert arm.read_joints().shape == (6,)
+
+
+def test_a_reply_lost_during_the_handshake_is_tried_again(sim_arm: Any, make_arm: Any) -> None:
+    # LeRobot pings each servo once: before the retry, one lost reply failed the whole connect.
+    arm = make_arm()
+    sim_arm.set_fault("lost_reply", 3, 1)
+    arm.connect()
+    assert arm.is_connected and arm.read_joints().shape == (6,)
+    assert len(arm.connect_glitches) == 1 and "motor check failed" in arm.connect_glitches[0]
+    pings = [r for r in sim_arm.trace() if r.direction == "rx" and r.instruction == "PING" and r.motor_id == 3]
+    assert len(pings) == 3  # LeRobot's lost one, the probe's, the second try's
+
+
+def test_a_servo_that_misses_the_probe_too_is_named_not_retried(sim_arm: Any, make_arm: Any) -> None:
+    arm = make_arm()
+    sim_arm.set_fault("lost_reply", 3, 2)  # LeRobot's ping and the probe's
+    with pytest.raises(ArmError) as info:
+        arm.connect()
+    assert "Motors 3 (elbow_flex) do not answer" in str(info.value)
+    assert not isinstance(info.value, ArmGlitch) and arm.connect_glitches == []
+    assert not arm.is_connected
+    arm.connect()  # the servo answers again: the port was left free
+    assert arm.connect_glitches == []
 
 
 def test_missing_calibration_file_on_a_real_arm(sim_arm: Any, make_arm: Any, tmp_path: Path) -> None:

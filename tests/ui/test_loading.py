@@ -92,7 +92,8 @@ async def _until(pilot: Any, pred: Callable[[], bool], what: str, timeout: float
         if pred():
             return
         await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    store = pilot.app.store
+    raise AssertionError(f"timed out waiting for {what}: the app shows {store.state} ({store.hold_reason!r})")
 
 
 def _run(sim_arm: Any, tmp_path: Path, body: Callable[[Any, LePetPalApp, InProcessEngine, threading.Event],
