@@ -293,6 +293,10 @@ def main() -> int:
           f"{diff:.3f} degrees (per observation {[round(d, 3) for d in diffs]}; tolerance {ACTION_TOLERANCE} "
           f"degrees: {'within' if diff <= ACTION_TOLERANCE else 'OUTSIDE'})")
     print(f"load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs")
+    from lepetpal_tui.policy.speed import kernel_probe
+
+    choices = kernel_probe.decisions()
+    print(f"kernels chosen by timing on this CPU: {choices or 'none (not this path)'}")
     result = {
         "torch": {"threads": torch.get_num_threads(), "version": torch.__version__},
         "parameters": n_params,
@@ -300,7 +304,7 @@ def main() -> int:
                             "chunk_s": lerobot_s, "median_s": lr},
         "ours": {"dtype": dtype, "what": f"{label} in vlm_with_expert", "convert_s": convert_s,
                  "method": "predict_action_chunk + inference_mode", "flow_steps": our_steps, "chunk_s": our_s,
-                 "median_s": us},
+                 "median_s": us, "kernel_choices": choices},
         "ratio": ratio,
         "ours_app_setting": None if not app_s else {
             "what": "ours in a child process with the policy process's environment (POLICY_PROCESS_ENV)",

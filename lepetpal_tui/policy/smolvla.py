@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lepetpal_tui.policy.errors import PolicyError
-from lepetpal_tui.policy.speed import accuracy_cache
+from lepetpal_tui.policy.speed import accuracy_cache, kernel_probe
 from lepetpal_tui.policy.speed import apply as policy_speed
 from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import int8_supported
@@ -296,6 +296,11 @@ def _path_label(name: str, caps: CpuCaps) -> str:
     return f"int8 ({caps.int8_activation_bits}-bit activations)" if name == "int8" else name
 
 
+def _timed_kernels() -> str:
+    """The kernels chosen by timing them at the first chunk (policy/speed/kernel_probe.py), for the note."""
+    return "".join(f"; {name} {choice}" for name, choice in kernel_probe.decisions().items())
+
+
 def _versions() -> str:
     import lerobot
 
@@ -355,7 +360,7 @@ def choose_dtype(
             runner = reload()
             return runner, f"fp32 ({label} failed: {type(exc).__name__}: {exc})", warm()
         return runner, (f"{label} VLM ({why}; accuracy checked {cached.checked_at}: max diff "
-                        f"{cached.max_diff:.2f}; {', '.join(steps)})"), seconds
+                        f"{cached.max_diff:.2f}{_timed_kernels()}; {', '.join(steps)})"), seconds
     noise = runner.make_noise()
     ref, t32 = timed("fp32 reference chunk (accuracy check, once per checkpoint and CPU)",
                      lambda: runner.raw_chunk(obs, noise=noise))
@@ -370,8 +375,8 @@ def choose_dtype(
     where = accuracy_cache.store(key, result)
     kept = f"; result kept in {where}" if where else ""
     if result.accepted:
-        return runner, (f"{label} VLM ({why}; {speedup:.1f}x faster than fp32, max diff {diff:.2f}{kept}; "
-                        f"{', '.join(steps)})"), seconds
+        return runner, (f"{label} VLM ({why}; {speedup:.1f}x faster than fp32, max diff {diff:.2f}{kept}"
+                        f"{_timed_kernels()}; {', '.join(steps)})"), seconds
     runner = reload()
     seconds = warm()
     return runner, (f"fp32 ({label} rejected on {caps.kind}: max diff {diff:.2f} > {ACTION_TOLERANCE:g}{kept}; "

@@ -1,6 +1,6 @@
 """SmolVLA's vision encoder (SigLIP, 12 layers over 1024 patches) for the int8 CPU path: the patches'
-rows in two halves on two threads (policy/speed/row_halves.py), attention in bf16 where the CPU has bf16 dot
-products.
+rows in two halves on two threads (policy/speed/row_halves.py), attention in bf16 where that is measured
+faster than fp32 on this CPU (policy/speed/kernel_probe.py).
 
 Same layer math as transformers' SmolVLMEncoderLayer (pre-norm attention and MLP with residuals); the
 projections are whatever the layers hold (int8 linears after `to_int8`).
@@ -14,32 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import Project, side_by_side
+from lepetpal_tui.policy.speed.kernel_probe import bf16_attention, bf16_attention_pays
 from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 
 
-def bf16_matmul_supported() -> bool:
-    """bf16 matmuls beat fp32 only with hardware bf16 dot products (AVX512-BF16, AMX, ARM BF16); elsewhere
-    they are emulated and slower (policy/speed/cpu_caps.py)."""
-    return cpu_caps().bf16_native
-
-
-def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q @ k^T) @ v for q [N, Lq, D] (already scaled), k and v [N, L, D], all bf16; one head at
-    a time.
-
-    fp32 flash attention runs at the fp32 peak here (~20 ms a layer, a quarter of the whole chunk);
-    bf16 dot products (AVX512-BF16) double that peak, and PyTorch's bf16 SDPA kernel does not use them
-    on this CPU. One head's scores (1-2 MB in bf16) stay in cache for the softmax, which computes in fp32
-    internally: 20 -> 13.5 ms a layer. Scores and probabilities are rounded to bf16 (output differs from
-    fp32 by ~1% of its range on random data, below the int8 error of the linears around it).
-    """
-    out = torch.empty_like(q)
-    kt = k.transpose(1, 2)
-    for i in range(q.shape[0]):
-        torch.bmm(torch.softmax(torch.bmm(q[i:i + 1], kt[i:i + 1]), dim=-1), v[i:i + 1], out=out[i:i + 1])
-    return out
+def use_bf16_attention(rows: int, keys: int, dim: int, threads: int) -> bool:
+    """bf16 attention where it is measured faster than fp32 SDPA on this CPU (policy/speed/kernel_probe.py):
+    on the AMD EPYC's AVX512-BF16 it is (20 -> 13.5 ms a layer), on the Intel Xeon's it is not."""
+    return bf16_attention_pays(rows, keys, dim, threads)
 
 
 def _layer_parts_ok(layer: nn.Module) -> bool:
@@ -62,7 +45,7 @@ class RowHalvesVisionEncoder:
     def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
         self.original = encoder.forward
-        self.bf16 = bf16_matmul_supported()
+        self.bf16: bool | None = None  # bf16 attention: measured on the first call, with its shapes
         # Each layer's q|k|v as one call; looked up on first use (the projections become int8 after this
         # is installed).
         self._qkv: list[Project] | None = None
@@ -77,11 +60,16 @@ class RowHalvesVisionEncoder:
             self._qkv = [side_by_side(layer.self_attn, ("q_proj", "k_proj", "v_proj")) for layer in layers]
         qkv = self._qkv
         batch, length, width = inputs_embeds.shape
-        dtype = torch.bfloat16 if self.bf16 else inputs_embeds.dtype
+        rows = halves_of(length)
+        if self.bf16 is None:
+            threads = torch.get_num_threads()
+            share = threads if len(rows) == 1 else (threads + 1) // 2  # the first half's, as run_halves gives
+            self.bf16 = use_bf16_attention(rows[0][1] - rows[0][0], length, layers[0].self_attn.head_dim, share)
+        bf16 = self.bf16
+        dtype = torch.bfloat16 if bf16 else inputs_embeds.dtype
         kv = [(torch.empty(batch, layer.self_attn.num_heads, length, layer.self_attn.head_dim, dtype=dtype),
                torch.empty(batch, layer.self_attn.num_heads, length, layer.self_attn.head_dim, dtype=dtype))
               for layer in layers]
-        rows = halves_of(length)
 
         def half(i: int, barrier: threading.Barrier) -> torch.Tensor:
             start, stop = rows[i]
@@ -95,7 +83,7 @@ class RowHalvesVisionEncoder:
                 values[:, :, start:stop].copy_(y[:, :, 2].transpose(1, 2))
                 barrier.wait()  # every row's keys and values are in
                 q = y[:, :, 0].transpose(1, 2)
-                if self.bf16:
+                if bf16:
                     q = torch.mul(q, attn.scale).to(torch.bfloat16, memory_format=torch.contiguous_format)
                     flat = (batch * heads, -1, dim)
                     o = bf16_attention(q.view(flat), keys.view(flat), values.view(flat)).view(batch, heads, n, dim)

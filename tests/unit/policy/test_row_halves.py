@@ -75,7 +75,7 @@ def _layers(tiny: Path) -> tuple[torch.nn.Module, torch.Tensor]:
 @pytest.mark.parametrize(("bf16", "threads"), [(False, 2), (False, 1), (True, 2)])
 def test_row_halves_encoder_matches_transformers(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                  bf16: bool, threads: int) -> None:
-    monkeypatch.setattr(vision_encoder, "bf16_matmul_supported", lambda: bf16)
+    monkeypatch.setattr(vision_encoder, "use_bf16_attention", lambda *shape: bf16)
     calls: list[int] = []
     real = vision_encoder.bf16_attention
 
