@@ -105,7 +105,10 @@ def _run(sim_arm: Any, tmp_path: Path, body: Callable[[Any, LePetPalApp, InProce
     async def go() -> None:
         try:
             async with app.run_test(size=SIZE) as pilot:
-                await _until(pilot, lambda: app.store.state == EngineState.LOADING, "LOADING", 60)
+                try:
+                    await _until(pilot, lambda: app.store.state == EngineState.LOADING, "LOADING", 60)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; the engine: {link.engine.snapshot().hold_reason!r}") from None
                 app.redraw()
                 banner = str(app.main.query_one("#banner").render())
                 assert "LOADING" in banner and "READY" not in banner
