@@ -299,6 +299,11 @@ def scan(bus: RawBus, *, timeout_s: float = 0.03, thorough: bool = False) -> Bus
     if thorough:
         for motor_id in SO101_IDS:
             probe.pings[motor_id] = bus.ping(motor_id, timeout_s)
+        # A second chance where others answered: one silent servo among answering ones is as often a reply
+        # lost to a stall (a busy computer, USB noise) as a cable. All silent (power off) is not asked twice.
+        if any(r.status == "ok" for r in probe.pings.values()):
+            for motor_id in [i for i, r in probe.pings.items() if r.status == "timeout"]:
+                probe.pings[motor_id] = bus.ping(motor_id, timeout_s)
     else:
         found = bus.broadcast_ping(SO101_IDS, timeout_s)
         for motor_id, err in found.items():

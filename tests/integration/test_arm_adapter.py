@@ -169,9 +169,16 @@ def test_a_reply_lost_during_the_handshake_is_tried_again(sim_arm: Any, make_arm
     assert len(pings) == 3  # LeRobot's lost one, the probe's, the second try's
 
 
+def test_a_reply_lost_by_the_probe_too_gets_a_second_ping(sim_arm: Any, make_arm: Any) -> None:
+    arm = make_arm()
+    sim_arm.set_fault("lost_reply", 3, 2)  # LeRobot's ping and the probe's first: a stall, not a cable
+    arm.connect()
+    assert arm.is_connected and len(arm.connect_glitches) == 1
+
+
 def test_a_servo_that_misses_the_probe_too_is_named_not_retried(sim_arm: Any, make_arm: Any) -> None:
     arm = make_arm()
-    sim_arm.set_fault("lost_reply", 3, 2)  # LeRobot's ping and the probe's
+    sim_arm.set_fault("lost_reply", 3, 3)  # LeRobot's ping and both of the probe's
     with pytest.raises(ArmError) as info:
         arm.connect()
     assert "Motors 3 (elbow_flex) do not answer" in str(info.value)
