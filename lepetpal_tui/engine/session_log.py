@@ -1,8 +1,13 @@
 """The session log (JSON Lines), its reader and `lepetpal log summary`.
 
 The engine writes a header (settings, checkpoint, versions, `log_format`), one line per tick, one per
-chunk, command and event. Every line is flushed to the OS when written, so a kill -9 of any process loses
-at most the line being written; `read_log` skips a torn last line.
+chunk, command and event. The callers only queue a record: a writer thread formats it and writes it,
+flushed to the OS at once, so a kill -9 of any process loses at most what the writer had not written yet
+(normally nothing but the line in flight); `read_log` skips a torn last line.
+
+Why a writer thread: the actuator logs every tick, and a write() to a file can block for as long as the
+kernel likes (dirty-page throttling, the journal) while another process writes a lot, which is what the
+recorder does (PNG staging, then video encoding). The tick must never wait for the disk.
 
 Log formats: 1 (until the redesign) wrote a command as its `Command` fields (`kind`, `task`, `flag`,
 `name`, `go_home`, `reason`); 2 writes `kind` plus the typed command's own fields (`task`, `torque_off`,
@@ -12,11 +17,13 @@ command's `kind`, an event's `level`), so it reads either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import platform
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -97,8 +104,11 @@ class SessionLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = path.open("a", encoding="utf-8")
-        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # None: close
+        self._closed = False
         self._log_ticks = log_ticks
+        self._writer = threading.Thread(target=self._write_loop, name="session-log-writer", daemon=True)
+        self._writer.start()
         settings_dict = _jsonable(dataclasses.replace(settings, origins={}))
         settings_dict.pop("origins", None)
         self._write(
@@ -127,33 +137,44 @@ class SessionLog:
                    log_ticks=settings.logging.log_ticks)
 
     def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"))
-        with self._lock:
-            if self._fh is None:
-                return
-            self._fh.write(line + "\n")
-            self._fh.flush()  # to the OS: survives kill -9 of this process
+        if not self._closed:
+            self._queue.put(record)
+
+    def _write_loop(self) -> None:
+        """Write what is queued, in order, with one write + flush per wake-up (to the OS: survives a
+        kill -9 of this process); ends at the close marker."""
+        fh = self._fh
+        assert fh is not None
+        done = False
+        while not done:
+            item: _Item | None = self._queue.get()
+            lines: list[str] = []
+            written: list[threading.Event] = []
+            while True:
+                if item is None:
+                    done = True
+                    break
+                if isinstance(item, threading.Event):
+                    written.append(item)
+                else:
+                    # default=str: a value JSON cannot hold is written as text rather than stopping the writer
+                    lines.append(json.dumps(_record(item), separators=(",", ":"), default=str) + "\n")
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            with contextlib.suppress(OSError, ValueError):  # a full disk: the engine goes on, the log says less
+                fh.write("".join(lines))
+                fh.flush()
+            for event in written:
+                event.set()
+        with contextlib.suppress(OSError):
+            fh.close()
 
     def tick(self, s: TickSample, state: EngineState, late_s: float | None = None) -> None:
-        if not self._log_ticks:
-            return
-        self._write(
-            {
-                "type": "tick",
-                "t": round(s.t, 6),
-                "late_s": None if late_s is None else round(late_s, 6),  # start vs its deadline
-                "period_s": round(s.period_s, 6),
-                "work_s": round(s.work_s, 6),
-                "state": state.value,
-                "measured": _r(s.measured),
-                "goal": _r(s.goal),
-                "written": s.written,
-                "clamped": [i for i, c in enumerate(s.clamped) if c],
-                "starved": s.starved,
-                "queue": s.queue_depth,
-                "speed": round(s.speed, 3),
-            }
-        )
+        """Queue a tick (one put; formatted by the writer: the actuator calls this every tick)."""
+        if self._log_ticks and not self._closed:
+            self._queue.put((s, state, late_s))
 
     def chunk(self, c: ChunkSample) -> None:
         self._write({"type": "chunk", **_jsonable(c)})
@@ -167,12 +188,52 @@ class SessionLog:
     def model(self, status: ModelStatus) -> None:
         self._write({"type": "model", "t": time.monotonic(), **_jsonable(status)})
 
-    def close(self, **summary: Any) -> None:
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until everything logged so far is written (never called on the tick path)."""
+        if self._closed:
+            self._writer.join(timeout)
+            return not self._writer.is_alive()
+        written = threading.Event()
+        self._queue.put(written)
+        return written.wait(timeout)
+
+    def close(self, timeout: float = 10.0, **summary: Any) -> None:
+        """Write the end record and everything before it, then close the file. Safe to call twice."""
+        if self._closed:
+            return
         self._write({"type": "end", "t": time.monotonic(), **summary})
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(timeout)
+        self._fh = None
+
+
+_Item = dict[str, Any] | tuple[TickSample, EngineState, float | None] | threading.Event
+
+
+def _record(item: dict[str, Any] | tuple[TickSample, EngineState, float | None]) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    s, state, late_s = item
+    return _tick_record(s, state, late_s)
+
+
+def _tick_record(s: TickSample, state: EngineState, late_s: float | None) -> dict[str, Any]:
+    return {
+        "type": "tick",
+        "t": round(s.t, 6),
+        "late_s": None if late_s is None else round(late_s, 6),  # start vs its deadline
+        "period_s": round(s.period_s, 6),
+        "work_s": round(s.work_s, 6),
+        "state": state.value,
+        "measured": _r(s.measured),
+        "goal": _r(s.goal),
+        "written": s.written,
+        "clamped": [i for i, c in enumerate(s.clamped) if c],
+        "starved": s.starved,
+        "queue": s.queue_depth,
+        "speed": round(s.speed, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------ log summary

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,11 +40,41 @@ def _write_log(path: Path, torn: bool) -> None:
     log.event(EngineEvent(2.0, "error", "boom", "fix it"))
     if torn:
         log.tick(_tick(100 / 30), EngineState.RUNNING)  # then a torn line, as after kill -9
-        assert log._fh is not None
-        log._fh.write('{"type":"tick","t":9')
-        log._fh.flush()
+        assert log.sync()
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write('{"type":"tick","t":9')
     else:
         log.close(ticks=100)
+
+
+def test_ticks_never_wait_for_a_stalled_disk(tmp_path: Path) -> None:
+    """The log is a pipe nobody reads yet: a stand-in for a disk that blocks writes (dirty-page
+    throttling while the recorder encodes). The ticks still go through at once; the writer catches up,
+    in order, once the other end reads."""
+    fifo = tmp_path / "stalled.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that the log's open does not block
+    log = SessionLog(fifo, Settings())
+    n = 3000  # ~0.5 MB of lines: far past the pipe's 64 KB, where a write() in tick() would block
+    done = threading.Event()
+
+    def ticks() -> None:
+        for i in range(n):
+            log.tick(_tick(i / 30), EngineState.RUNNING)
+        done.set()
+
+    threading.Thread(target=ticks, daemon=True).start()
+    assert done.wait(10.0), "tick() blocked on the stalled log"
+    os.set_blocking(reader, True)
+    chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(reader, 65536), b"")))
+    drain.start()
+    log.close(ticks=n)
+    drain.join(10.0)
+    os.close(reader)
+    recs = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    assert [r["type"] for r in (recs[0], recs[-1])] == ["header", "end"]
+    assert [r["t"] for r in recs if r["type"] == "tick"] == [round(i / 30, 6) for i in range(n)]
 
 
 @pytest.mark.parametrize("torn", [False, True])
