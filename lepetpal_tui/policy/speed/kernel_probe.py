@@ -75,8 +75,8 @@ def bf16_attention_pays(rows: int, keys: int, dim: int, threads: int) -> bool:
         torch.set_num_threads(saved)
     ratio = min(bf16_s) / max(min(fp32_s), 1e-9)
     pays = ratio <= BF16_MARGIN
-    _record("vision attention", f"{'bf16' if pays else 'fp32'} (bf16 took {ratio:.2f} of fp32's time, "
-                                f"{min(bf16_s) * 1e3:.2f} vs {min(fp32_s) * 1e3:.2f} ms a head)")
+    _record("vision attention", f"{'bf16' if pays else 'fp32'} (bf16 took {ratio:.3f} of fp32's time, "
+                                f"{min(bf16_s) * 1e3:.3f} vs {min(fp32_s) * 1e3:.3f} ms a head)")
     return pays
 
 
