@@ -51,8 +51,9 @@ _HEALTH_ADDR = BY_NAME["Present_Load"].address
 _HEALTH_LEN = BY_NAME["Present_Temperature"].address + 1 - _HEALTH_ADDR
 _DIAG_TIMEOUT_S = 0.25  # long enough to see a reply LeRobot's 50 ms timeout missed
 # LeRobot's handshake pings each servo once, without retries: one lost reply fails the connect. A glitch
-# (see ArmGlitch) is tried again; a fault the probe can name is not. Seen in CI: the simulated arm stalled
-# ~80 ms on a loaded 2-core machine, the engine went to ERROR and never reached LOADING.
+# (see ArmGlitch) is tried again; a fault the probe can name is not. Measured: stopping the simulated arm
+# for 80 ms at a random moment of connect failed 2 of 8 connects (2-core Intel Xeon); the engine then stays
+# in ERROR (a suspect for CI's test_loading timeout, not proven).
 CONNECT_TRIES = 3
 _RETRY_PAUSE_S = 0.2  # lets late replies land before the port is reopened (opening it flushes them)
 _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={port}"

@@ -178,8 +178,9 @@ class SimArm:
         (overheat also reports `value` degrees C; overload also drops the torque). slow_reply: answers
         `value` ms late (default 100). bad_checksum: corrupt status packets. unplug: the pty closes and
         the link disappears (`clear_faults()` plugs back in). low_voltage: Present_Voltage = `value` volts
-        (default 6.0). wrong_model: Model_Number = `value` (default 2825). firmware: minor version `value`. lost_reply: the
-        next `value` status packets (default 1) are lost, as on a noisy cable or a stalled computer.
+        (default 6.0). wrong_model: Model_Number = `value` (default 2825). firmware: minor version `value`.
+        lost_reply: the next `value` status packets (default 1) are lost, as on a noisy cable or a stalled
+        computer; the requests still act.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"Unknown fault kind {kind!r}; use one of: {', '.join(FAULT_KINDS)}.")

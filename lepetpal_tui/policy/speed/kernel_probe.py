@@ -6,7 +6,7 @@ one layer (12 heads, a half's 512 query rows over 1024 keys, head dim 64, one th
 - 2-core AMD EPYC (Zen 4, AVX-512 BF16): 13.5 vs 20 ms, bf16 wins (0.67);
 - 2-core Intel Xeon (AVX-512 BF16 and FP16, no AMX exposed to the VM): 31.7 vs 18.5 ms, bf16 loses (1.71):
   bf16 bmm runs at 58 GFLOP/s there, fp32 at 91.
-So the choice is measured: a ~30 ms probe the first time the encoder runs (the load's warm-up chunk),
+So the choice is measured: a ~40 ms probe the first time the encoder runs (the load's warm-up chunk),
 remembered for the process. The gap is wide on both machines; a 10 % margin keeps noise from choosing bf16.
 """
 
