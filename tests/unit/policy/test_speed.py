@@ -228,6 +228,47 @@ def test_fused_qkv_matches_separate_int8_linears() -> None:
         torch.testing.assert_close(attn.k_proj(x), separate[1](x), atol=1e-5, rtol=1e-5)
 
 
+def test_fused_rows_are_quantized_exactly_as_their_concatenation() -> None:
+    """Quantized part by part and joined in int8 (no fp32 copy of the fused weights): the same integers
+    and scales as quantizing the fp32 concatenation, and the packed weights hold them."""
+    torch.manual_seed(0)
+    parts = [nn.Linear(96, 64), nn.Linear(96, 32), nn.Linear(96, 48)]
+    parts[1].weight.data[3] = 0.0  # an all-zero row keeps its floor scale
+    w = torch.cat([lin.weight.detach() for lin in parts])
+    scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8).to(torch.float64)
+    want = torch.quantize_per_channel(w, scales, torch.zeros(w.shape[0], dtype=torch.int64), 0, torch.qint8)
+    got = int8_linear.quantized_rows([lin.weight for lin in parts])
+    assert torch.equal(got.int_repr(), want.int_repr())
+    assert torch.equal(got.q_per_channel_scales(), want.q_per_channel_scales())
+    packed_w, packed_b = torch.ops.quantized.linear_unpack(int8_linear.pack_all([(parts, None)])[0])
+    assert torch.equal(packed_w.int_repr(), want.int_repr())
+    assert torch.equal(packed_b, torch.cat([lin.bias.detach() for lin in parts]))
+
+
+def test_pack_all_keeps_job_order_and_each_jobs_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs for several engines, interleaved, on all threads: each result is its own job's weights,
+    packed while its own engine was the setting (linear_dynamic runs whichever packed them), and the
+    global setting is restored."""
+    engines = [e for e in ("fbgemm", "onednn", "x86", "qnnpack") if e in torch.backends.quantized.supported_engines]
+    torch.manual_seed(0)
+    jobs: list[int8_linear.PackJob] = [([nn.Linear(32, 8 + i)], engines[i % len(engines)]) for i in range(9)]
+    seen: dict[int, str] = {}
+    real_pack = int8_linear._pack
+
+    def spy(linears: list[nn.Linear]) -> object:
+        seen[id(linears[0])] = torch.backends.quantized.engine
+        return real_pack(linears)
+
+    monkeypatch.setattr(int8_linear, "_pack", spy)
+    before = torch.backends.quantized.engine
+    packed = int8_linear.pack_all(jobs)
+    assert torch.backends.quantized.engine == before
+    assert seen == {id(linears[0]): engine for linears, engine in jobs}
+    for (linears, _), p in zip(jobs, packed, strict=True):
+        qw, _ = torch.ops.quantized.linear_unpack(p)
+        assert torch.equal(qw.int_repr(), int8_linear.quantized_rows([linears[0].weight]).int_repr())
+
+
 def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> None:
     torch.manual_seed(0)
     attn = _Attn(64, 32)  # k/v read another input size (the prefix K/V): memoised, not fused
