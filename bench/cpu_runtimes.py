@@ -29,6 +29,12 @@ fp32 1.01, OpenVINO int8 (NNCF static) 0.66, torch.compile fp32 0.69; layer line
 vs ours 0.43-0.61; whole chunk ours 0.29, torch.compile fp32 0.53 after a 5-minute compile. Nothing beats
 the torch int8 path by a margin that survives the noise; the JSON holds the figures.
 
+On the 2-core Intel Xeon (x86-avx512-vnni-bf16, no AMX; 2026-12-02, 7 interleaved reps, vision only): torch
+fp32 1.00, ours int8 0.49 (8-bit act.), ORT int8 s8 0.51, OpenVINO fp32 0.88, OpenVINO int8 weights 0.56,
+OpenVINO int8 static (NNCF, activations calibrated on 4 images, attention matmuls int8 too) 0.37 with 48 s
+of quantize + compile: 130 ms a chunk faster than ours, but its setup alone would double a first start
+and its activation ranges come from calibration images, not from the camera; not taken.
+
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
@@ -56,9 +62,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from policy_latency import observations, our_runner  # bench/ is not a package
+from machine import results_path  # bench/ is not a package
+from policy_latency import observations, our_runner
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RUN = time.strftime("%Y-%m-%dT%H:%M:%S")  # rows from different runs: compare ratios within a run only
 PAUSE_S = 0.05  # between variants: OpenMP / ORT workers stop spinning first
 
@@ -619,7 +625,7 @@ def main() -> int:
           f"(shared machine: compare ratios, not absolute times)")
     result["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
     result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    out = RESULTS / cpu["kind"] / "cpu_runtimes.json"
+    out = results_path("cpu_runtimes")
     if out.exists():  # keep parts measured by an earlier run with other --parts
         try:
             old = json.loads(out.read_text())
