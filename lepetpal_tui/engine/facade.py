@@ -54,6 +54,18 @@ __all__ = ["ArmLike", "Engine", "FrameSourceLike", "PolicyLike", "raise_thread_p
 
 ArmFactory = Callable[[], ArmLike]
 PolicyFactory = Callable[[Callable[[ModelStatus], None], threading.Event], PolicyLike]
+# A policy factory with this attribute set true loads without holding the engine's GIL for long (in its
+# own process, or from a server), so it starts while the arm connects instead of after.
+LOADS_WHILE_CONNECTING = "loads_while_connecting"
+
+
+class _PendingLoad:
+    """A policy load running in its own thread: its result or its error once `done` is set."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.policy: PolicyLike | None = None
+        self.error: Exception | None = None
 CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceLike]]
 
 
@@ -295,10 +307,14 @@ class Engine:
             c.set_state(EngineState.ESTOP, "", c.hold_cause)
         else:
             c.set_state(EngineState.CONNECTING)
+        # Python, torch and LeRobot imports plus the weights take seconds; connecting the arm needs none of
+        # them, so a factory that loads out of this process starts now (the result waits for the arm).
+        early = self._start_load() if getattr(self._policy_factory, LOADS_WHILE_CONNECTING, False) else None
         try:
             arm = self._arm_factory()
             arm.connect()
         except Exception as exc:
+            self._cancel_load.set()  # no arm, no policy: the loading process is stopped
             c.queued_task = ""
             c.set_state(EngineState.ERROR, f"arm connection failed: {exc}", HoldCause.FAULT)
             c.event("error", f"Cannot connect to the arm: {exc}",
@@ -335,7 +351,7 @@ class Engine:
         c.event("info", "Arm connected; holding.", kind=EventKind.STATE)
         self._spawn("engine-actuator", lambda: self.actuator.run(self._stopping))
         self._open_cameras()
-        self._load_policy()
+        self._load_policy(early or self._start_load())
 
     def _open_cameras(self) -> None:
         if self._camera_factory is None:
@@ -351,11 +367,26 @@ class Engine:
         if cameras:
             self._spawn("engine-camera-watch", lambda: self.cameras.run(self._stopping))
 
-    def _load_policy(self) -> None:
+    def _start_load(self) -> _PendingLoad:
+        pending = _PendingLoad()
+
+        def load() -> None:
+            try:
+                pending.policy = self._policy_factory(self._model_status, self._cancel_load)
+            except Exception as exc:
+                pending.error = exc
+            finally:
+                pending.done.set()
+
+        self._spawn("engine-policy-load", load)
+        return pending
+
+    def _load_policy(self, pending: _PendingLoad) -> None:
         c = self.control
-        try:
-            policy = self._policy_factory(self._model_status, self._cancel_load)
-        except Exception as exc:
+        pending.done.wait()
+        policy, exc = pending.policy, pending.error
+        if exc is not None or policy is None:
+            exc = exc or RuntimeError("the policy factory returned nothing")
             if not self._stopping.is_set():
                 with c.lock:
                     c.load_failed = True

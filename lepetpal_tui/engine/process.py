@@ -80,7 +80,7 @@ def build_engine(
     """An Engine wired to the real parts: Arm (LeRobot), load_policy, open_camera. Imports them lazily.
 
     With arm.port = "sim": the simulated arm at `sim_port`, else one started through `owned_sim`."""
-    from lepetpal_tui.engine.facade import Engine
+    from lepetpal_tui.engine.facade import LOADS_WHILE_CONNECTING, Engine
     from lepetpal_tui.engine.session_log import SessionLog
 
     def arm_factory() -> Any:
@@ -113,6 +113,11 @@ def build_engine(
         from lepetpal_tui.policy.process import spawn_policy_process
 
         return spawn_policy_process(settings, on_status, cancel)
+
+    # SmolVLA loads in its own process and a server's chunks come over the network: neither holds this
+    # process's GIL, so the engine starts them while the arm connects. The scripted policy (in-process,
+    # instant) waits for the arm as before.
+    setattr(policy_factory, LOADS_WHILE_CONNECTING, settings.model.mode != "scripted")
 
     def camera_factory(on_event: Any) -> dict[str, Any]:
         from lepetpal_tui.arm.camera import open_camera

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -302,6 +303,101 @@ def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path)
     events = [e for b in batches for e in b.events]
     assert any("Cannot connect" in e.message and "lepetpal ports" in e.fix for e in events)
     assert summarize(tmp_path / "s.jsonl").ended_cleanly
+
+
+def _gated_connect(arm: Any) -> threading.Event:
+    """Make `arm.connect` wait for the returned gate."""
+    gate = threading.Event()
+    real_connect = arm.connect
+
+    def slow_connect() -> None:
+        assert gate.wait(5.0), "the gate was never opened"
+        real_connect()
+
+    arm.connect = slow_connect
+    return gate
+
+
+def test_an_out_of_process_load_starts_while_the_arm_connects(fakes: ModuleType) -> None:
+    """A factory marked loads_while_connecting is called before the arm has connected (its imports and
+    weights overlap the connect); the policy is still installed only after the arm connected."""
+    from lepetpal_tui.engine.facade import LOADS_WHILE_CONNECTING
+    from lepetpal_tui.settings import Settings
+
+    arm = fakes.FakeArm()
+    gate = _gated_connect(arm)
+    called = threading.Event()
+    inner = fakes.policy_factory(fakes.ramp_policy(1.0))
+
+    def factory(on_status: Any, cancel: threading.Event) -> Any:
+        called.set()
+        return inner(on_status, cancel)
+
+    setattr(factory, LOADS_WHILE_CONNECTING, True)
+    engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=factory)
+    engine.start()
+    try:
+        assert called.wait(2.0), "the load did not start while the arm was connecting"
+        time.sleep(0.2)
+        assert engine.state == EngineState.CONNECTING  # loaded, but no READY without an arm
+        gate.set()
+        assert engine.wait_for((EngineState.READY,), 5.0)
+    finally:
+        gate.set()
+        engine.close()
+
+
+def test_an_early_load_is_cancelled_when_the_arm_cannot_connect(fakes: ModuleType) -> None:
+    from lepetpal_tui.engine.facade import LOADS_WHILE_CONNECTING
+    from lepetpal_tui.settings import Settings
+
+    arm = fakes.FakeArm()
+    loading = threading.Event()
+    cancelled = threading.Event()
+
+    def refuse() -> None:
+        assert loading.wait(5.0)
+        raise OSError("port /dev/ttyACM0 busy")
+
+    def factory(on_status: Any, cancel: threading.Event) -> Any:
+        loading.set()
+        if cancel.wait(5.0):
+            cancelled.set()
+        raise RuntimeError("policy loading cancelled")
+
+    arm.connect = refuse
+    setattr(factory, LOADS_WHILE_CONNECTING, True)
+    engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=factory)
+    engine.start()
+    assert engine.join(5.0)
+    assert cancelled.wait(2.0), "the load went on after the connect failed"
+    assert engine.state == EngineState.ERROR and "arm connection failed" in engine.control.hold_reason
+
+
+def test_an_in_process_load_waits_for_the_arm(fakes: ModuleType) -> None:
+    """A factory without the mark (in-process: it would share the GIL with the bus handshake) is called
+    only once the arm is connected."""
+    from lepetpal_tui.settings import Settings
+
+    arm = fakes.FakeArm()
+    gate = _gated_connect(arm)
+    called = threading.Event()
+    inner = fakes.policy_factory(fakes.ramp_policy(1.0))
+
+    def factory(on_status: Any, cancel: threading.Event) -> Any:
+        called.set()
+        return inner(on_status, cancel)
+
+    engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=factory)
+    engine.start()
+    try:
+        assert not called.wait(0.3)
+        gate.set()
+        assert called.wait(2.0)
+        assert engine.wait_for((EngineState.READY,), 5.0)
+    finally:
+        gate.set()
+        engine.close()
 
 
 def test_never_ready_without_a_policy(fakes: ModuleType) -> None:
