@@ -35,7 +35,9 @@ from lepetpal_tui.wire import (
 # The policy process's environment, set before torch is imported. OpenMP workers that spin while
 # waiting steal the CPU the control loop and the bus need on a small machine (tiny SmolVLA next to the
 # loop with a busy UI on 2 cores: chunk p50 355 ms spinning vs 36 ms passive). bench/policy_latency.py
-# measures the chunk time in this setting too.
+# measures the chunk time in this setting too. Full-size SmolVLA on the 2-core Intel Xeon, alone: passive
+# 1.27-1.39 s a chunk, spinning (GOMP_SPINCOUNT=100000) 0.92-0.99 s; beside one busy process: passive
+# 1.86-2.14 s, spinning 16.6-18.5 s (GOMP_SPINCOUNT=10000: 3.1-3.4 s). Passive it stays.
 POLICY_PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 # The policy process runs at a lower CPU priority (nice +10; LEPETPAL_POLICY_NICE overrides, 0 = off):
