@@ -318,6 +318,18 @@ def _gated_connect(arm: Any) -> threading.Event:
     return gate
 
 
+def _noticed_factory(fakes: ModuleType) -> tuple[Any, threading.Event]:
+    """A fake policy factory, and an event set once it is called."""
+    called = threading.Event()
+    inner = fakes.policy_factory(fakes.ramp_policy(1.0))
+
+    def factory(on_status: Any, cancel: threading.Event) -> Any:
+        called.set()
+        return inner(on_status, cancel)
+
+    return factory, called
+
+
 def test_an_out_of_process_load_starts_while_the_arm_connects(fakes: ModuleType) -> None:
     """A factory marked loads_while_connecting is called before the arm has connected (its imports and
     weights overlap the connect); the policy is still installed only after the arm connected."""
@@ -326,13 +338,7 @@ def test_an_out_of_process_load_starts_while_the_arm_connects(fakes: ModuleType)
 
     arm = fakes.FakeArm()
     gate = _gated_connect(arm)
-    called = threading.Event()
-    inner = fakes.policy_factory(fakes.ramp_policy(1.0))
-
-    def factory(on_status: Any, cancel: threading.Event) -> Any:
-        called.set()
-        return inner(on_status, cancel)
-
+    factory, called = _noticed_factory(fakes)
     setattr(factory, LOADS_WHILE_CONNECTING, True)
     engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=factory)
     engine.start()
@@ -381,13 +387,7 @@ def test_an_in_process_load_waits_for_the_arm(fakes: ModuleType) -> None:
 
     arm = fakes.FakeArm()
     gate = _gated_connect(arm)
-    called = threading.Event()
-    inner = fakes.policy_factory(fakes.ramp_policy(1.0))
-
-    def factory(on_status: Any, cancel: threading.Event) -> Any:
-        called.set()
-        return inner(on_status, cancel)
-
+    factory, called = _noticed_factory(fakes)
     engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=factory)
     engine.start()
     try:
