@@ -58,6 +58,8 @@ PolicyFactory = Callable[[Callable[[ModelStatus], None], threading.Event], Polic
 # own process, or from a server), so it starts while the arm connects instead of after.
 LOADS_WHILE_CONNECTING = "loads_while_connecting"
 
+CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceLike]]
+
 
 class _PendingLoad:
     """A policy load running in its own thread: its result or its error once `done` is set."""
@@ -66,7 +68,6 @@ class _PendingLoad:
         self.done = threading.Event()
         self.policy: PolicyLike | None = None
         self.error: Exception | None = None
-CameraFactory = Callable[[Callable[[EngineEvent], None]], dict[str, FrameSourceLike]]
 
 
 class Engine:

@@ -292,7 +292,7 @@ def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = la
         n += 1
     # All weights quantized and packed first, on all threads (pack_all), then put in place.
     packed = pack_all([([lin], None) for _, _, lin in memos] + [(lins, e) for _, _, lins, e in groups])
-    for (mod, a, lin), p in zip(memos, packed, strict=False):
+    for (mod, a, lin), p in zip(memos, packed[:len(memos)], strict=True):
         setattr(mod, a, MemoInt8Linear(lin, packed=p))
     for (mod, names, lins, e), p in zip(groups, packed[len(memos):], strict=True):
         group = _FusedInt8(lins, e, packed=p)
