@@ -1,8 +1,8 @@
 """The engine's side of recording: a bounded, never-blocking queue to the recorder process.
 
 `Engine._publish` (the telemetry thread, off the tick path) calls `feed(batch)` with every tick it
-publishes. Ticks of a policy run (TickSample.run >= 0) become small records in a multiprocessing queue
-(pickled by the queue's own feeder thread); a full queue drops the record and counts it. A run's end
+publishes. Ticks of a policy run (TickSample.run >= 0) become small records, one message per batch, in a multiprocessing queue
+(pickled by the queue's own feeder thread); a full queue drops the message and counts its ticks. A run's end
 (stop, e-stop, fault: the next tick has another run id) sends "end", which closes the episode. Control
 messages (end, mark, quit) are never dropped: when the queue is full they wait in a local backlog, and
 ticks behind them are dropped, so the order is kept.
@@ -172,22 +172,35 @@ class RecordFeed:
             self._send(("ring", name), droppable=False)
             self._ring_sent = True
 
+    def _send_ticks(self, ticks: list[tuple[Any, ...]]) -> None:
+        """One message for a batch's ticks: one pickle and one feeder-thread wake-up per telemetry batch
+        instead of per tick (the feeder runs at nice 0 and takes the GIL from the actuator while it pickles)."""
+        if ticks:
+            before = self._dropped
+            self._send(("ticks", tuple(ticks)), droppable=True)
+            if self._dropped != before:  # the whole message was dropped: count its ticks
+                self._dropped = before + len(ticks)
+            ticks.clear()
+
     def _feed(self, batch: TelemetryBatch) -> None:
         self._offer_ring()
         task = batch.task
         # The run cut by quitting (the engine halts with "quitting" before it disconnects) is the one
         # [recording] on_quit decides about; every other end is saved.
         quitting = batch.hold_reason == "quitting" and self.settings.recording.on_quit == "discard"
+        ticks: list[tuple[Any, ...]] = []
         for t in batch.ticks:
             self._last_run = max(self._last_run, t.run)
             if self._open_run >= 0 and t.run != self._open_run:
+                self._send_ticks(ticks)  # the ticks before an end go first: order is kept
                 self._send(("discard" if quitting else "end", self._open_run), droppable=False)
                 self._open_run = -1
             if t.run < 0 or not self._on or t.run == self._skip_run or self._inbox is None:
                 continue
             self._open_run = t.run
-            self._send(("tick", t.t, t.run, task, t.measured,
-                        t.goal, t.raw_action, t.clamped, t.starved, t.speed), droppable=True)
+            ticks.append(("tick", t.t, t.run, task, t.measured,
+                          t.goal, t.raw_action, t.clamped, t.starved, t.speed))
+        self._send_ticks(ticks)
 
     # ---------------------------------------------------------------------------------- the commands
 

@@ -10,8 +10,9 @@ policy always win the CPU; it only takes what is left. Threads:
   counted, never blocking anybody.
 - main: LeRobot work: `add_frame` as frames come, `save_episode` + `finalize` when an episode ends.
 
-Messages in (tuples, small to pickle): ("tick", t, run, task, measured, action, raw, clamped, starved,
-speed), ("end", run), ("discard", run), ("mark", outcome), ("ring", name), ("quit", on_quit). Out: ("status", {RecordingStatus fields}) and
+Messages in (tuples, small to pickle): ("ticks", (tick, ...)), one per telemetry batch, each tick
+("tick", t, run, task, measured, action, raw, clamped, starved, speed); ("end", run), ("discard", run),
+("mark", outcome), ("ring", name), ("quit", on_quit). Out: ("status", {RecordingStatus fields}) and
 ("event", level, text).
 """
 
@@ -306,14 +307,15 @@ def recorder_main(settings: Settings, root: str, session_log: str,
                     history = FrameHistory(ring, {n: c.fps for n, c in settings.cameras.items() if n in ring.cameras})
                     threading.Thread(target=history.run, name="recorder-frames", daemon=True).start()
                 continue
-            if msg[0] == "tick":
-                if backlog.qsize() >= budget:
-                    dropped[0] += 1
-                    continue
-                h = history
-                images = {cam: h.at(cam, msg[1]) if h is not None and cam in h.cameras else None
-                          for cam in settings.cameras}
-                backlog.put(("frame", msg, images))
+            if msg[0] == "ticks":
+                for tick in msg[1]:
+                    if backlog.qsize() >= budget:
+                        dropped[0] += 1
+                        continue
+                    h = history
+                    images = {cam: h.at(cam, tick[1]) if h is not None and cam in h.cameras else None
+                              for cam in settings.cameras}
+                    backlog.put(("frame", tick, images))
             else:
                 backlog.put(msg)
                 if msg[0] == "quit":

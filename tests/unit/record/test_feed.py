@@ -49,8 +49,13 @@ def _batch(*runs: int) -> TelemetryBatch:
     return TelemetryBatch(state=EngineState.RUNNING, task="wave", ticks=[_tick(r, i) for i, r in enumerate(runs)])
 
 
+def messages(q: FakeQueue) -> list[tuple[Any, ...]]:
+    """The queue's messages with each batch of ticks opened into its ticks."""
+    return [t for m in q.items for t in (m[1] if m[0] == "ticks" else (m,))]
+
+
 def kinds(q: FakeQueue) -> list[str]:
-    return [f"{m[0]}{m[2] if m[0] == 'tick' else m[1] if m[0] != 'mark' else ':' + m[1]}" for m in q.items]
+    return [f"{m[0]}{m[2] if m[0] == 'tick' else m[1] if m[0] != 'mark' else ':' + m[1]}" for m in messages(q)]
 
 
 def test_runs_become_episodes_and_idle_ticks_close_them() -> None:
@@ -59,16 +64,19 @@ def test_runs_become_episodes_and_idle_ticks_close_them() -> None:
     feed.feed(_batch(1, -1, -1, 2, 2))
     feed.feed(_batch(3))  # a restart without a stop in between is a new episode too
     assert kinds(q) == ["tick1", "tick1", "tick1", "end1", "tick2", "tick2", "end2", "tick3"]
-    tick = q.items[0]
+    assert [m[0] for m in q.items] == ["ticks", "ticks", "end", "ticks", "end", "ticks"]  # one per batch
+    tick = messages(q)[0]
     assert tick[3] == "wave" and tick[5] == (1.0,) * 6 and tick[6] == (2.0,) * 6  # task, goal, raw action
 
 
 def test_full_queue_drops_ticks_and_counts_but_keeps_the_end_in_order() -> None:
-    feed, q = _feed(maxsize=2)
-    feed.feed(_batch(1, 1, 1, 1, -1))
+    feed, q = _feed(maxsize=1)
+    feed.feed(_batch(1, 1))
+    feed.feed(_batch(1, 1, 1, -1))  # the queue is full: these three ticks are dropped, the end waits
     assert kinds(q) == ["tick1", "tick1"]
-    assert feed.status().dropped == 2
+    assert feed.status().dropped == 3
     q.items.clear()  # the recorder caught up
+    q.maxsize = 10
     feed.feed(_batch(2))
     assert kinds(q) == ["end1", "tick2"]
 
