@@ -1,11 +1,11 @@
 """The engine's side of recording: a bounded, never-blocking queue to the recorder process.
 
 `Engine._publish` (the telemetry thread, off the tick path) calls `feed(batch)` with every tick it
-publishes. Ticks of a policy run (TickSample.run >= 0) become small records, one message per batch, in a multiprocessing queue
-(pickled by the queue's own feeder thread); a full queue drops the message and counts its ticks. A run's end
-(stop, e-stop, fault: the next tick has another run id) sends "end", which closes the episode. Control
-messages (end, mark, quit) are never dropped: when the queue is full they wait in a local backlog, and
-ticks behind them are dropped, so the order is kept.
+publishes. Ticks of a policy run (TickSample.run >= 0) become small records, one message per batch, in a
+multiprocessing queue (pickled by the queue's own feeder thread); a full queue drops the message and counts
+its ticks. A run's end (stop, e-stop, fault: the next tick has another run id) sends "end", which closes
+the episode. Control messages (end, mark, quit) are never dropped: when the queue is full they wait in a
+local backlog, and ticks behind them are dropped, so the order is kept.
 
 Recording switched on while the policy runs starts with the next start (an episode is always a whole run).
 """
@@ -144,7 +144,8 @@ class RecordFeed:
             self._backlog.popleft()
         return True
 
-    def _send(self, msg: tuple[Any, ...], droppable: bool) -> None:
+    def _send(self, msg: tuple[Any, ...], droppable: bool, ticks: int = 1) -> None:
+        """`ticks`: how many ticks a dropped message counts as."""
         with self._lock:
             if self._inbox is None:
                 return
@@ -155,7 +156,7 @@ class RecordFeed:
                 except queue_mod.Full:
                     pass
             if droppable:
-                self._dropped += 1
+                self._dropped += ticks
             else:
                 self._backlog.append(msg)
 
@@ -176,10 +177,7 @@ class RecordFeed:
         """One message for a batch's ticks: one pickle and one feeder-thread wake-up per telemetry batch
         instead of per tick (the feeder runs at nice 0 and takes the GIL from the actuator while it pickles)."""
         if ticks:
-            before = self._dropped
-            self._send(("ticks", tuple(ticks)), droppable=True)
-            if self._dropped != before:  # the whole message was dropped: count its ticks
-                self._dropped = before + len(ticks)
+            self._send(("ticks", tuple(ticks)), droppable=True, ticks=len(ticks))
             ticks.clear()
 
     def _feed(self, batch: TelemetryBatch) -> None:
