@@ -43,3 +43,37 @@ def test_a_folder_with_other_files_is_not_taken_over(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="holds no LeRobot dataset"):
         open_for_episode(tmp_path, s.recording, dataset_features(s), 30)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_frames_left_by_a_killed_episode_do_not_reach_the_next_episodes_video(tmp_path: Path) -> None:
+    """kill -9 mid-episode leaves its PNGs where the next episode (same index) stages its own."""
+    import av
+    import numpy as np
+
+    root = tmp_path / "ds"
+    s = _settings()
+    features = dataset_features(s)
+
+    def frames(ds: object, n: int, value: int) -> None:
+        for _ in range(n):
+            frame = {k: np.full(ft["shape"], value, dtype=np.uint8 if ft["dtype"] == "video" else np.float32)
+                     for k, ft in features.items()}
+            ds.add_frame({**frame, "task": "t"})  # type: ignore[attr-defined]
+
+    ds = open_for_episode(root, s.recording, features, 30)
+    frames(ds, 4, 10)
+    ds.save_episode()
+    ds.finalize()
+    killed = open_for_episode(root, s.recording, features, 30)
+    frames(killed, 12, 200)  # staged on disk, never saved: the process "dies" here
+    del killed
+    ds = open_for_episode(root, s.recording, features, 30)
+    frames(ds, 4, 50)
+    ds.save_episode()
+    ds.finalize()
+    videos = sorted((root / "videos" / "observation.images.front").rglob("*.mp4"))
+    counts = []
+    for path in videos:
+        with av.open(str(path)) as container:
+            counts.append(sum(1 for _ in container.decode(video=0)))
+    assert sum(counts) == 8, f"video frames per file {counts}: the killed episode's frames were encoded"
