@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # numpy only in annotations: the UI imports this module befor
 __all__ = [
     "JOINT_NAMES",
     "OUTCOMES",
+    "RECORDER_CLOSE_S",
     "ActionChunk",
     "CameraStatus",
     "ChunkReply",
@@ -456,12 +457,15 @@ class CameraStatus:
     height: int = 0
 
 
+RECORDER_CLOSE_S = 120.0  # how long a quit waits for the last episode's save (both sides of the pipe)
+
+
 @dataclass(frozen=True)
 class RecordingStatus:
     """What the recorder (lepetpal_tui/record) reports for the screen: on/off, episodes, frames."""
 
     on: bool = False
-    episodes: int = 0  # saved in the dataset (this session and before, when resumed)
+    episodes: int = 0  # saved into the dataset by this session (a resumed dataset holds more)
     frames: int = 0  # frames of the episode being recorded (0 when none is open)
     in_episode: bool = False
     dropped: int = 0  # tick records dropped because the recorder's queue was full

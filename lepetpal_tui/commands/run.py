@@ -11,7 +11,10 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lepetpal_tui.wire import RecordingStatus
 
 HELP = "run the policy headless (no TUI) with printed progress; Ctrl-C stops safely"
 EXIT_FAILED = 1
@@ -61,6 +64,7 @@ class _Progress:
         self.errors = 0
         self.speed = 1.0
         self.speed_min: float | None = None  # over running ticks
+        self.recording: RecordingStatus | None = None  # the newest recorder status
 
     def feed(self, batch: Any) -> None:
         stamp = f"[{time.monotonic() - self.t0:6.1f} s]"
@@ -89,6 +93,8 @@ class _Progress:
                 self.speed_min = t.speed if self.speed_min is None else min(self.speed_min, t.speed)
         if batch.ticks:
             self.speed = batch.ticks[-1].speed
+        if batch.recording is not None:
+            self.recording = batch.recording
         self.tick_count = batch.tick_count
         self.starved = batch.starved_ticks
         self.clamps = batch.clamp_count

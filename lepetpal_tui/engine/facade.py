@@ -226,6 +226,10 @@ class Engine:
             if t.name == "engine-telemetry":
                 t.join(timeout)
 
+    def publish_after_close(self) -> None:
+        """After `join`, `flush_telemetry` and the recorder's close: its last status and events, once."""
+        self._publisher.publish_after_close()
+
     def close(self, go_home: bool = False, timeout: float = 10.0) -> None:
         """Quit and wait: hold, optionally home, disconnect."""
         if not self._finished.is_set():

@@ -18,11 +18,13 @@ from pathlib import Path
 from lepetpal_tui.engine.process import child_main, engine_output_path, session_log_path
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import (
+    RECORDER_CLOSE_S,
     Command,
     EngineEvent,
     EngineState,
     EventKind,
     Quit,
+    RecordingStatus,
     TelemetryBatch,
     UiLost,
     command_name,
@@ -44,6 +46,7 @@ class EngineClient:
         self.log_path = log_path
         self._closed = False
         self._pending: list[TelemetryBatch] = []
+        self._recording: RecordingStatus | None = None  # the newest recorder status heard
 
     @classmethod
     def spawn(cls, settings: Settings, sim_port: str | None = None) -> EngineClient:
@@ -106,6 +109,8 @@ class EngineClient:
                 item = self._conn.recv()
                 if isinstance(item, TelemetryBatch):
                     out.append(item)
+                    if item.recording is not None:
+                        self._recording = item.recording
                 if not self._conn.poll(0):
                     break
         except (EOFError, OSError):
@@ -125,13 +130,17 @@ class EngineClient:
     def close(self, go_home: bool = False, timeout: float = 5.0) -> list[TelemetryBatch]:
         """Ask the engine to quit (hold, optionally home, disconnect) and wait; returns the last batches.
 
-        After `timeout` (plus the home motion when asked) the process is terminated."""
+        After `timeout` (plus the home motion when asked, plus the recorder's close while an episode is
+        open or saving: the engine saves it after disconnecting) the process is terminated."""
         if self._closed:
             return []
         self._closed = True
         batches: list[TelemetryBatch] = []
         self.send(Quit(go_home=go_home))
         deadline = time.monotonic() + timeout + (30.0 if go_home else 0.0)
+        rec = self._recording
+        if rec is not None and rec.on and (rec.in_episode or rec.saving):
+            deadline += RECORDER_CLOSE_S
         while self._process.is_alive() and time.monotonic() < deadline:
             batches.extend(self.poll(0.05))
         batches.extend(self.poll(0))

@@ -246,6 +246,7 @@ def child_main(conn: Connection, settings: Settings, sim_port: str | None, log_p
     close_recorder = getattr(engine.recorder, "close", None)
     if callable(close_recorder):
         close_recorder()  # the open episode is saved (or discarded) per [recording] on_quit
+        engine.publish_after_close()  # ... and the UI hears whether it was
     frames.stop()
     owned_sim.stop()  # only now: the engine has held and disconnected the arm
     with contextlib.suppress(Exception):

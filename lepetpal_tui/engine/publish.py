@@ -129,6 +129,13 @@ class Publisher:
             last_sent = time.monotonic()
         self._publish(force=True, last_state=None, last_sent=0.0)
 
+    def publish_after_close(self) -> None:
+        """One more batch once the engine has finished and the recorder has closed: the recorder's last
+        status and events (the last episode saved, or why not) would otherwise never reach the UI."""
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink(self.coalescer.take(self._snapshot()))
+
     def _publish(self, force: bool, last_state: EngineState | None, last_sent: float) -> EngineState:
         snap = self._snapshot()
         if self._sink is None:

@@ -26,6 +26,7 @@ from lepetpal_tui.wire import (
     Heartbeat,
     MarkEpisode,
     Outcome,
+    RecordingStatus,
     RunMacro,
     Start,
     Stop,
@@ -190,7 +191,25 @@ def evaluate(args: argparse.Namespace, settings: Settings, task: str) -> int:
         _print("  " + line)
     if recording:
         _print(f"  dataset         {settings.recording.root} (repo id {settings.recording.repo_id})")
+        lost = recording_loss(session.progress.recording, len(results))
+        if lost:
+            _print(f"  recording       {lost}")
+            code = code or EXIT_FAILED
     return code
+
+
+def recording_loss(status: RecordingStatus | None, episodes: int) -> str:
+    """Why the dataset holds fewer episodes than were run ("" when every one was saved): a headless
+    evaluation asked to record must not exit 0 with episodes missing."""
+    if episodes == 0:
+        return ""
+    saved = 0 if status is None else status.episodes
+    if status is not None and status.error:
+        return f"FAILED after {saved} of {episodes} episodes: {status.error}"
+    if saved < episodes:
+        return (f"only {saved} of {episodes} episodes were saved; the others are missing from the dataset "
+                "(see the session log and its .engine.log beside it).")
+    return ""
 
 
 def _episode(session: _Session, read_key: Any, task: str, i: int, n: int, seconds: float) -> EpisodeResult | None:

@@ -25,7 +25,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
 from lepetpal_tui.settings import Settings
-from lepetpal_tui.wire import EngineEvent, MarkEpisode, RecordingStatus, SetRecording, TelemetryBatch
+from lepetpal_tui.wire import (
+    RECORDER_CLOSE_S,
+    EngineEvent,
+    MarkEpisode,
+    RecordingStatus,
+    SetRecording,
+    TelemetryBatch,
+)
 
 Level = Literal["info", "warning", "error"]
 QUEUE_SIZE = 30 * 120  # two minutes of ticks at 30 Hz before anything is dropped
@@ -54,6 +61,7 @@ class RecordFeed:
         self._last_run = -1  # the newest run seen in a tick
         self._dropped = 0
         self._recorder: dict[str, Any] = {}
+        self._status_reader: threading.Thread | None = None
         self.on_event: Callable[[EngineEvent], None] = lambda e: None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -93,7 +101,8 @@ class RecordFeed:
         starter.join()
         self._ring_sent = False
         self._offer_ring()
-        threading.Thread(target=self._read_outbox, name="engine-recorder-status", daemon=True).start()
+        self._status_reader = threading.Thread(target=self._read_outbox, name="engine-recorder-status", daemon=True)
+        self._status_reader.start()
         self._say("info", f"Recording into {root} (recorder pid {self._proc.pid}).")
 
     @staticmethod
@@ -121,7 +130,7 @@ class RecordFeed:
             elif msg[0] == "event":
                 self._say(msg[1], msg[2])
 
-    def close(self, timeout: float = 300.0) -> None:
+    def close(self, timeout: float = RECORDER_CLOSE_S) -> None:
         """After the engine stopped: end the open episode (per [recording] on_quit), wait for the save."""
         if self._proc is not None:
             self._send(("quit", self.settings.recording.on_quit), droppable=False)
@@ -132,6 +141,10 @@ class RecordFeed:
             self._proc.join(max(0.0, deadline - time.monotonic()))
             if self._proc.is_alive():
                 self._proc.terminate()
+                self._say("error", f"Recording: the recorder did not finish within {timeout:g} s and was "
+                                   "stopped; the episode it was saving may be missing (earlier ones are whole).")
+            if self._status_reader is not None:
+                self._status_reader.join(2.0)  # its last status and events (saved, or why not)
 
     # -------------------------------------------------------------------------------------- the feed
 

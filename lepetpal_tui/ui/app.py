@@ -48,6 +48,7 @@ from lepetpal_tui.ui.widgets.ports import PortPane
 from lepetpal_tui.ui.widgets.task import TaskPane
 from lepetpal_tui.wire import (
     OUTCOMES,
+    RECORDER_CLOSE_S,
     Command,
     EngineState,
     EStop,
@@ -606,5 +607,10 @@ class LePetPalApp(App[int]):
             return
         self._stop_engine(go_home)
         # If the engine does not close in time, leave anyway (the engine holds the arm on its own).
-        # The engine client itself gives up after 5 s (plus 30 s for the home motion) and terminates.
-        self.set_timer(45.0 if go_home else 12.0, lambda: self.exit(0))
+        # The engine client itself gives up after 5 s (plus 30 s for the home motion, plus the recorder's
+        # close while an episode is open or saving) and terminates.
+        rec = self.store.recording
+        saving = rec is not None and rec.on and (rec.in_episode or rec.saving)
+        if saving:
+            self.log_ui("info", "saving the recorded episode before quitting (a few seconds) ...")
+        self.set_timer((45.0 if go_home else 12.0) + (RECORDER_CLOSE_S if saving else 0.0), lambda: self.exit(0))

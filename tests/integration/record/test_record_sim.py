@@ -208,5 +208,9 @@ def test_kill9_in_second_episode_keeps_the_first(tmp_path: Path) -> None:
     finally:
         if again.proc.poll() is None:
             again.proc.kill()
+    output = "\n".join(again.lines[-40:])
+    # Saved after the disconnect, and still reported (the engine's last batch comes after the recorder's close).
+    assert "Recording: episode 1 saved" in output, output
     ds = _load(dataset)
-    assert ds.meta.total_episodes == 2 and int(ds.meta.episodes["length"][0]) == first
+    assert ds.meta.total_episodes == 2, output
+    assert int(ds.meta.episodes["length"][0]) == first

@@ -125,3 +125,37 @@ def test_the_run_cut_by_quitting_is_discarded_when_on_quit_says_so() -> None:
         quit_batch = dataclasses.replace(_batch(-1), state=EngineState.READY, hold_reason="quitting")
         feed.feed(quit_batch)
         assert kinds(q)[-1] == last
+
+
+def test_a_recorder_that_does_not_finish_its_save_is_stopped_and_said() -> None:
+    feed, q = _feed()
+    said: list[str] = []
+    feed.on_event = lambda e: said.append(f"{e.level}: {e.message}")
+
+    class StuckProc(FakeProc):
+        terminated = False
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+        def terminate(self) -> None:
+            self.terminated = True
+
+    proc = StuckProc()
+    feed._proc = proc  # type: ignore[assignment]
+    feed.close(timeout=0.05)
+    assert q.items[-1] == ("quit", feed.settings.recording.on_quit)
+    assert proc.terminated
+    assert any(s.startswith("error: Recording: the recorder did not finish within 0.05 s") for s in said), said
+
+
+def test_a_headless_evaluation_says_when_episodes_are_missing_from_the_dataset() -> None:
+    from lepetpal_tui.record.evaluate import recording_loss
+    from lepetpal_tui.wire import RecordingStatus
+
+    assert recording_loss(RecordingStatus(on=True, episodes=2), 2) == ""
+    assert recording_loss(None, 0) == ""
+    assert "only 1 of 2 episodes were saved" in recording_loss(RecordingStatus(on=True, episodes=1), 2)
+    assert "only 0 of 1" in recording_loss(None, 1)  # no status ever came: nothing is known to be saved
+    failed = recording_loss(RecordingStatus(on=True, episodes=0, error="saving episode 0 failed: disk full"), 1)
+    assert failed == "FAILED after 0 of 1 episodes: saving episode 0 failed: disk full"
