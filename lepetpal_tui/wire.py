@@ -475,6 +475,11 @@ class RecordingStatus:
     root: str = ""
     error: str = ""  # why recording stopped, with what to do
 
+    @property
+    def save_pending(self) -> bool:
+        """An episode is open or being saved: a quit must wait for the recorder (RECORDER_CLOSE_S)."""
+        return self.on and (self.in_episode or self.saving)
+
 
 @dataclass(frozen=True)
 class EngineSnapshot:

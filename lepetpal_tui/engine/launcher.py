@@ -138,8 +138,7 @@ class EngineClient:
         batches: list[TelemetryBatch] = []
         self.send(Quit(go_home=go_home))
         deadline = time.monotonic() + timeout + (30.0 if go_home else 0.0)
-        rec = self._recording
-        if rec is not None and rec.on and (rec.in_episode or rec.saving):
+        if self._recording is not None and self._recording.save_pending:
             deadline += RECORDER_CLOSE_S
         while self._process.is_alive() and time.monotonic() < deadline:
             batches.extend(self.poll(0.05))

@@ -609,8 +609,7 @@ class LePetPalApp(App[int]):
         # If the engine does not close in time, leave anyway (the engine holds the arm on its own).
         # The engine client itself gives up after 5 s (plus 30 s for the home motion, plus the recorder's
         # close while an episode is open or saving) and terminates.
-        rec = self.store.recording
-        saving = rec is not None and rec.on and (rec.in_episode or rec.saving)
+        saving = self.store.recording is not None and self.store.recording.save_pending
         if saving:
             self.log_ui("info", "saving the recorded episode before quitting (a few seconds) ...")
         self.set_timer((45.0 if go_home else 12.0) + (RECORDER_CLOSE_S if saving else 0.0), lambda: self.exit(0))
