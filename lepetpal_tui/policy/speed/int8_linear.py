@@ -63,6 +63,11 @@ def small_ops_on_one_thread() -> Iterator[None]:
         _linear_threads = 0
 
 
+def linear_threads_raised() -> bool:
+    """Whether this is inside `small_ops_on_one_thread` (int8 linears raise torch's threads there)."""
+    return _linear_threads != 0
+
+
 def int8_supported() -> bool:
     """Dynamic int8 linears need a quantized CPU engine (fbgemm/x86 on x86-64, qnnpack on ARM)."""
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "qnnpack"))
@@ -155,6 +160,16 @@ class Int8Linear(nn.Module):
         self.in_features = linears[0].in_features
         self.out_features = sum(lin.out_features for lin in linears)
         self.register_buffer("weight", torch.empty(0, dtype=torch.float32), persistent=False)
+
+    @property
+    def packed(self) -> Any:
+        """torch's packed int8 weights (what quantized::linear_dynamic takes)."""
+        return self._packed
+
+    @property
+    def reduce_range(self) -> bool:
+        """7-bit activations (quantized::linear_dynamic's reduce_range)."""
+        return self._reduce_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

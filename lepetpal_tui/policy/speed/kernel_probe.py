@@ -51,7 +51,7 @@ def bf16_attention_pays(rows: int, keys: int, dim: int, threads: int) -> bool:
     `threads` threads (the caller's share). False at once where the CPU has no bf16 dot products."""
     caps = cpu_caps()
     if not caps.bf16_native:
-        _record("vision attention", f"fp32 (no bf16 dot products on {caps.kind})")
+        record("vision attention", f"fp32 (no bf16 dot products on {caps.kind})")
         return False
     g = torch.Generator().manual_seed(0)
     # [batch, heads, rows, dim] as the encoder calls SDPA (3-d inputs miss its flash kernel: 2x slower).
@@ -75,11 +75,12 @@ def bf16_attention_pays(rows: int, keys: int, dim: int, threads: int) -> bool:
         torch.set_num_threads(saved)
     ratio = min(bf16_s) / max(min(fp32_s), 1e-9)
     pays = ratio <= BF16_MARGIN
-    _record("vision attention", f"{'bf16' if pays else 'fp32'} (bf16 took {ratio:.3f} of fp32's time, "
+    record("vision attention", f"{'bf16' if pays else 'fp32'} (bf16 took {ratio:.3f} of fp32's time, "
                                 f"{min(bf16_s) * 1e3:.3f} vs {min(fp32_s) * 1e3:.3f} ms a head)")
     return pays
 
 
-def _record(name: str, text: str) -> None:
+def record(name: str, text: str) -> None:
+    """Remember what a speed choice decided in this process (shown by `decisions`)."""
     with _lock:
         _decisions[name] = text

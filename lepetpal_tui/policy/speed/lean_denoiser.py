@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.policy.speed.int8_linear import Project, side_by_side
+from lepetpal_tui.policy.speed import int8_linear, scripted_expert
+from lepetpal_tui.policy.speed.int8_linear import Int8Linear, Project, side_by_side
 from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 
 
@@ -79,20 +80,30 @@ class _ExpertLayer:
     intermediate: int
     down: Project
     act: Project
+    # int8 layers with a SiLU MLP: (in, out, gate|up, down) packed weights and reduce_range, for the
+    # TorchScript step (policy/speed/scripted_expert.py); None: the eager step only.
+    int8: tuple[tuple[Any, Any, Any, Any], bool] | None = None
 
     @staticmethod
     def of(layer: Any, cross: bool) -> _ExpertLayer:
         attn, mlp = layer.self_attn, layer.mlp
         head_dim = int(attn.head_dim)
+        project_in = attn.q_proj if cross else side_by_side(attn, ("q_proj", "k_proj", "v_proj"))
+        gate_up = side_by_side(mlp, ("gate_proj", "up_proj"))
         return _ExpertLayer(
             cross=cross, heads=attn.q_proj.out_features // head_dim,
             kv_heads=attn.k_proj.out_features // head_dim, head_dim=head_dim,
             input_norm=(layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)),
             post_norm=(layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon)),
-            project_in=attn.q_proj if cross else side_by_side(attn, ("q_proj", "k_proj", "v_proj")),
-            project_out=attn.o_proj, gate_up=side_by_side(mlp, ("gate_proj", "up_proj")),
+            project_in=project_in, project_out=attn.o_proj, gate_up=gate_up,
             intermediate=int(mlp.gate_proj.out_features), down=mlp.down_proj, act=mlp.act_fn,
+            int8=_int8_parts((project_in, attn.o_proj, gate_up, mlp.down_proj), mlp.act_fn),
         )
+
+    def scripted_step(self) -> bool:
+        """Whether `step` runs the TorchScript functions: int8 parts, and not inside
+        `small_ops_on_one_thread` (there the int8 linears switch torch's threads, which a script cannot)."""
+        return self.int8 is not None and not int8_linear.linear_threads_raised() and scripted_expert.scripted() is not None
 
     def step(self, h: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, mask: torch.Tensor,
              rope: tuple[torch.Tensor, torch.Tensor], scale: float, gather: Gather | None = None) -> torch.Tensor:
@@ -100,6 +111,8 @@ class _ExpertLayer:
 
         `gather` (self-attention layers, rows in halves): this half's new keys and values -> every
         half's, in row order."""
+        if self.scripted_step():
+            return self._scripted(h, prefix_k, prefix_v, mask, rope, scale, gather)
         b, length = h.shape[:2]
         heads, dim = self.heads, self.head_dim
         x = self.project_in(_rms(h, self.input_norm))
@@ -119,6 +132,40 @@ class _ExpertLayer:
         h = h + self.project_out(_gqa_attention(q, k, v, mask, scale))
         gate_up = self.gate_up(_rms(h, self.post_norm))
         return h + self.down(self.act(gate_up[..., :self.intermediate]) * gate_up[..., self.intermediate:])
+
+    def _scripted(self, h: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, mask: torch.Tensor,
+                  rope: tuple[torch.Tensor, torch.Tensor], scale: float, gather: Gather | None) -> torch.Tensor:
+        """`step` through the TorchScript functions: the same ops in the same order, without the GIL."""
+        fns = scripted_expert.scripted()
+        assert fns is not None and self.int8 is not None
+        (p_in, p_out, p_gate_up, p_down), reduce_range = self.int8
+        (norm, eps), (post, post_eps) = self.input_norm, self.post_norm
+        if self.cross:
+            out: torch.Tensor = fns.cross(h, norm, eps, p_in, reduce_range, self.heads, self.head_dim, rope[0], rope[1],
+                                          prefix_k, prefix_v, mask, scale, p_out, post, post_eps, p_gate_up,
+                                          self.intermediate, p_down)
+            return out
+        q, new_k, new_v = fns.self_in(h, norm, eps, p_in, reduce_range, self.heads, self.kv_heads, self.head_dim,
+                                      rope[0], rope[1])
+        ks, vs = gather(new_k, new_v) if gather is not None else ([new_k], [new_v])
+        out = fns.self_out(h, q, prefix_k, prefix_v, ks, vs, mask, scale, p_out, post, post_eps, p_gate_up,
+                           self.intermediate, p_down, reduce_range)
+        return out
+
+
+def _int8_parts(linears: tuple[Any, Any, Any, Any], act: Any) -> tuple[tuple[Any, Any, Any, Any], bool] | None:
+    """The layer's packed int8 weights and reduce_range where all four projections are plain
+    `Int8Linear`s with one activation width and the MLP's activation is SiLU (what the script computes)."""
+    if not all(type(lin) is Int8Linear for lin in linears) or len({lin.activation_bits for lin in linears}) != 1:
+        return None
+    probe = torch.linspace(-6.0, 6.0, 64)
+    try:
+        is_silu = torch.equal(act(probe), torch.nn.functional.silu(probe))
+    except Exception:
+        return None
+    if not is_silu:
+        return None
+    return (linears[0].packed, linears[1].packed, linears[2].packed, linears[3].packed), linears[0].reduce_range
 
 
 Gather = Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], list[torch.Tensor]]]

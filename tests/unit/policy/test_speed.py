@@ -13,7 +13,13 @@ from torch import nn
 
 from lepetpal_tui.policy import smolvla as sv
 from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
-from lepetpal_tui.policy.speed import accuracy_cache, int8_linear, lean_denoiser
+from lepetpal_tui.policy.speed import (
+    accuracy_cache,
+    int8_linear,
+    kernel_probe,
+    lean_denoiser,
+    scripted_expert,
+)
 from lepetpal_tui.policy.speed import apply as policy_speed
 from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import Int8Linear, quantize_linears
@@ -352,3 +358,47 @@ def test_small_ops_split_only_with_passive_openmp_waiting(tiny_policy_dir: Path,
     assert len(embed_threads) == runner.policy.config.num_steps
     assert set(embed_threads) == {1 if passive else threads}
     assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_int8_expert_layers_run_as_torchscript_with_the_eager_steps_values(
+        tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch, passive: bool) -> None:
+    """The scripted layer step (GIL released) gives the eager step's actions to the bit, in row halves
+    (passive waiting, the policy process) and whole; it is the one that runs wherever the parts are int8."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive" if passive else "")
+    torch.set_num_threads(2)
+    runner = _runner(tiny_policy_dir)
+    runner.to_int8()
+    obs = sv.warmup_observation(("front",), task="pick up the cube")
+    noise = runner.make_noise(7)
+    lean = runner.policy.model.denoise_step
+    calls: list[str] = []
+    real = scripted_expert.scripted()
+    assert real is not None, kernel_probe.decisions()
+
+    def counted(name: str, fn: object) -> object:
+        def call(*args: object) -> object:
+            calls.append(name)
+            return fn(*args)  # type: ignore[operator]
+        return call
+
+    spy = scripted_expert.ScriptedExpert(*(counted(n, f) for n, f in zip(("in", "out", "cross"), real, strict=True)))
+    monkeypatch.setattr(scripted_expert, "scripted", lambda: spy)
+    scripted, _ = runner.raw_chunk(obs, noise=noise)
+    layers = [p for p in lean._expert_layers() if p is not None]
+    steps = runner.policy.config.num_steps * len(lean._chunk["halves"])
+    assert calls.count("cross") == steps * sum(p.cross for p in layers) > 0
+    assert calls.count("in") == calls.count("out") == steps * sum(not p.cross for p in layers) > 0
+    monkeypatch.setattr(scripted_expert, "scripted", lambda: None)  # as where TorchScript fails
+    eager, _ = runner.raw_chunk(obs, noise=noise)
+    assert len(calls) == steps * len(layers) + steps * sum(not p.cross for p in layers)  # no more scripted calls
+    np.testing.assert_array_equal(scripted, eager)
+
+
+def test_expert_layers_stay_eager_unless_all_parts_are_int8_and_silu() -> None:
+    lin = Int8Linear(nn.Linear(8, 8))
+    assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.SiLU()) == ((lin.packed,) * 4, lin.reduce_range)
+    assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.GELU()) is None
+    assert lean_denoiser._int8_parts((lin, nn.Linear(8, 8), lin, lin), nn.SiLU()) is None
+    seven = Int8Linear(nn.Linear(8, 8), activation_bits=7)
+    assert lean_denoiser._int8_parts((lin, seven, lin, lin), nn.SiLU()) is None  # one width per layer
