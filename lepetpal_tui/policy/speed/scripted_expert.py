@@ -110,7 +110,8 @@ class ScriptedExpert(NamedTuple):
 
 @functools.cache
 def scripted() -> ScriptedExpert | None:
-    """The scripted functions, compiled once per process (~0.4 s), or None where TorchScript fails."""
+    """The scripted functions (TorchScript compiles each on its first call, in the load's warm-up chunk),
+    or None where TorchScript fails."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x: deprecated, still shipped
