@@ -108,17 +108,43 @@ class ScriptedExpert(NamedTuple):
     cross: Any
 
 
+def _tiny_layer_runs(fns: ScriptedExpert) -> bool:
+    """Each function once on a tiny layer (2 query heads, 1 K/V head, head dim 4, width 8): a TorchScript
+    that compiles but fails when called shows here, at load, not in the middle of a chunk."""
+    def packed(rows: int, cols: int) -> Any:
+        w = torch.linspace(-1.0, 1.0, rows * cols).reshape(rows, cols)
+        scales = torch.full((rows,), 1.0 / 127, dtype=torch.float64)
+        q = torch.quantize_per_channel(w, scales, torch.zeros(rows, dtype=torch.int64), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+    h, norm = torch.linspace(-1.0, 1.0, 24).reshape(1, 3, 8), torch.ones(8)
+    cos, sin = torch.ones(1, 3, 1, 4), torch.zeros(1, 3, 1, 4)
+    o, gate_up, down = packed(8, 8), packed(16, 8), packed(8, 8)
+    q, k, v = fns.self_in(h, norm, 1e-6, packed(16, 8), False, 2, 1, 4, cos, sin)
+    prefix = torch.zeros(1, 1, 2, 4)
+    mask = torch.zeros(1, 6, 5)
+    out = fns.self_out(h, q, prefix, prefix, [k], [v], mask, 0.5, o, norm, 1e-6, gate_up, 8, down, False)
+    cross = fns.cross(h, norm, 1e-6, packed(8, 8), False, 2, 4, cos, sin, prefix, prefix, mask[:, :, :2], 0.5, o,
+                      norm, 1e-6, gate_up, 8, down)
+    return bool(out.shape == h.shape == cross.shape and torch.isfinite(out).all() and torch.isfinite(cross).all())
+
+
 @functools.cache
 def scripted() -> ScriptedExpert | None:
-    """The scripted functions (TorchScript compiles each on its first call, in the load's warm-up chunk),
-    or None where TorchScript fails."""
+    """The scripted functions, compiled and tried on a tiny layer once per process (at the load's warm-up
+    chunk), or None where TorchScript fails: then the eager step runs (the same math)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x: deprecated, still shipped
             fns = ScriptedExpert(torch.jit.script(self_attention_in), torch.jit.script(self_attention_out),
                                  torch.jit.script(cross_attention_layer))
+            with torch.inference_mode():
+                works = _tiny_layer_runs(fns)
     except Exception as exc:  # any failure: the eager step is the same math
         kernel_probe.record("action expert layers", f"eager (TorchScript failed: {type(exc).__name__}: {exc})")
+        return None
+    if not works:
+        kernel_probe.record("action expert layers", "eager (TorchScript gave a wrong shape or non-finite values)")
         return None
     kernel_probe.record("action expert layers", "TorchScript (int8, GIL released per layer part)")
     return fns

@@ -402,3 +402,24 @@ def test_expert_layers_stay_eager_unless_all_parts_are_int8_and_silu() -> None:
     assert lean_denoiser._int8_parts((lin, nn.Linear(8, 8), lin, lin), nn.SiLU()) is None
     seven = Int8Linear(nn.Linear(8, 8), activation_bits=7)
     assert lean_denoiser._int8_parts((lin, seven, lin, lin), nn.SiLU()) is None  # one width per layer
+
+
+def test_torchscript_that_fails_to_compile_or_to_run_leaves_the_eager_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_script(fn: object) -> object:
+        raise RuntimeError("TorchScript is gone")
+
+    try:
+        scripted_expert.scripted.cache_clear()
+        assert scripted_expert.scripted() is not None  # this torch scripts them, and they run
+        scripted_expert.scripted.cache_clear()
+        monkeypatch.setattr(torch.jit, "script", no_script)
+        assert scripted_expert.scripted() is None
+        assert kernel_probe.decisions()["action expert layers"].startswith("eager (TorchScript failed: RuntimeError")
+        monkeypatch.undo()
+        scripted_expert.scripted.cache_clear()
+        monkeypatch.setattr(scripted_expert, "_tiny_layer_runs", lambda fns: False)
+        assert scripted_expert.scripted() is None
+        assert "wrong shape or non-finite" in kernel_probe.decisions()["action expert layers"]
+    finally:
+        monkeypatch.undo()
+        scripted_expert.scripted.cache_clear()
