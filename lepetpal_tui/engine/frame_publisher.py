@@ -33,6 +33,7 @@ Frame = npt.NDArray[np.uint8]
 
 _NICE = 10  # lower priority than the tick (which asks for -5) and than inference (default 0)
 _MAX_HZ = 30.0
+STILL_SCENE_REFRESH_S = 1.0  # the scene camera's unchanged picture, stamped again this often
 
 
 def resize_nearest(image: Frame, height: int, width: int) -> Frame:
@@ -105,9 +106,14 @@ class FramePublisher:
         cap = src.latest()
         if cap is not None:
             image, t = cap.image, cap.t
-            # A new picture: a later capture time (real cameras), or another array (the scene camera
-            # returns the same cached array while the arm stands still, stamped "now").
-            if t == last_t.get(name) or (getattr(src, "kind", "") == "synthetic" and image is last_img.get(name)):
+            # A new picture: a later capture time (real cameras: a frozen one keeps its old stamp, and
+            # its age grows on screen), or another array (the scene camera returns the same cached array
+            # while the arm stands still, stamped "now"). That still picture is current, so it is
+            # written again once a second: the pane shows its true age, not the time the arm stopped.
+            if t == last_t.get(name):
+                return
+            if (getattr(src, "kind", "") == "synthetic" and image is last_img.get(name)
+                    and t - last_t.get(name, t) < STILL_SCENE_REFRESH_S):
                 return
         elif src.failed_reason and self._settings.safety.camera_fallback_synthetic:
             # The engine's own stand-in (injected at the process edge), so the pane shows what the policy

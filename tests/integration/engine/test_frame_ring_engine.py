@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lepetpal_tui.engine.frame_publisher import STILL_SCENE_REFRESH_S
 from lepetpal_tui.engine.launcher import EngineClient
 from lepetpal_tui.frame_ring import FrameRing
 from lepetpal_tui.wire import EngineState, Start, TelemetryBatch
@@ -45,8 +46,13 @@ def test_scene_frames_reach_a_reader_and_follow_the_arm(sim_arm: Any, tmp_path: 
         time.sleep(0.5)
         still = ring.latest("front")
         assert still is not None
-        time.sleep(0.5)
-        assert ring.latest_seq("front") == still.seq  # the arm holds: no new picture to write
+        time.sleep(2.5)
+        # The arm holds: the same picture, written again only about once a second (not at the camera's
+        # 5 Hz), so its age on screen stays the picture's true age.
+        again = ring.latest("front")
+        assert again is not None and np.array_equal(again.image, still.image)
+        assert 1 <= again.seq - still.seq <= 2.5 / STILL_SCENE_REFRESH_S + 1
+        assert time.monotonic() - again.t < STILL_SCENE_REFRESH_S + 0.5
         client.send(Start(task="wave"))
         running = _until(client, lambda b: b.state == EngineState.RUNNING and len(b.plan_ahead) > 0, 10.0)
         assert all(len(g) == 6 for g in running.plan_ahead)
