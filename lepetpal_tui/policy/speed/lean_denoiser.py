@@ -222,6 +222,8 @@ class LeanDenoiser:
                 None if layer is None else _ExpertLayer.of(layer, cross and not (every > 0 and idx % every == 0))
                 for idx, layer in enumerate(expert_layers)
             ]
+            if any(p is not None and p.int8 is not None for p in self._layers):
+                scripted_expert.scripted()  # compiled here, once, not by both row halves at once
         return self._layers
 
     def _prepare(self, prefix_pad_masks: torch.Tensor, cache: Any, suffix_pad: torch.Tensor,
