@@ -55,6 +55,11 @@ class CpuCaps:
         return bool(self.flags & {"avx512_vnni", "amx_int8"})
 
     @property
+    def int8_amx(self) -> bool:
+        """AMX tile int8 multiplies (Sapphire Rapids and later Xeons): oneDNN uses them, fbgemm does not."""
+        return self.is_x86 and "amx_int8" in self.flags
+
+    @property
     def int8_activation_bits(self) -> int:
         """8 where full-range activations are exact enough; 7 where int16 pair sums would saturate."""
         if self.is_x86 and not self.int8_vnni:

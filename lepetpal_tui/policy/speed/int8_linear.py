@@ -281,10 +281,14 @@ class MemoInt8Linear(Int8Linear):
         return y
 
 
+def _child(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
 def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = lambda name: None) -> int:
     """Fuse q/k/v (same input size) and MLP gate/up into single int8 linears; memoise cross-attention
     K/V projections (k/v input size differs from q's). Returns the number of groups changed."""
-    memos: list[tuple[nn.Module, str, nn.Linear]] = []
+    memos: list[tuple[nn.Module, str, nn.Linear, str | None]] = []
     groups: list[tuple[nn.Module, tuple[str, ...], list[nn.Linear], str | None]] = []
     n = 0
     for mod_name, mod in list(module.named_modules()):
@@ -294,7 +298,7 @@ def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = la
             if len({lin.in_features for lin in lins}) == 1:
                 names = ("q_proj", "k_proj", "v_proj")
             else:
-                memos.extend((mod, a, getattr(mod, a)) for a in ("k_proj", "v_proj"))
+                memos.extend((mod, a, getattr(mod, a), engine(_child(mod_name, a))) for a in ("k_proj", "v_proj"))
                 n += 1
         elif all(isinstance(getattr(mod, a, None), nn.Linear) for a in ("gate_proj", "up_proj")):
             names = ("gate_proj", "up_proj")
@@ -303,11 +307,11 @@ def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = la
         lins = [getattr(mod, a) for a in names]
         if len({lin.bias is None for lin in lins}) != 1:
             continue
-        groups.append((mod, names, lins, engine(f"{mod_name}.{names[0]}")))
+        groups.append((mod, names, lins, engine(_child(mod_name, names[0]))))
         n += 1
     # All weights quantized and packed first, on all threads (pack_all), then put in place.
-    packed = pack_all([([lin], None) for _, _, lin in memos] + [(lins, e) for _, _, lins, e in groups])
-    for (mod, a, lin), p in zip(memos, packed[:len(memos)], strict=True):
+    packed = pack_all([([lin], e) for _, _, lin, e in memos] + [(lins, e) for _, _, lins, e in groups])
+    for (mod, a, lin, _), p in zip(memos, packed[:len(memos)], strict=True):
         setattr(mod, a, MemoInt8Linear(lin, packed=p))
     for (mod, names, lins, e), p in zip(groups, packed[len(memos):], strict=True):
         group = _FusedInt8(lins, e, packed=p)

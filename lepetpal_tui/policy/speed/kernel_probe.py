@@ -1,13 +1,15 @@
 """Kernel speeds that the CPU's flags do not tell: timed once per process, on the real shapes, at load.
 
-Why: AVX512-BF16 in the flags does not make torch's bf16 matmuls fast. The vision encoder's attention for
-one layer (12 heads, a half's 512 query rows over 1024 keys, head dim 64, one thread; see
-`RowHalvesVisionEncoder`), bf16 per-head bmm against fp32 SDPA:
-- 2-core AMD EPYC (Zen 4, AVX-512 BF16): 13.5 vs 20 ms, bf16 wins (0.67);
-- 2-core Intel Xeon (AVX-512 BF16 and FP16, no AMX exposed to the VM): 31.7 vs 18.5 ms, bf16 loses (1.71):
-  bf16 bmm runs at 58 GFLOP/s there, fp32 at 91.
-So the choice is measured: a ~40 ms probe the first time the encoder runs (the load's warm-up chunk),
-remembered for the process. The gap is wide on both machines; a 10 % margin keeps noise from choosing bf16.
+Why: AVX512-BF16 in the flags does not make torch's bf16 kernels fast, nor tell which bf16 kernel is.
+The vision encoder's attention for one layer (12 heads, a half's 512 query rows over 1024 keys, head
+dim 64, one thread; see `RowHalvesVisionEncoder`), fp32 SDPA / bf16 per-head bmm / bf16 SDPA:
+- 2-core AMD EPYC (Zen 4, AVX-512 BF16): 20 / 13.5 ms / not timed there: per-head bf16 wins;
+- 2-core Intel Xeon (AVX-512 BF16 and FP16, no AMX exposed to the VM): 18.5 / 31.7 / 25.0 ms: fp32 wins
+  (bf16 matmuls run at 58 GFLOP/s there, fp32 at 91);
+- 2-core Intel Xeon with AMX (amx_bf16, amx_int8): 13.8 / 13.4 / 5.8 ms: bf16 SDPA wins (its flash
+  kernel's blocks go through AMX; the per-head form is held back by a 10 ms softmax over bf16 scores).
+So the choice is measured: a probe of ~50-150 ms the first time the encoder runs (the load's warm-up
+chunk), remembered for the process. The gaps are wide; a 10 % margin keeps noise from choosing bf16.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
 from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 
-BF16_MARGIN = 0.9  # bf16 must take at most this share of fp32's time
+BF16_MARGIN = 0.9  # a bf16 kernel must take at most this share of fp32's time
 _REPS = 5
+_PROBE_HEADS = 4  # of the layer's heads: the kernels' time grows linearly with heads, the probe's need not
+
+# The vision attention kernels, by name: what `vision_attention_kernel` chooses among.
+FP32_SDPA = "fp32-sdpa"
+BF16_SDPA = "bf16-sdpa"
+BF16_HEADS = "bf16-heads"
+ATTENTION_KERNELS = (FP32_SDPA, BF16_SDPA, BF16_HEADS)
 
 _decisions: dict[str, str] = {}
 _lock = threading.Lock()
@@ -45,39 +55,68 @@ def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return out
 
 
+def attention(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q [B, H, Lq, D] over k, v [B, H, L, D] with `kernel`; k and v are already in the
+    kernel's dtype (bf16 for the bf16 kernels), q may be fp32 (a view is fine). Returns q's dtype."""
+    if kernel == FP32_SDPA:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    batch, heads, rows, dim = q.shape
+    if kernel == BF16_SDPA:
+        out = torch.nn.functional.scaled_dot_product_attention(q.to(torch.bfloat16), k, v, scale=scale)
+    elif kernel == BF16_HEADS:
+        qs = torch.mul(q, scale).to(torch.bfloat16, memory_format=torch.contiguous_format)
+        flat = (batch * heads, -1, dim)
+        out = bf16_attention(qs.view(flat), k.reshape(flat), v.reshape(flat)).view(batch, heads, rows, dim)
+    else:
+        raise ValueError(f"unknown attention kernel {kernel!r} (one of {', '.join(ATTENTION_KERNELS)})")
+    return out.to(q.dtype)
+
+
+def kernel_dtype(kernel: str) -> torch.dtype:
+    """The dtype `kernel` wants its keys and values in."""
+    return torch.float32 if kernel == FP32_SDPA else torch.bfloat16
+
+
 @functools.cache
-def bf16_attention_pays(rows: int, keys: int, dim: int, threads: int) -> bool:
-    """Whether `bf16_attention` beats fp32 SDPA for one head of `rows` queries over `keys` keys on
-    `threads` threads (the caller's share). False at once where the CPU has no bf16 dot products."""
+def vision_attention_kernel(rows: int, keys: int, dim: int, heads: int, threads: int) -> str:
+    """The fastest of ATTENTION_KERNELS for `heads` heads of `rows` queries over `keys` keys on `threads`
+    threads (the caller's share), timed here; a bf16 kernel only if it takes at most BF16_MARGIN of fp32
+    SDPA's time. fp32 at once where the CPU has no bf16 dot products."""
     caps = cpu_caps()
     if not caps.bf16_native:
-        record("vision attention", f"fp32 (no bf16 dot products on {caps.kind})")
-        return False
+        record("vision attention", f"{FP32_SDPA} (no bf16 dot products on {caps.kind})")
+        return FP32_SDPA
+    n = max(1, min(heads, _PROBE_HEADS))
     g = torch.Generator().manual_seed(0)
-    # [batch, heads, rows, dim] as the encoder calls SDPA (3-d inputs miss its flash kernel: 2x slower).
-    q, k, v = (torch.randn(1, 1, n, dim, generator=g) for n in (rows, keys, keys))
-    qb, kb, vb = (t[0].to(torch.bfloat16) for t in (q * dim**-0.5, k, v))
+    q, k, v = (torch.randn(1, n, r, dim, generator=g) for r in (rows, keys, keys))
+    kb, vb = k.to(torch.bfloat16), v.to(torch.bfloat16)
+    runs: dict[str, Callable[[], torch.Tensor]] = {
+        FP32_SDPA: lambda: attention(FP32_SDPA, q, k, v, dim**-0.5),
+        BF16_SDPA: lambda: attention(BF16_SDPA, q, kb, vb, dim**-0.5),
+        BF16_HEADS: lambda: attention(BF16_HEADS, q, kb, vb, dim**-0.5),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
     saved = torch.get_num_threads()
-    fp32_s, bf16_s = [], []
     try:
         torch.set_num_threads(threads)
         with torch.inference_mode():
             for rep in range(_REPS + 1):  # interleaved, the first round is a warm-up
-                t0 = time.perf_counter()
-                torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                t1 = time.perf_counter()
-                bf16_attention(qb, kb, vb)
-                t2 = time.perf_counter()
-                if rep:
-                    fp32_s.append(t1 - t0)
-                    bf16_s.append(t2 - t1)
+                for name, run in runs.items():
+                    t0 = time.perf_counter()
+                    run()
+                    if rep:
+                        times[name].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(saved)
-    ratio = min(bf16_s) / max(min(fp32_s), 1e-9)
-    pays = ratio <= BF16_MARGIN
-    record("vision attention", f"{'bf16' if pays else 'fp32'} (bf16 took {ratio:.3f} of fp32's time, "
-                                f"{min(bf16_s) * 1e3:.3f} vs {min(fp32_s) * 1e3:.3f} ms a head)")
-    return pays
+    best = {name: min(ts) for name, ts in times.items()}
+    fp32_s = max(best[FP32_SDPA], 1e-9)
+    share = {name: best[name] / fp32_s for name in (BF16_SDPA, BF16_HEADS)}
+    fastest = min(share, key=lambda name: share[name])
+    chosen = fastest if share[fastest] <= BF16_MARGIN else FP32_SDPA
+    record("vision attention", f"{chosen} (of fp32's time: {BF16_SDPA} {share[BF16_SDPA]:.3f}, "
+                               f"{BF16_HEADS} {share[BF16_HEADS]:.3f}; {FP32_SDPA} {fp32_s * 1e3:.3f} ms "
+                               f"for {n} heads)")
+    return chosen
 
 
 def record(name: str, text: str) -> None:

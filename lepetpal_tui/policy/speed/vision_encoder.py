@@ -1,6 +1,6 @@
 """SmolVLA's vision encoder (SigLIP, 12 layers over 1024 patches) for the int8 CPU path: the patches'
-rows in two halves on two threads (policy/speed/row_halves.py), attention in bf16 where that is measured
-faster than fp32 on this CPU (policy/speed/kernel_probe.py).
+rows in two halves on two threads (policy/speed/row_halves.py), attention with the kernel measured fastest
+on this CPU (fp32 SDPA, bf16 SDPA or bf16 per head: policy/speed/kernel_probe.py).
 
 Same layer math as transformers' SmolVLMEncoderLayer (pre-norm attention and MLP with residuals); the
 projections are whatever the layers hold (int8 linears after `to_int8`).
@@ -14,15 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from lepetpal_tui.policy.speed import kernel_probe
 from lepetpal_tui.policy.speed.int8_linear import Project, side_by_side
-from lepetpal_tui.policy.speed.kernel_probe import bf16_attention, bf16_attention_pays
 from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 
 
-def use_bf16_attention(rows: int, keys: int, dim: int, threads: int) -> bool:
-    """bf16 attention where it is measured faster than fp32 SDPA on this CPU (policy/speed/kernel_probe.py):
-    on the AMD EPYC's AVX512-BF16 it is (20 -> 13.5 ms a layer), on the Intel Xeon's it is not."""
-    return bf16_attention_pays(rows, keys, dim, threads)
+def attention_kernel(rows: int, keys: int, dim: int, heads: int, threads: int) -> str:
+    """The attention kernel measured fastest for these shapes on this CPU (policy/speed/kernel_probe.py):
+    bf16 per head on the AMD EPYC's AVX512-BF16 (20 -> 13.5 ms a layer), bf16 SDPA with AMX (13.8 -> 5.8),
+    fp32 SDPA on the Intel Xeon without AMX."""
+    return kernel_probe.vision_attention_kernel(rows, keys, dim, heads, threads)
 
 
 def _layer_parts_ok(layer: nn.Module) -> bool:
@@ -45,7 +46,7 @@ class RowHalvesVisionEncoder:
     def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
         self.original = encoder.forward
-        self.bf16: bool | None = None  # bf16 attention: measured on the first call, with its shapes
+        self.kernel: str | None = None  # kernel_probe.ATTENTION_KERNELS: measured on the first call
         # Each layer's q|k|v as one call; looked up on first use (the projections become int8 after this
         # is installed).
         self._qkv: list[Project] | None = None
@@ -61,12 +62,13 @@ class RowHalvesVisionEncoder:
         qkv = self._qkv
         batch, length, width = inputs_embeds.shape
         rows = halves_of(length)
-        if self.bf16 is None:
+        if self.kernel is None:
             threads = torch.get_num_threads()
             share = threads if len(rows) == 1 else (threads + 1) // 2  # the first half's, as run_halves gives
-            self.bf16 = use_bf16_attention(rows[0][1] - rows[0][0], length, layers[0].self_attn.head_dim, share)
-        bf16 = self.bf16
-        dtype = torch.bfloat16 if bf16 else inputs_embeds.dtype
+            first = layers[0].self_attn
+            self.kernel = attention_kernel(rows[0][1] - rows[0][0], length, first.head_dim, first.num_heads, share)
+        kernel = self.kernel
+        dtype = kernel_probe.kernel_dtype(kernel)
         kv = [(torch.empty(batch, layer.self_attn.num_heads, length, layer.self_attn.head_dim, dtype=dtype),
                torch.empty(batch, layer.self_attn.num_heads, length, layer.self_attn.head_dim, dtype=dtype))
               for layer in layers]
@@ -82,14 +84,7 @@ class RowHalvesVisionEncoder:
                 keys[:, :, start:stop].copy_(y[:, :, 1].transpose(1, 2))  # [B, H, n, D]
                 values[:, :, start:stop].copy_(y[:, :, 2].transpose(1, 2))
                 barrier.wait()  # every row's keys and values are in
-                q = y[:, :, 0].transpose(1, 2)
-                if bf16:
-                    q = torch.mul(q, attn.scale).to(torch.bfloat16, memory_format=torch.contiguous_format)
-                    flat = (batch * heads, -1, dim)
-                    o = bf16_attention(q.view(flat), keys.view(flat), values.view(flat)).view(batch, heads, n, dim)
-                    o = o.to(x.dtype)
-                else:
-                    o = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=attn.scale)
+                o = kernel_probe.attention(kernel, y[:, :, 0].transpose(1, 2), keys, values, attn.scale)
                 x = x + attn.out_proj(o.transpose(1, 2).reshape(batch, n, width))
                 x = x + layer.mlp.fc2(layer.mlp.activation_fn(layer.mlp.fc1(layer.layer_norm2(x))))
             return x

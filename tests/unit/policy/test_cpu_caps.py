@@ -34,6 +34,11 @@ def test_path_follows_the_flags(text: str, arch: str, kind: str, bits: int, bf16
     assert kind in c.describe()
 
 
+@pytest.mark.parametrize(("text", "amx"), [(SAPPHIRE, True), (EPYC_AVX512, False), (N100, False), (EPYC_AVX2, False)])
+def test_amx_int8_is_read_from_the_flags(text: str, amx: bool) -> None:
+    assert caps(text).int8_amx is amx
+
+
 def test_avx512_without_vnni_still_uses_seven_bits() -> None:
     c = caps("model name\t: Xeon Skylake\nflags\t\t: avx2 avx512f avx512bw\n")
     assert c.int8_activation_bits == 7 and not c.bf16_native and c.kind == "x86-avx512"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from lepetpal_tui.policy import smolvla as sv
 from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
-from lepetpal_tui.policy.speed import int8_linear, vision_encoder
+from lepetpal_tui.policy.speed import int8_linear, kernel_probe, vision_encoder
 from lepetpal_tui.policy.speed.row_halves import halves_of, run_halves
 from lepetpal_tui.settings import ModelSettings
 
@@ -72,18 +73,21 @@ def _layers(tiny: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     return vision.encoder, x
 
 
-@pytest.mark.parametrize(("bf16", "threads"), [(False, 2), (False, 1), (True, 2)])
+@pytest.mark.parametrize(("kernel", "threads"), [
+    (kernel_probe.FP32_SDPA, 2), (kernel_probe.FP32_SDPA, 1), (kernel_probe.BF16_HEADS, 2),
+    (kernel_probe.BF16_SDPA, 2), (kernel_probe.BF16_SDPA, 1),
+])
 def test_row_halves_encoder_matches_transformers(tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 bf16: bool, threads: int) -> None:
-    monkeypatch.setattr(vision_encoder, "use_bf16_attention", lambda *shape: bf16)
-    calls: list[int] = []
-    real = vision_encoder.bf16_attention
+                                                 kernel: str, threads: int) -> None:
+    monkeypatch.setattr(vision_encoder, "attention_kernel", lambda *shape: kernel)
+    calls: list[tuple[str, int]] = []
+    real = kernel_probe.attention
 
-    def counting(*args: torch.Tensor) -> torch.Tensor:
-        calls.append(args[0].shape[1])  # this half's query rows
-        return real(*args)
+    def counting(name: str, q: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append((name, q.shape[2]))  # the kernel, this half's query rows
+        return real(name, q, *args)
 
-    monkeypatch.setattr(vision_encoder, "bf16_attention", counting)
+    monkeypatch.setattr(kernel_probe, "attention", counting)
     encoder, x = _layers(tiny_policy_dir)
     with torch.inference_mode():
         want = encoder(x).last_hidden_state
@@ -91,12 +95,12 @@ def test_row_halves_encoder_matches_transformers(tiny_policy_dir: Path, monkeypa
         ours = vision_encoder.RowHalvesVisionEncoder(encoder)
         got = ours(x).last_hidden_state
     assert got.shape == want.shape
-    if bf16:  # scores rounded through bf16: close, not equal
-        assert 0 < float((got - want).abs().max()) < 0.02 * float(want.abs().max())
-        assert sorted(calls) == sorted([x.shape[1] // 2] * 2 * len(encoder.layers))
-    else:
+    rows = x.shape[1] // threads
+    assert sorted(calls) == sorted([(kernel, rows)] * threads * len(encoder.layers))
+    if kernel == kernel_probe.FP32_SDPA:
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-        assert calls == []
+    else:  # scores rounded through bf16: close, not equal
+        assert 0 < float((got - want).abs().max()) < 0.02 * float(want.abs().max())
 
 
 def test_row_halves_encoder_hands_a_padding_mask_to_transformers(tiny_policy_dir: Path) -> None:

@@ -288,6 +288,47 @@ def test_cross_attention_kv_projection_is_memoised_only_for_equal_inputs() -> No
         assert other is not first and not torch.equal(other, first)
 
 
+def test_memoised_kv_projections_are_packed_by_the_engine_named_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    packed_for: list[str | None] = []
+    real_pack_all = int8_linear.pack_all
+
+    def spy(jobs: list[int8_linear.PackJob]) -> list[object]:
+        packed_for.extend(engine for _, engine in jobs)
+        return real_pack_all([(linears, None) for linears, _ in jobs])
+
+    def engine(name: str) -> str:
+        asked.append(name)
+        return f"engine-for-{name}"
+
+    monkeypatch.setattr(int8_linear, "pack_all", spy)
+    int8_linear.fuse_projections(_Attn(64, 32), engine=engine)
+    assert asked == ["k_proj", "v_proj"] and packed_for == ["engine-for-k_proj", "engine-for-v_proj"]
+
+
+@pytest.mark.parametrize(("flags", "granted", "expert_engine"), [
+    ("avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16", True, "onednn"),
+    ("avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16", False, None),  # the kernel refused AMX
+    ("avx2 avx512f avx512_vnni avx512_bf16", True, None),  # VNNI without AMX: fbgemm for small rows
+])
+def test_int8_engine_puts_small_rows_on_onednn_only_where_amx_is_granted(
+        monkeypatch: pytest.MonkeyPatch, flags: str, granted: bool, expert_engine: str | None) -> None:
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no oneDNN quantized engine")
+    from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, parse_cpuinfo
+
+    model, parsed = parse_cpuinfo(f"model name\t: Xeon\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(policy_speed, "cpu_caps", lambda: CpuCaps(model, "x86_64", parsed, "AVX512"))
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: granted, raising=False)
+    policy_speed.amx_int8_usable.cache_clear()
+    try:
+        assert policy_speed.int8_engine("vlm.model.vision_model.encoder.layers.0.mlp.fc1") == "onednn"
+        assert policy_speed.int8_engine("lm_expert.layers.3.mlp.gate_proj") == expert_engine
+        assert policy_speed.int8_engine("vlm.model.text_model.layers.0.self_attn.q_proj") == expert_engine
+    finally:
+        policy_speed.amx_int8_usable.cache_clear()
+
+
 @pytest.mark.parametrize("halves", [False, True])
 def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path, halves: bool) -> None:
     torch.set_num_threads(2)  # halves: the action tokens' rows on two threads
