@@ -28,9 +28,8 @@ _NO_CLAMPS: tuple[bool, ...] = (False,) * 6
 def raise_thread_priority() -> bool:
     """Ask the kernel to favour the calling thread (nice -10) when the CPU is contended.
 
-    Only a CFS weight for the tick's work: LeRobot's bus client spins while it waits for a reply, and a
-    real-time spinner could starve the USB stack (or the simulator) it is waiting for. The sleep before
-    each tick may be real-time (`engine.wakeup`). Needs root or
+    The weight the tick's work has when it does not run real-time (`engine.wakeup`: no permission, or a bus
+    client that spins while it waits for a reply). Needs root or
     CAP_SYS_NICE (or a nice limit in /etc/security/limits.conf); without it, nothing changes.
     """
     try:
@@ -82,9 +81,9 @@ class Actuator:
         health_every = max(1, round(1.0 / period))  # about once a second: it costs bus time
         while not stopping.is_set():
             deadline = t0 + k * period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                wakeup.sleep(delay)
+            arm = self._c.arm
+            # Real-time through the tick's work only while its bus waits sleep (never spin): engine.wakeup.
+            wakeup.sleep(deadline - time.monotonic(), keep=arm is not None and arm.waits_block)
             now = time.monotonic()
             k, late, skipped = slot_for(now, t0, k, period)
             if skipped:

@@ -63,6 +63,12 @@ class GuardedArm:
                 self.last_write_t = time.monotonic()
             return BusResult(value)
 
+    @property
+    def waits_block(self) -> bool:
+        """Whether the arm's bus client sleeps while it waits for replies (never spins): only then may the
+        tick's bus work run at real-time priority. An arm that does not say is taken to spin."""
+        return getattr(self.arm, "bus_waits_block", False) is True
+
     def write_if(self, goal: FloatArray, still_current: Callable[[], bool]) -> BusResult[bool]:
         """Write `goal` if `still_current()` holds inside the lock; value False: not written (stale)."""
         with self._lock:

@@ -1,15 +1,25 @@
-"""The tick's wake-up at real-time priority: SCHED_FIFO while the actuator sleeps, normal while it works.
+"""The control thread at real-time priority: SCHED_FIFO through its sleep, and through its work when that
+work never spins.
 
-Why: on a busy 2-core machine the actuator (nice -10) was often runnable but not running: `perf sched`
-showed wake-up delays of 2-10 ms (73 of 1831 deadline wake-ups over 1 ms, 2-core Intel Xeon, recording on),
-while a nice 10-15 thread (the scene renderer, the recorder's PNG writers) finished its slice. A
-real-time thread preempts any normal one the moment its timer fires.
+Why the sleep: on a busy 2-core machine the actuator (nice -10) was often runnable but not running:
+`perf sched` showed wake-up delays of 2-10 ms (73 of 1831 deadline wake-ups over 1 ms, 2-core Intel Xeon,
+recording on), while a nice 10-15 thread (the scene renderer, the recorder's PNG writers) finished its
+slice. A real-time thread preempts any normal one the moment its timer fires.
 
-Only the sleep is real-time: LeRobot's bus client spins while it waits for a reply, and a real-time
-spinner could starve the USB stack or the simulator it waits for. So the thread switches to SCHED_FIFO
-just before it sleeps towards its deadline and back to SCHED_OTHER (its nice is kept) as soon as it runs:
-two system calls, 3.6 us a tick measured. Needs CAP_SYS_NICE or an rtprio limit (/etc/security/limits.conf);
-without it, and off Linux, the sleep is a plain sleep.
+Why the work too: dropping back to SCHED_OTHER right after the wake-up gave the CPU straight back to the
+policy thread the wake-up had preempted, for the rest of its slice (the kernel's EEVDF scheduler lets a
+running task finish its slice whatever the nice values). Measured with the full-size policy on the 2-core
+Intel Xeon with AMX (`perf sched timehist`): the timer wake-up itself was never later than 0.1 ms, but the
+tick started up to 5 ms late, the thread having been preempted 2-4 ms inside its own return to normal
+priority; tick lateness p99 3.6 ms. Real-time through the work: lateness p99 0.93 ms, period deviation p99
+0.86 ms (was 4.9).
+
+But LeRobot's bus client spins while it waits for a servo's reply, and a real-time spinner would starve
+the kernel worker that moves the reply's bytes to the port (and the simulator). So the work stays
+real-time only while the bus waits block (`arm.adapter.block_bus_waits` gives its port a read timeout,
+so the client sleeps in select()); otherwise the thread drops to SCHED_OTHER (its nice kept) as soon as
+it wakes, as before. Needs CAP_SYS_NICE or an rtprio limit (/etc/security/limits.conf); without it, and
+off Linux, the sleep is a plain sleep.
 """
 
 from __future__ import annotations
@@ -21,11 +31,13 @@ RT_PRIORITY = 10  # above every normal thread, below the kernel's own real-time 
 
 
 class RealtimeWakeup:
-    """`sleep(seconds)` at real-time priority where allowed; `why_not` says why not ("" when it is)."""
+    """`sleep(seconds, keep=...)` at real-time priority where allowed; `why_not` says why not ("" when
+    it is). One instance per thread: it tracks that thread's scheduling class."""
 
     def __init__(self, enabled: bool = True, priority: int = RT_PRIORITY) -> None:
         self.why_not = ""
         self.available = False
+        self._realtime = False  # the calling thread is SCHED_FIFO now
         if not enabled:
             self.why_not = "off ([control] realtime_wakeup = false)"
             return
@@ -45,13 +57,26 @@ class RealtimeWakeup:
         os.sched_setscheduler(0, other, self._normal)
         self.available = True
 
-    def sleep(self, seconds: float) -> None:
+    @property
+    def realtime(self) -> bool:
+        """Whether the calling thread runs SCHED_FIFO now (between sleeps: only with keep=True)."""
+        return self._realtime
+
+    def sleep(self, seconds: float, keep: bool = False) -> None:
+        """Sleep `seconds` (none when <= 0) at real-time priority; with `keep`, stay real-time after it,
+        through the work that follows (only for work that never spins: see the module's note)."""
         if not self.available:
-            time.sleep(seconds)
+            if seconds > 0:
+                time.sleep(seconds)
             return
-        os.sched_setscheduler(0, self._fifo, self._rt)
+        if not self._realtime:
+            os.sched_setscheduler(0, self._fifo, self._rt)
+            self._realtime = True
         try:
-            time.sleep(seconds)
+            if seconds > 0:
+                time.sleep(seconds)
         finally:
-            # Lowering one's own priority is always allowed: the tick's work never runs real-time.
-            os.sched_setscheduler(0, self._other, self._normal)
+            if not keep:
+                # Lowering one's own priority is always allowed.
+                os.sched_setscheduler(0, self._other, self._normal)
+                self._realtime = False

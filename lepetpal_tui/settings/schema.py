@@ -130,7 +130,8 @@ class ControlSettings:
     )
     realtime_wakeup: bool = field(
         default=True,
-        metadata=_meta("wake each tick at real-time priority (only its sleep; needs CAP_SYS_NICE or an rtprio limit)"),
+        metadata=_meta("run the control thread at real-time priority (its sleep and its bus work; "
+                       "needs CAP_SYS_NICE or an rtprio limit)"),
     )
     quit_go_home: bool = field(default=False, metadata=_meta("run the home macro on quit"))
     quit_torque_off: bool = field(default=True, metadata=_meta("turn torque off when disconnecting on quit"))

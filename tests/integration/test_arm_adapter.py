@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lepetpal_tui.arm.adapter import Arm, ArmError, ArmGlitch
+from lepetpal_tui.arm.adapter import BUS_READ_WAIT_S, Arm, ArmError, ArmGlitch
 from lepetpal_tui.arm.calibration import default_sim_calibration, load_calibration
 from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 
@@ -187,6 +187,23 @@ def test_a_servo_that_misses_the_probe_too_is_named_not_retried(sim_arm: Any, ma
     assert not arm.is_connected
     arm.connect()  # the servo answers again: the port was left free
     assert arm.is_connected
+
+
+def test_the_bus_client_sleeps_while_it_waits_for_a_reply(sim_arm: Any, make_arm: Any) -> None:
+    """LeRobot's client polls a timeout-0 port in a loop; ours waits in select(), so the control thread may
+    do its bus work at real-time priority without keeping the CPU from whatever delivers the reply."""
+    arm = make_arm()
+    assert not arm.bus_waits_block  # not connected
+    arm.connect()
+    assert arm.bus_waits_block and arm._robot.bus.port_handler.ser.timeout == BUS_READ_WAIT_S
+    sim_arm.set_fault("lost_reply", 3, 1)  # the next read waits out the SDK's packet timeout, then retries
+    cpu0, wall0 = time.thread_time(), time.monotonic()
+    assert arm.read_joints().shape == (6,)
+    cpu, wall = time.thread_time() - cpu0, time.monotonic() - wall0
+    assert wall > 0.01, "the lost reply was not waited for"
+    assert cpu < 0.5 * wall, f"the wait kept the thread on the CPU ({cpu * 1e3:.1f} of {wall * 1e3:.1f} ms)"
+    arm._robot.bus.port_handler.ser.timeout = 0  # a port opened again by LeRobot polls: seen at once
+    assert not arm.bus_waits_block
 
 
 def test_missing_calibration_file_on_a_real_arm(sim_arm: Any, make_arm: Any, tmp_path: Path) -> None:
