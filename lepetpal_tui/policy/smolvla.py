@@ -345,7 +345,9 @@ def choose_dtype(
         seconds = warm()
         return runner, f"{name} VLM ({why}; {', '.join(steps)})", seconds
     label = _path_label(name, caps)
-    key = accuracy_cache.cache_key(accuracy_cache.checkpoint_fingerprint(Path(runner.source)), caps.kind, label,
+    # The int8 engines are part of the path: the same label on AMX packs the expert with oneDNN, not fbgemm.
+    kernels = f"{label}; {policy_speed.int8_engines()}" if name == "int8" else label
+    key = accuracy_cache.cache_key(accuracy_cache.checkpoint_fingerprint(Path(runner.source)), caps.kind, kernels,
                                    int(runner.policy.config.num_steps), _versions())
     cached = accuracy_cache.lookup(key)
     if cached is not None and not cached.accepted:

@@ -2,7 +2,7 @@
 
 The check (a chunk in fp32 and in the fast path with the same noise, compared) costs a whole fp32 chunk
 plus the conversion: 5-10 s with the full-size model on a 2-core CPU. Its answer only changes with the
-checkpoint's weights, the CPU's kernels (cpu_caps kind, int8 activation width) and the library versions,
+checkpoint's weights, the CPU's kernels (cpu_caps kind, int8 activation width and engines) and the library versions,
 so it is stored in `$XDG_CACHE_HOME/lepetpal/accuracy.json` (default ~/.cache), or the file named by
 LEPETPAL_ACCURACY_CACHE ("off": check on every start). A damaged file is ignored and rewritten.
 """

@@ -83,6 +83,12 @@ def int8_engine(name: str) -> str | None:
     return None
 
 
+def int8_engines() -> str:
+    """Which engines `int8_engine` gives the vision encoder and the other layers, as one short text (the
+    accuracy check's cache tells paths apart by it)."""
+    return f"vision {int8_engine('vision_model.x') or 'default'}, rest {int8_engine('x') or 'default'}"
+
+
 @functools.cache
 def amx_int8_usable() -> bool:
     """AMX int8 in the CPU's flags and granted to this process by the kernel (Linux asks for it per

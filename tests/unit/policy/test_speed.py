@@ -154,6 +154,13 @@ def test_auto_keeps_int8_when_close_and_caches_the_check(tiny_policy_dir: Path, 
                                       lambda: _runner(tiny_policy_dir), progress=steps.append)
     assert runner.dtype == "int8" and "accuracy checked" in note
     assert not any("reference" in s for s in steps)
+    assert policy_speed.int8_engines() in next(iter(saved))
+    # Other int8 engines (AMX granted or not) are another path: checked again.
+    monkeypatch.setattr(policy_speed, "int8_engines", lambda: "vision onednn, rest other-engine")
+    steps.clear()
+    sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
+                    lambda: _runner(tiny_policy_dir), progress=steps.append)
+    assert any("fp32 reference chunk" in s for s in steps)
 
 
 @pytest.mark.parametrize("setting", ["auto", "int8"])
