@@ -141,13 +141,17 @@ def convert_7bit_weights(runner: Any) -> float:
     cls = int8_linear.Int8Linear
     original = cls.__init__
 
-    def init(self: Any, linear: Any, engine: str | None = None) -> None:
-        original(self, linear, engine)
-        w = linear.weight.detach().to(torch.float32)
+    def init(self: Any, linear: Any, engine: str | None = None, activation_bits: int | None = None,
+             packed: Any = None) -> None:
+        # The packed 8-bit weights `to_int8` made (one linear or a fused group) are replaced by 7-bit ones.
+        original(self, linear, engine, activation_bits, packed=packed)
+        linears = [linear] if isinstance(linear, torch.nn.Linear) else list(linear)
+        w = torch.cat([lin.weight.detach().to(torch.float32) for lin in linears])
         scales = (w.abs().amax(dim=1) / 63.0).clamp_min(1e-8).to(torch.float64)
         qweight = torch.quantize_per_channel(w, scales, torch.zeros(w.shape[0], dtype=torch.int64), axis=0,
                                              dtype=torch.qint8)
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32)
+        bias = None if linears[0].bias is None else torch.cat([lin.bias.detach().to(torch.float32)
+                                                               for lin in linears])
         previous = torch.backends.quantized.engine
         if engine is not None:
             torch.backends.quantized.engine = engine
@@ -345,8 +349,8 @@ def ov_variants(onnx_path: Path, feeds: dict[str, np.ndarray], threads: int, exp
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     out: list[Variant] = []
 
-    def compiled(model: Any, label: str, note: str, t0: float) -> None:
-        cm = core.compile_model(model, "CPU", config)
+    def compiled(model: Any, label: str, note: str, t0: float, precision: str = "f32") -> None:
+        cm = core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": precision})
         request = cm.create_infer_request()
 
         def run() -> Any:
@@ -357,6 +361,11 @@ def ov_variants(onnx_path: Path, feeds: dict[str, np.ndarray], threads: int, exp
 
     t = time.perf_counter()
     compiled(core.read_model(str(onnx_path)), "OpenVINO fp32", "CPU plugin, f32 precision hint", t)
+    if "BF16" in {str(c).upper() for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")} \
+            and wanted("OpenVINO bf16"):
+        # The CPU plugin's own default where the CPU has bf16 dot products (AMX, AVX512-BF16).
+        t = time.perf_counter()
+        compiled(core.read_model(str(onnx_path)), "OpenVINO bf16", "CPU plugin, bf16 precision hint", t, "bf16")
     if not have(versions, "nncf"):
         return out
     import nncf
