@@ -35,6 +35,14 @@ OpenVINO int8 static (NNCF, activations calibrated on 4 images, attention matmul
 of quantize + compile: 130 ms a chunk faster than ours, but its setup alone would double a first start
 and its activation ranges come from calibration images, not from the camera; not taken.
 
+On the 2-core Intel Xeon with AMX (x86-avx512-vnni-bf16-amx; 2026-12-04, 5 interleaved reps, vision only):
+torch fp32 1.00, ours int8 0.24 (oneDNN's AMX int8, bf16 SDPA), OpenVINO bf16 (the CPU plugin's default
+precision with AMX) 0.19 with 10 s of convert + compile and closer to fp32 (0.012 relative against 0.034),
+OpenVINO int8 static 0.23, ORT int8 0.40 (MLAS AMX), torch.compile fp32 0.89. Tried in the app's setting
+(the policy process's passive OpenMP, our int8 for the rest of the chunk, ov.convert_model of embed_image):
+vision 181-185 ms against ours 188-196, whole chunk 522-553 ms against 524-546: the isolated gain does
+not survive beside the rest of the chunk; not taken (it would add a dependency and 7 s to every start).
+
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
