@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lepetpal_tui.policy.speed import kernel_probe
 from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import (
     Int8Linear,
@@ -132,6 +133,7 @@ def to_int8(policy: nn.Module) -> int:
     else:
         use_lean_denoiser(policy)
     n = quantize_linears(vlm_with_expert, engine=int8_engine)
+    kernel_probe.record("int8 linears", int8_engines() + (" (AMX granted)" if amx_int8_usable() else ""))
     # The timestep/action MLP runs on every flow step (50 x 1440 -> 720 -> 720, ~13 ms a chunk in fp32);
     # the state and action in/out projections stay fp32.
     model: Any = policy.model

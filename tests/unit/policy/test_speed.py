@@ -124,6 +124,7 @@ def test_int8_setting_quantizes_only_the_vlm_and_expert(tiny_policy_dir: Path) -
     inner = runner.policy.model
     assert _int8_count(runner) > 10
     assert all(not isinstance(m, Int8Linear) for m in (inner.state_proj, inner.action_out_proj))
+    assert kernel_probe.decisions()["int8 linears"].startswith(policy_speed.int8_engines())  # in the Model pane's note
     got, _ = runner.raw_chunk(obs, noise=noise)
     assert np.all(np.isfinite(got)) and got.shape == ref.shape
     assert 0 < np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
