@@ -2,7 +2,8 @@
 
 What it shows (issue 12): time from launch to "policy ready" once the files are on disk (first start,
 with the accuracy check, and a second start that takes the cached check), starved running ticks, the
-playback speed factor (p50 / min), and that the safety filter's per-tick limit held on every written goal.
+playback speed factor (p50 / min), the control loop's jitter beside the full-size policy (tick lateness
+and period deviation), and that the safety filter's per-tick limit held on every written goal.
 
 The checkpoint (SmolVLM2-500M dimensions from bench/policy_latency.py, 450 M parameters, ~1.8 GB) is
 built once into $XDG_CACHE_HOME/lepetpal/bench-smolvla-full (default ~/.cache). The accuracy check's
@@ -99,6 +100,23 @@ def filter_check(log: Path, max_step: float) -> dict[str, Any]:
             "respected": largest <= max_step + 1e-3}  # the log rounds goals to 3 decimals
 
 
+def tick_timing(log: Path, period_s: float) -> dict[str, Any]:
+    """RUNNING ticks' lateness (start vs its deadline) and |period - 1/rate| in ms, p50 / p99 / max: the
+    control loop's jitter beside the full-size policy on the same cores."""
+    late, deviation = [], []
+    for r in read_log(log):
+        if r.get("type") != "tick" or r.get("state") != "RUNNING":
+            continue
+        if r.get("late_s") is not None:
+            late.append(float(r["late_s"]) * 1e3)
+        deviation.append(abs(float(r["period_s"]) - period_s) * 1e3)
+
+    def figures(values: list[float]) -> dict[str, float] | None:
+        return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)} if values else None
+
+    return {"late_ms": figures(late), "period_deviation_ms": figures(deviation)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=60.0, help="running seconds per run")
@@ -119,6 +137,7 @@ def main() -> int:
     speeds = [float(r["speed"]) for r in read_log(log)
               if r.get("type") == "tick" and r.get("state") == "RUNNING" and "speed" in r]
     check = filter_check(log, Settings().arm.max_step_per_tick)
+    ticks = tick_timing(log, 1.0 / Settings().control.rate_hz)
     result = {
         "checkpoint": "SmolVLA, SmolVLM2-500M dimensions, random weights, 1 camera 640x480",
         "time_to_ready_first_start_s": first["ready_s"], "first_start_ready": first["ready_line"],
@@ -126,7 +145,7 @@ def main() -> int:
         "run_s": args.duration, "running_ticks": len(speeds), "starved_ticks": summary.starved_ticks,
         "chunks": summary.chunks, "chunk_latency_p50_s": summary.chunk_latency_p50_s,
         "speed_p50": percentile(speeds, 50) if speeds else None, "speed_min": min(speeds) if speeds else None,
-        "safety_filter": check, "session_log": str(log),
+        "safety_filter": check, "tick_timing": ticks, "session_log": str(log),
     }
     out = write_result("full_size_run", result)
     print()
@@ -137,6 +156,10 @@ def main() -> int:
           f"chunk latency p50 {summary.chunk_latency_p50_s or 0:.2f} s")
     if speeds:
         print(f"playback speed p50 {percentile(speeds, 50):.2f}x, min {min(speeds):.2f}x")
+    late, dev = ticks["late_ms"], ticks["period_deviation_ms"]
+    if late and dev:
+        print(f"tick lateness p50 {late['p50']:.2f} / p99 {late['p99']:.2f} / max {late['max']:.2f} ms; "
+              f"|period - {1e3 / Settings().control.rate_hz:.2f} ms| p99 {dev['p99']:.2f} ms (goal p99 <= 2 ms)")
     print(f"safety filter: largest per-tick goal change {check['largest_step']:.3f} (limit {check['limit']:g}): "
           f"{'respected' if check['respected'] else 'EXCEEDED'} over {check['written_goals']} written goals")
     print(f"wrote {out}")
