@@ -6,9 +6,11 @@ dim 64, one thread; see `RowHalvesVisionEncoder`), fp32 SDPA / bf16 per-head bmm
 - 2-core AMD EPYC (Zen 4, AVX-512 BF16): 20 / 13.5 ms / not timed there: per-head bf16 wins;
 - 2-core Intel Xeon (AVX-512 BF16 and FP16, no AMX exposed to the VM): 18.5 / 31.7 / 25.0 ms: fp32 wins
   (bf16 matmuls run at 58 GFLOP/s there, fp32 at 91);
-- 2-core Intel Xeon with AMX (amx_bf16, amx_int8): 13.8 / 13.4 / 5.8 ms: bf16 SDPA wins (its flash
-  kernel's blocks go through AMX; the per-head form is held back by a 10 ms softmax over bf16 scores).
-So the choice is measured: a probe of ~50-150 ms the first time the encoder runs (the load's warm-up
+- 2-core Intel Xeon with AMX (amx_bf16, amx_int8): 13.8 / 13.4 / 5.8 ms: bf16 SDPA wins (0.42 of
+  fp32's time, 0.56 with oneDNN's AMX masked; the per-head form is held back by a 10 ms softmax over bf16
+  scores).
+So the choice is measured: a probe (71 ms on the Intel Xeon with AMX; fp32 SDPA, the slowest of the three,
+takes most of it) the first time the encoder runs (the load's warm-up
 chunk), remembered for the process. The gaps are wide; a 10 % margin keeps noise from choosing bf16.
 """
 
