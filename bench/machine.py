@@ -19,10 +19,13 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict[str, Any]:
+    from lepetpal_tui.policy.speed.apply import int8_activation_bits
+
     caps = cpu_caps()
     return {
         "cpu": caps.model, "cpu_vendor": cpu_vendor(), "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
-        "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": caps.int8_activation_bits,
+        "kernels_capped_by": caps.capped_by or None,
+        "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": int8_activation_bits(),
         "bf16_native": caps.bf16_native, "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -68,8 +71,11 @@ def cpu_vendor() -> str:
 
 
 def results_dir() -> Path:
-    """bench/results/<vendor>-<cpu kind>, e.g. amd-x86-avx2, intel-x86-avx512-vnni-bf16."""
-    return RESULTS_ROOT / f"{cpu_vendor()}-{cpu_caps().kind}"
+    """bench/results/<vendor>-<cpu kind>, e.g. amd-x86-avx2, intel-x86-avx512-vnni-bf16; a run whose kernels
+    were capped below the CPU (ONEDNN_MAX_CPU_ISA, ...) adds "-capped": a bigger CPU running a smaller
+    one's kernels is not that smaller CPU (clock, caches and memory differ), so its figures stay apart."""
+    caps = cpu_caps()
+    return RESULTS_ROOT / f"{cpu_vendor()}-{caps.kind}{'-capped' if caps.capped_by else ''}"
 
 
 def results_path(name: str) -> Path:

@@ -292,8 +292,8 @@ def fast_path(setting: str, device: str, parameters: int, caps: CpuCaps) -> tupl
     return None, f"fp32 (no int8 engine and no native bf16 on {caps.kind})"
 
 
-def _path_label(name: str, caps: CpuCaps) -> str:
-    return f"int8 ({caps.int8_activation_bits}-bit activations)" if name == "int8" else name
+def _path_label(name: str) -> str:
+    return f"int8 ({policy_speed.int8_activation_bits()} activations)" if name == "int8" else name
 
 
 def _timed_kernels() -> str:
@@ -344,7 +344,7 @@ def choose_dtype(
         timed(f"converting to {name}", lambda: convert(runner))
         seconds = warm()
         return runner, f"{name} VLM ({why}; {', '.join(steps)})", seconds
-    label = _path_label(name, caps)
+    label = _path_label(name)
     # The int8 engines are part of the path: the same label on AMX packs the expert with oneDNN, not fbgemm.
     kernels = f"{label}; {policy_speed.int8_engines()}" if name == "int8" else label
     key = accuracy_cache.cache_key(accuracy_cache.checkpoint_fingerprint(Path(runner.source)), caps.kind, kernels,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.policy.speed import kernel_probe
+from lepetpal_tui.policy.speed import int8_saturation, kernel_probe
 from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import (
     Int8Linear,
@@ -82,6 +82,12 @@ def int8_engine(name: str) -> str | None:
     if "vision_model" in name.split(".") or amx_int8_usable():
         return "onednn"
     return None
+
+
+def int8_activation_bits() -> str:
+    """How many activation bits the int8 kernels of `int8_engine`'s engines take here ("7-bit", "8-bit", or
+    one per engine where they differ), probed (policy/speed/int8_saturation.py)."""
+    return int8_saturation.describe([int8_engine("vision_model.x"), int8_engine("x")])
 
 
 def int8_engines() -> str:

@@ -2,26 +2,33 @@
 
 Measured facts behind the choices (real SmolVLA linears, 2-core AMD EPYC VMs):
 - int8 (fbgemm, u8 activations x s8 weights) multiplies with VNNI (`vpdpbusd`, int32 accumulation) on
-  AVX-512 VNNI machines. Without it (AVX2, or AVX-512 without VNNI) fbgemm uses `vpmaddubsw`, which sums
-  pairs of u8 x s8 products in int16 and saturates when activations use all 8 bits: 0.157 relative
-  error on a 960-wide linear instead of 0.004. With 7-bit activations (`reduce_range`) a pair's sum stays
-  below 2^15 (2 x 127 x 128): 0.02. ARM's qnnpack accumulates in int32 (no saturation).
-  Tried instead: 7-bit weights with 8-bit activations (2 x 255 x 63 fits too). Per linear it is closer to
-  fp32 (0.013 vs 0.019), but over a whole chunk the actions were 2.8-3.2 degrees off fp32 against 1.1-1.4
-  with 7-bit activations: a weight's rounding error is the same on every call, so it adds up over the ten
-  flow steps, where per-call activation rounding averages out.
+  AVX-512 VNNI machines. Without it fbgemm sums pairs of products in int16, which saturates on 8-bit
+  activations: how many bits each engine's kernel takes is probed, not read from here
+  (policy/speed/int8_saturation.py). Tried instead of 7-bit activations: 7-bit weights with 8-bit
+  activations (2 x 255 x 63 fits too). Per linear it is closer to fp32 (0.013 vs 0.019), but over a
+  whole chunk the actions were 2.8-3.2 degrees off fp32 against 1.1-1.4 with 7-bit activations: a
+  weight's rounding error is the same on every call, so it adds up over the ten flow steps, where
+  per-call activation rounding averages out.
 - bf16 matmuls are only fast with bf16 dot products in hardware (AVX512-BF16, AMX, ARMv8.6 BF16);
   elsewhere they are emulated: 17 GFLOP/s against 130 for fp32 on the AVX2-only EPYC.
-Everything here is a pure function of /proc/cpuinfo (or the platform) and torch's own CPU report, so the
-choice is instant and the same on every start.
+Everything here is a pure function of /proc/cpuinfo (or the platform), the kernel libraries' own ISA
+caps and torch's own CPU report, so the choice is instant and the same on every start.
+
+The caps: oneDNN (ONEDNN_MAX_CPU_ISA), fbgemm (FBGEMM_ENABLE_INSTRUCTIONS) and ATen
+(ATEN_CPU_CAPABILITY) each read a variable that keeps their kernels below an ISA, to debug or to run a
+smaller CPU's kernels on a bigger one (the suite runs its int8 checks with AVX2 kernels that way). A
+feature above the lowest cap set is taken out of the flags, so no choice here counts on a kernel that
+will not run.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The flags that change a decision; both x86 (/proc/cpuinfo "flags") and ARM ("Features") spellings.
@@ -37,6 +44,7 @@ class CpuCaps:
     arch: str  # "x86_64", "aarch64", "arm64", ...
     flags: frozenset[str]
     torch_capability: str  # torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...
+    capped_by: str = ""  # the kernel libraries' ISA caps that took flags out ("ONEDNN_MAX_CPU_ISA=AVX2"), or ""
 
     @property
     def is_x86(self) -> bool:
@@ -58,13 +66,6 @@ class CpuCaps:
     def int8_amx(self) -> bool:
         """AMX tile int8 multiplies (Sapphire Rapids and later Xeons): oneDNN uses them, fbgemm does not."""
         return self.is_x86 and "amx_int8" in self.flags
-
-    @property
-    def int8_activation_bits(self) -> int:
-        """8 where full-range activations are exact enough; 7 where int16 pair sums would saturate."""
-        if self.is_x86 and not self.int8_vnni:
-            return 7
-        return 8
 
     @property
     def bf16_native(self) -> bool:
@@ -98,7 +99,8 @@ class CpuCaps:
     def describe(self) -> str:
         """One line for logs and benchmarks: model, kind, the flags that matter, torch's own view."""
         flags = " ".join(f for f in _RELEVANT if f in self.flags) or "none of interest"
-        return f"{self.model} [{self.kind}; flags: {flags}; torch: {self.torch_capability}]"
+        capped = f"; kernels capped by {self.capped_by}" if self.capped_by else ""
+        return f"{self.model} [{self.kind}; flags: {flags}; torch: {self.torch_capability}{capped}]"
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
@@ -113,6 +115,42 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
         elif key in ("flags", "features"):
             flags.update(value.split())
     return model, frozenset(flags)
+
+
+# Each flag's rank, and each cap value's: a cap keeps the flags ranked at or below it.
+def _flag_rank(flag: str) -> float:
+    if flag.startswith("amx"):
+        return 6
+    ranks = {"avx512_fp16": 5, "avx512_bf16": 4, "avx512_vnni": 3, "avx_vnni": 1.5, "avx2": 1, "fma": 1}
+    if flag in ranks:
+        return ranks[flag]
+    return 2 if flag.startswith("avx512") else 0
+
+
+_CAP_RANKS: dict[str, dict[str, float]] = {
+    "ONEDNN_MAX_CPU_ISA": {
+        "SSE41": 0, "AVX": 0, "AVX2": 1, "AVX2_VNNI": 1.5, "AVX2_VNNI_2": 1.5, "AVX512_CORE": 2,
+        "AVX512_CORE_VNNI": 3, "AVX512_CORE_BF16": 4, "AVX512_CORE_FP16": 5, "AVX10_1_512": 5,
+    },
+    "FBGEMM_ENABLE_INSTRUCTIONS": {"AVX2": 1, "AVX512": 2, "AVX512_256": 2, "AVX512_E1": 3, "AVX512_E1_256": 3},
+    "ATEN_CPU_CAPABILITY": {"DEFAULT": 0, "AVX2": 1},
+}
+_CAP_ALIASES = {"DNNL_MAX_CPU_ISA": "ONEDNN_MAX_CPU_ISA"}  # oneDNN's older name
+
+
+def kernel_caps(environ: Mapping[str, str]) -> tuple[float | None, str]:
+    """(the lowest flag rank the kernel libraries' caps allow, those caps as text); (None, "") when none is
+    set, or only to values that take nothing out (ALL, the AMX levels, an unknown value)."""
+    lowest: float | None = None
+    named: list[str] = []
+    for var in (*_CAP_RANKS, *_CAP_ALIASES):
+        value = environ.get(var, "").strip().upper()
+        rank = _CAP_RANKS[_CAP_ALIASES.get(var, var)].get(value)
+        if rank is None:
+            continue
+        named.append(f"{var}={value}")
+        lowest = rank if lowest is None else min(lowest, rank)
+    return lowest, " ".join(named)
 
 
 def _torch_capability() -> str:
@@ -166,4 +204,12 @@ def cpu_caps() -> CpuCaps:
         model, flags = _darwin_features()
     if not model:
         model = (_arm_model(text) if "CPU part" in text else platform.processor()) or arch
-    return CpuCaps(model=model, arch=arch, flags=flags, torch_capability=_torch_capability())
+    return capped(CpuCaps(model=model, arch=arch, flags=flags, torch_capability=_torch_capability()), os.environ)
+
+
+def capped(caps: CpuCaps, environ: Mapping[str, str]) -> CpuCaps:
+    """`caps` without the flags the kernel libraries' caps in `environ` keep their kernels from."""
+    rank, capped_by = kernel_caps(environ)
+    if rank is None:
+        return caps
+    return replace(caps, flags=frozenset(f for f in caps.flags if _flag_rank(f) <= rank), capped_by=capped_by)

@@ -3,7 +3,8 @@
 Measured with the real SmolVLA shapes: an int8 linear (fbgemm, weights quantized per output channel,
 activations per call) runs at 500-700 GFLOP/s on the AVX-512 VNNI EPYC (fp32 120-190, bf16 200-400) and
 at ~250 on the AVX2-only EPYC (fp32 130). Activations use 8 bits where the kernel accumulates in int32
-(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (policy/speed/cpu_caps.py). Also: q/k/v and
+(VNNI) and 7 bits elsewhere, where int16 pair sums would saturate (probed per engine: policy/speed/
+int8_saturation.py). Also: q/k/v and
 gate/up fused into one int8 linear each, and the cross-attention K/V projections memoised within a chunk.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed import int8_saturation
 
 # Modules never quantized: the VLM's lm_head is never called by SmolVLA (quantizing it only costs time).
 SKIP_NAMES = ("lm_head",)
@@ -149,13 +150,16 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear | Sequence[nn.Linear], engine: str | None = None,
                  activation_bits: int | None = None, packed: Any = None) -> None:
         super().__init__()
-        self.activation_bits = cpu_caps().int8_activation_bits if activation_bits is None else activation_bits
+        # The packed weights carry their engine (linear_dynamic runs whichever packed them), and so the
+        # kernel whose accumulation decides how many activation bits are exact.
+        engine = int8_saturation.engine_name(engine)
+        self.engine = engine
+        self.activation_bits = int8_saturation.activation_bits(engine) if activation_bits is None else activation_bits
         if self.activation_bits not in (7, 8):
             raise ValueError(f"int8 activations use 7 or 8 bits, not {self.activation_bits}")
         # reduce_range: 7-bit activations (0..127), so a u8 x s8 pair sum fits in int16 (no saturation).
         self._reduce_range = self.activation_bits == 7
         linears = [linear] if isinstance(linear, nn.Linear) else list(linear)
-        # The packed weights carry their engine: linear_dynamic runs whichever packed them.
         self._packed = pack_all([(linears, engine)])[0] if packed is None else packed
         self.in_features = linears[0].in_features
         self.out_features = sum(lin.out_features for lin in linears)
@@ -186,8 +190,8 @@ class Int8Linear(nn.Module):
         return y if dtype == torch.float32 else y.to(dtype)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, "
-                f"{self.activation_bits}-bit activations")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel "
+                f"({self.engine}), {self.activation_bits}-bit activations")
 
 
 def quantize_linears(module: nn.Module, keep: Callable[[str], bool] = lambda name: False,
@@ -268,8 +272,8 @@ class MemoInt8Linear(Int8Linear):
     prefix does not change within a chunk, so the 2nd..10th projections are the same (checked exactly).
     """
 
-    def __init__(self, linear: nn.Linear, packed: Any = None) -> None:
-        super().__init__(linear, packed=packed)
+    def __init__(self, linear: nn.Linear, engine: str | None = None, packed: Any = None) -> None:
+        super().__init__(linear, engine, packed=packed)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,8 +315,8 @@ def fuse_projections(module: nn.Module, engine: Callable[[str], str | None] = la
         n += 1
     # All weights quantized and packed first, on all threads (pack_all), then put in place.
     packed = pack_all([([lin], e) for _, _, lin, e in memos] + [(lins, e) for _, _, lins, e in groups])
-    for (mod, a, lin, _), p in zip(memos, packed[:len(memos)], strict=True):
-        setattr(mod, a, MemoInt8Linear(lin, packed=p))
+    for (mod, a, lin, e), p in zip(memos, packed[:len(memos)], strict=True):
+        setattr(mod, a, MemoInt8Linear(lin, e, packed=p))
     for (mod, names, lins, e), p in zip(groups, packed[len(memos):], strict=True):
         group = _FusedInt8(lins, e, packed=p)
         for i, (a, lin) in enumerate(zip(names, lins, strict=True)):

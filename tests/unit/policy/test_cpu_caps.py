@@ -1,10 +1,10 @@
-"""The CPU path follows the processor's flags: 7-bit int8 activations without VNNI, bf16 only when native."""
+"""The CPU path follows the processor's flags (and the kernel libraries' ISA caps): bf16 only when native."""
 
 from __future__ import annotations
 
 import pytest
 
-from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, cpu_caps, parse_cpuinfo
+from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, capped, cpu_caps, parse_cpuinfo
 
 EPYC_AVX2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx fma avx2 bmi2\n"
 EPYC_AVX512 = ("model name\t: AMD EPYC 9R14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n")
@@ -19,18 +19,18 @@ def caps(text: str, arch: str = "x86_64") -> CpuCaps:
 
 
 @pytest.mark.parametrize(
-    ("text", "arch", "kind", "bits", "bf16"),
+    ("text", "arch", "kind", "vnni", "bf16"),
     [
-        (EPYC_AVX2, "x86_64", "x86-avx2", 7, False),
-        (EPYC_AVX512, "x86_64", "x86-avx512-vnni-bf16", 8, True),
-        (N100, "x86_64", "x86-avx2-avxvnni", 7, False),  # fbgemm has no AVX-VNNI kernels
-        (SAPPHIRE, "x86_64", "x86-avx512-vnni-bf16-amx", 8, True),
-        (PI5, "aarch64", "arm64-dotprod", 8, False),  # qnnpack accumulates in int32
+        (EPYC_AVX2, "x86_64", "x86-avx2", False, False),
+        (EPYC_AVX512, "x86_64", "x86-avx512-vnni-bf16", True, True),
+        (N100, "x86_64", "x86-avx2-avxvnni", False, False),  # fbgemm has no AVX-VNNI kernels
+        (SAPPHIRE, "x86_64", "x86-avx512-vnni-bf16-amx", True, True),
+        (PI5, "aarch64", "arm64-dotprod", False, False),
     ],
 )
-def test_path_follows_the_flags(text: str, arch: str, kind: str, bits: int, bf16: bool) -> None:
+def test_path_follows_the_flags(text: str, arch: str, kind: str, vnni: bool, bf16: bool) -> None:
     c = caps(text, arch)
-    assert (c.kind, c.int8_activation_bits, c.bf16_native) == (kind, bits, bf16)
+    assert (c.kind, c.int8_vnni, c.bf16_native) == (kind, vnni, bf16)
     assert kind in c.describe()
 
 
@@ -39,12 +39,39 @@ def test_amx_int8_is_read_from_the_flags(text: str, amx: bool) -> None:
     assert caps(text).int8_amx is amx
 
 
-def test_avx512_without_vnni_still_uses_seven_bits() -> None:
+def test_avx512_without_vnni_is_its_own_kind() -> None:
     c = caps("model name\t: Xeon Skylake\nflags\t\t: avx2 avx512f avx512bw\n")
-    assert c.int8_activation_bits == 7 and not c.bf16_native and c.kind == "x86-avx512"
+    assert not c.int8_vnni and not c.bf16_native and c.kind == "x86-avx512"
 
 
 def test_this_machine_is_described() -> None:
     c = cpu_caps()
     assert c.model and c.kind and c.torch_capability
-    assert c.int8_activation_bits in (7, 8)
+
+
+@pytest.mark.parametrize(
+    ("environ", "kind", "capped_by"),
+    [
+        ({}, "x86-avx512-vnni-bf16-amx", ""),
+        ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "x86-avx2", "ONEDNN_MAX_CPU_ISA=AVX2"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "x86-avx512-vnni-bf16", "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"),
+        ({"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512"}, "x86-avx512", "FBGEMM_ENABLE_INSTRUCTIONS=AVX512"),
+        # The lowest cap of several wins; an unknown value or ALL takes nothing out.
+        ({"ONEDNN_MAX_CPU_ISA": "ALL", "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1"},
+         "x86-avx2", "FBGEMM_ENABLE_INSTRUCTIONS=AVX512_E1 ATEN_CPU_CAPABILITY=AVX2"),
+        ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI", "ONEDNN_MAX_CPU_ISA": "bogus"}, "x86-avx512-vnni",
+         "DNNL_MAX_CPU_ISA=AVX512_CORE_VNNI"),
+    ],
+)
+def test_kernel_library_caps_take_flags_out(environ: dict[str, str], kind: str, capped_by: str) -> None:
+    """A cap set for oneDNN, fbgemm or ATen keeps their kernels below an ISA: the choices must not count on
+    what is above it (bf16 dot products, AMX), whatever /proc/cpuinfo says."""
+    c = capped(caps(SAPPHIRE), environ)
+    assert (c.kind, c.capped_by) == (kind, capped_by)
+    assert ("capped by" in c.describe()) is bool(capped_by)
+    assert c.int8_amx is (not capped_by)
+
+
+def test_caps_leave_arm_flags_alone() -> None:
+    c = capped(caps(PI5, "aarch64"), {"ATEN_CPU_CAPABILITY": "default"})
+    assert c.kind == "arm64-dotprod" and c.capped_by == "ATEN_CPU_CAPABILITY=DEFAULT"

@@ -16,12 +16,12 @@ from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
 from lepetpal_tui.policy.speed import (
     accuracy_cache,
     int8_linear,
+    int8_saturation,
     kernel_probe,
     lean_denoiser,
     scripted_expert,
 )
 from lepetpal_tui.policy.speed import apply as policy_speed
-from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import Int8Linear, quantize_linears
 from lepetpal_tui.settings import ModelSettings
 
@@ -56,7 +56,7 @@ def test_int8_linear_computes_the_quantized_product_on_this_cpu(bias: bool, shap
     torch.manual_seed(0)
     lin = nn.Linear(*shape, bias=bias)
     q = Int8Linear(lin)
-    assert q.activation_bits == cpu_caps().int8_activation_bits
+    assert q.activation_bits == int8_saturation.activation_bits()
     x = torch.randn(3, 50, shape[0])
     with torch.inference_mode():
         want, got = lin(x), q(x)
@@ -144,8 +144,8 @@ def test_auto_keeps_int8_when_close_and_caches_the_check(tiny_policy_dir: Path, 
     steps: list[str] = []
     runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
                                       lambda: _runner(tiny_policy_dir), progress=steps.append)
-    bits = cpu_caps().int8_activation_bits
-    assert runner.dtype == "int8" and f"int8 ({bits}-bit activations) VLM" in note and "max diff" in note
+    bits = policy_speed.int8_activation_bits()
+    assert runner.dtype == "int8" and f"int8 ({bits} activations) VLM" in note and "max diff" in note
     assert any("fp32 reference chunk" in s for s in steps) and str(accuracy_file) in note
     saved = json.loads(accuracy_file.read_text())
     assert len(saved) == 1 and next(iter(saved.values()))["max_diff"] < sv.ACTION_TOLERANCE
@@ -445,7 +445,7 @@ def test_int8_expert_layers_run_as_torchscript_with_the_eager_steps_values(
 
 
 def test_expert_layers_stay_eager_unless_all_parts_are_int8_and_silu() -> None:
-    lin = Int8Linear(nn.Linear(8, 8))
+    lin = Int8Linear(nn.Linear(8, 8), activation_bits=8)
     assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.SiLU()) == ((lin.packed,) * 4, lin.reduce_range)
     assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.GELU()) is None
     assert lean_denoiser._int8_parts((lin, nn.Linear(8, 8), lin, lin), nn.SiLU()) is None
