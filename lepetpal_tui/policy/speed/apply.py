@@ -71,17 +71,42 @@ def int8_engine(name: str) -> str | None:
     """The quantized engine that packs the int8 linear `name` (None: torch's default, fbgemm on x86).
 
     oneDNN packs the vision encoder's linears (1024 tokens): measured 5-25% faster than fbgemm there on
-    the 2-core EPYC (qkv 5.5 -> 4.6 ms, fc1 7.9 -> 6.1 ms), but slower for the expert's 50 tokens. With
-    AMX (tile int8 multiplies, which fbgemm does not use) oneDNN wins at every size: one thread, real
-    shapes, on the 2-core Intel Xeon with AMX: 25 x 720 -> 2048 at 740 GFLOP/s against fbgemm's 440,
-    50 x 960 -> 2560 at 1030 against 560, 512 x 768 -> 3072 at 2090 against 570 (fp32: 110-190);
-    the denoise steps of a chunk 320 -> 272 ms, the text prefix 76 -> 65 ms.
+    the 2-core EPYC (qkv 5.5 -> 4.6 ms, fc1 7.9 -> 6.1 ms), but slower for the expert's 50 tokens. oneDNN
+    packs every layer where its kernels multiply in a way fbgemm's do not:
+    - AMX (tile int8 multiplies): one thread, real shapes, on the 2-core Intel Xeon with AMX: 25 x 720 ->
+      2048 at 740 GFLOP/s against fbgemm's 440, 50 x 960 -> 2560 at 1030 against 560, 512 x 768 -> 3072
+      at 2090 against 570 (fp32: 110-190); the denoise steps of a chunk 320 -> 272 ms, the prefix 76 -> 65 ms.
+    - VNNI that only oneDNN uses (`onednn_vnni_only`: AVX-VNNI on Alder Lake and later laptops, N100):
+      fbgemm runs its AVX2 kernel there (int16 pair sums: 7-bit activations, ~2x fp32 at best).
     """
     if "onednn" not in torch.backends.quantized.supported_engines:
         return None
-    if "vision_model" in name.split(".") or amx_int8_usable():
+    if "vision_model" in name.split(".") or amx_int8_usable() or onednn_vnni_only():
         return "onednn"
     return None
+
+
+@functools.cache
+def onednn_vnni_only() -> bool:
+    """oneDNN's int8 kernel takes full 8-bit activations exactly (int32 sums: VNNI) where fbgemm's saturates.
+
+    That is AVX-VNNI without AVX-512 (fbgemm has no AVX-VNNI kernels; oneDNN has). Read from the probe
+    (policy/speed/int8_saturation.py), so it follows the kernels each library really runs. Measured on
+    the 2-core AMD EPYC with the kernels capped that way (oneDNN at AVX512_CORE_VNNI, fbgemm at AVX2;
+    bench/int8_engines.py, app setting): a chunk 0.87-0.90 of fbgemm's for the rest, 1.13 against 1.17
+    degrees from fp32. Not measured on a real AVX-VNNI CPU."""
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        return False
+    return int8_saturation.saturates(None) and not int8_saturation.saturates("onednn")
+
+
+def int8_engine_reason() -> str:
+    """Why every layer goes to oneDNN, if it does ("" otherwise), for the Model pane's note."""
+    if amx_int8_usable():
+        return " (AMX granted)"
+    if onednn_vnni_only():
+        return " (oneDNN's VNNI kernels; fbgemm's sum pairs in int16 here)"
+    return ""
 
 
 def int8_activation_bits() -> str:
@@ -139,7 +164,7 @@ def to_int8(policy: nn.Module) -> int:
     else:
         use_lean_denoiser(policy)
     n = quantize_linears(vlm_with_expert, engine=int8_engine)
-    kernel_probe.record("int8 linears", int8_engines() + (" (AMX granted)" if amx_int8_usable() else ""))
+    kernel_probe.record("int8 linears", int8_engines() + int8_engine_reason())
     # The timestep/action MLP runs on every flow step (50 x 1440 -> 720 -> 720, ~13 ms a chunk in fp32);
     # the state and action in/out projections stay fp32.
     model: Any = policy.model

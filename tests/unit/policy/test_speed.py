@@ -328,6 +328,7 @@ def test_int8_engine_puts_small_rows_on_onednn_only_where_amx_is_granted(
     model, parsed = parse_cpuinfo(f"model name\t: Xeon\nflags\t\t: {flags}\n")
     monkeypatch.setattr(policy_speed, "cpu_caps", lambda: CpuCaps(model, "x86_64", parsed, "AVX512"))
     monkeypatch.setattr(torch.cpu, "_init_amx", lambda: granted, raising=False)
+    monkeypatch.setattr(policy_speed, "onednn_vnni_only", lambda: False)
     policy_speed.amx_int8_usable.cache_clear()
     try:
         assert policy_speed.int8_engine("vlm.model.vision_model.encoder.layers.0.mlp.fc1") == "onednn"
@@ -335,6 +336,30 @@ def test_int8_engine_puts_small_rows_on_onednn_only_where_amx_is_granted(
         assert policy_speed.int8_engine("vlm.model.text_model.layers.0.self_attn.q_proj") == expert_engine
     finally:
         policy_speed.amx_int8_usable.cache_clear()
+
+
+@pytest.mark.parametrize(("default_saturates", "onednn_saturates", "expert_engine"), [
+    (True, False, "onednn"),  # AVX-VNNI without AVX-512: only oneDNN has VNNI kernels there
+    (True, True, None),  # AVX2 only: both sum pairs in int16; fbgemm for small rows
+    (False, False, None),  # AVX-512 VNNI: both exact; fbgemm for small rows
+])
+def test_int8_engine_puts_every_layer_on_onednn_where_only_its_kernels_have_vnni(
+        monkeypatch: pytest.MonkeyPatch, default_saturates: bool, onednn_saturates: bool,
+        expert_engine: str | None) -> None:
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no oneDNN quantized engine")
+    monkeypatch.setattr(policy_speed, "amx_int8_usable", lambda: False)
+    monkeypatch.setattr(int8_saturation, "_probe",
+                        lambda engine: onednn_saturates if engine == "onednn" else default_saturates)
+    policy_speed.onednn_vnni_only.cache_clear()
+    try:
+        assert policy_speed.int8_engine("vlm.model.vision_model.encoder.layers.0.mlp.fc1") == "onednn"
+        assert policy_speed.int8_engine("lm_expert.layers.3.mlp.gate_proj") == expert_engine
+        assert ("VNNI" in policy_speed.int8_engine_reason()) is (expert_engine == "onednn")
+        assert policy_speed.int8_activation_bits() == ("8-bit" if expert_engine else
+                                                       "7-bit" if default_saturates else "8-bit")
+    finally:
+        policy_speed.onednn_vnni_only.cache_clear()
 
 
 @pytest.mark.parametrize("halves", [False, True])
