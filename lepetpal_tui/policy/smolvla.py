@@ -324,6 +324,8 @@ def choose_dtype(
     """
     caps = cpu_caps()
     name, why = fast_path(setting, runner.device, runner.parameters, caps)
+    if caps.capped_by and runner.device == "cpu":  # someone keeps the kernels below this CPU: say so
+        why += f", kernels capped by {caps.capped_by}"
     steps: list[str] = []
 
     def timed(label: str, fn: Callable[[], Any]) -> Any:
