@@ -23,6 +23,7 @@ from lepetpal_tui.sim.servo import FAULT_KINDS
 
 START_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # for the control lock, then for the process to exit after "stop"
 
 
 class SimError(RuntimeError):
@@ -109,19 +110,32 @@ class SimArm:
             return
         self._stopped = True
         atexit.unregister(self.stop)
-        try:
-            with self._lock:
+        # Bounded whatever state the channel is in: a call cut short (a signal inside it) may still hold
+        # the lock or have left half a reply unread. The process's exit is the answer waited for.
+        if self._lock.acquire(timeout=STOP_TIMEOUT_S):
+            try:
                 self._conn.send(("stop",))
-                if self._conn.poll(CALL_TIMEOUT_S):
-                    self._conn.recv()
-        except (OSError, EOFError):
-            pass
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
         try:
-            self._proc.wait(timeout=5)
+            self._proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
         self._conn.close()
+        self._remove_link()
+
+    def _remove_link(self) -> None:
+        """The process removes its link as it stops; one killed instead leaves it: remove it here if it
+        still points at this sim's pty (a link another sim made since is left alone)."""
+        link = self.link_path
+        try:
+            if link is not None and os.path.islink(link) and os.readlink(link) == self._slave_path:
+                os.unlink(link)
+        except OSError:
+            pass
 
     def __enter__(self) -> Self:
         return self

@@ -204,6 +204,30 @@ def test_stop_removes_link_and_ends_process(tmp_path: Path) -> None:
         sim.state()
 
 
+@pytest.mark.parametrize("cut_short", ["lock kept", "reply left unread"])
+def test_stop_ends_the_process_after_a_call_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      cut_short: str) -> None:
+    """A signal inside a control call can leave its lock taken (`with lock:` is not atomic against
+    signals) or its reply unread; stopping must still end the process and remove the link, in bounded time."""
+    import threading
+
+    from lepetpal_tui.sim import process
+
+    monkeypatch.setattr(process, "STOP_TIMEOUT_S", 0.5)
+    link = tmp_path / "arm"
+    sim = SimArm.start(link_path=str(link))
+    if cut_short == "lock kept":
+        sim._lock.acquire()
+    else:
+        sim._conn.send(("state",))  # asked, never read
+        time.sleep(0.2)
+    done = threading.Thread(target=sim.stop, daemon=True)
+    done.start()
+    done.join(timeout=15)
+    assert not done.is_alive(), "stop() hung"
+    assert not sim.is_alive and not os.path.lexists(link)
+
+
 def test_sim_exits_when_its_owner_is_killed(tmp_path: Path) -> None:
     code = (
         "import sys, time; from lepetpal_tui.sim.process import SimArm; "
