@@ -121,6 +121,8 @@ def pack_all(jobs: Sequence[PackJob]) -> list[Any]:
         by_engine.setdefault(engine, []).append(i)
     workers = max(1, torch.get_num_threads())
     previous = torch.backends.quantized.engine
+    for engine in by_engine:  # probed now, not while the engine setting is switched for a group below
+        int8_saturation.saturates(engine)
     try:
         for engine, indices in by_engine.items():
             torch.backends.quantized.engine = engine or previous
