@@ -2,8 +2,9 @@
 
 fbgemm and oneDNN multiply u8 activations by s8 weights. With VNNI (`vpdpbusd`) or AMX they accumulate
 in int32. Without it (AVX2, or AVX-512 without VNNI) they use `vpmaddubsw`, which sums pairs of products
-in int16 and saturates when activations use all 8 bits (2 x 255 x 127 > 32767): 0.157 relative error on
-a 256-wide linear on the AVX2-only EPYC, against 0.01 with 7-bit activations (reduce_range).
+in int16 and saturates when activations use all 8 bits (2 x 255 x 127 > 32767): the suite's 256-wide
+linear was 0.157 off the exact quantized product on the AVX2-only EPYC (0.1565 on the AVX-512 EPYC with
+its kernels capped to AVX2), against < 0.002 with 7-bit activations (reduce_range).
 
 Which kernel runs is each library's own choice, and they choose apart: from the CPU, and from their own
 caps (FBGEMM_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA). Measured on the AVX-512 VNNI EPYC: with
