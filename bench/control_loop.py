@@ -6,9 +6,11 @@ Runs the engine in its own process, exactly as the TUI does, on the simulated ar
 process keeps one thread spinning pure-Python work the whole time, as a busy UI would.
 
     .venv/bin/python bench/control_loop.py [--duration 30] [--estops 5] [--policy tiny|scripted] [--record]
-                                           [--camera-source synthetic|pattern]
+                                           [--camera-source synthetic|pattern] [--pane-hz 5]
 
 --record compares recording off / on / encoding instead (bench/control_loop_record.py).
+--pane-hz N reads the camera's frames as the TUI's camera pane does (default 5, [ui] camera_fps; 0: the pane
+hidden, so the engine draws no frames for it).
 --camera-source pattern swaps the simulated arm's scene camera (drawn in its renderer process, asked and
 copied from the engine's frame-ring and inference threads) for the cheap moving pattern drawn in the engine:
 the difference is what the scene camera still costs the tick.
@@ -53,6 +55,20 @@ def busy_ui(stop: threading.Event) -> None:
             x = (x + i * i) % 1000003
 
 
+def camera_pane(ring_name: str, hz: float, stop: threading.Event) -> None:
+    """What the TUI's camera pane does while shown: ask for frames at `hz` and copy the newest one."""
+    from lepetpal_tui.frame_ring import PREVIEW, FrameRing
+
+    ring = FrameRing.attach(ring_name)
+    try:
+        while not stop.wait(1.0 / hz):
+            ring.want(PREVIEW, hz)
+            for cam in ring.cameras:
+                ring.latest(cam)
+    finally:
+        ring.close()
+
+
 def with_bench_control(settings: Settings, args: argparse.Namespace) -> Settings:
     """The settings with --no-realtime-wakeup applied."""
     control = dataclasses.replace(settings.control, realtime_wakeup=not args.no_realtime_wakeup)
@@ -62,7 +78,7 @@ def with_bench_control(settings: Settings, args: argparse.Namespace) -> Settings
 def variant(args: argparse.Namespace) -> str:
     """The result file's suffix for a non-default setup: the default file stays the comparable figure."""
     return ("" if args.camera_source == "synthetic" else f"_{args.camera_source}") + (
-        "_no_rt_wakeup" if args.no_realtime_wakeup else "")
+        "_no_rt_wakeup" if args.no_realtime_wakeup else "") + ("_pane_hidden" if args.pane_hz <= 0 else "")
 
 
 def with_camera_source(settings: Settings, source: str) -> dict[str, CameraSettings]:
@@ -89,6 +105,8 @@ def main() -> int:
     ap.add_argument("--camera-source", choices=["synthetic", "pattern"], default="synthetic",
                     help="the camera: the simulated arm's scene (default; drawn in its renderer process) or "
                          "the cheap moving pattern, to split the scene renderer's share of the jitter")
+    ap.add_argument("--pane-hz", type=float, default=Settings().ui.camera_fps,
+                    help="read frames as the shown camera pane does, at this rate (0: the pane hidden)")
     ap.add_argument("--no-realtime-wakeup", action="store_true",
                     help="[control] realtime_wakeup = false: the tick sleeps at normal priority (nice -10 only)")
     ap.add_argument("--record", action="store_true",
@@ -126,6 +144,12 @@ def main() -> int:
                 return 1
             if not args.no_busy:
                 threading.Thread(target=busy_ui, args=(stop_busy,), daemon=True).start()
+            ring_name = next((b.frame_ring for b in reversed(batches) if b.frame_ring), "")
+            if args.pane_hz > 0 and not ring_name:
+                wait(client, batches, lambda b: b.frame_ring != "", 10.0)
+                ring_name = next((b.frame_ring for b in reversed(batches) if b.frame_ring), "")
+            if args.pane_hz > 0 and ring_name:
+                threading.Thread(target=camera_pane, args=(ring_name, args.pane_hz, stop_busy), daemon=True).start()
             # 1) jitter and starvation while running with inference in the loop
             sim.set_tracing(False)  # tracing every packet costs the sim CPU; not needed for jitter
             client.send(Start(task="pick up the ball"))
@@ -183,6 +207,7 @@ def main() -> int:
         "policy": "tiny SmolVLA (real checkpoint format, 0.3 M parameters)" if args.policy == "tiny" else "scripted",
         "controlling_process_busy": not args.no_busy,
         "camera_source": args.camera_source,
+        "camera_pane_hz": args.pane_hz,
         "realtime_wakeup": settings.control.realtime_wakeup,
         "rate_hz": settings.control.rate_hz,
         "run_s": args.duration,
@@ -209,7 +234,8 @@ def main() -> int:
     j = result["tick_jitter_ms"]
     print(machine_line())
     print(f"policy: {result['policy']}; controlling process busy: {result['controlling_process_busy']}; "
-          f"camera: {args.camera_source}; realtime wakeup: {settings.control.realtime_wakeup}")
+          f"camera: {args.camera_source}, read at {args.pane_hz:g} Hz as the shown camera pane does; "
+          f"realtime wakeup: {settings.control.realtime_wakeup}")
     print(f"ticks {len(ticks)} at {settings.control.rate_hz:g} Hz over {args.duration:g} s; starved {starved}")
     pd = result["period_deviation_ms"]
     print(f"tick jitter (start vs its deadline): p50 {j['p50']:.3f} ms  p99 {j['p99']:.3f} ms  "

@@ -7,7 +7,8 @@ costs one memcpy per frame on each side and nothing ever waits on anybody else.
 Layout (all little-endian, the owner writes the header last-but-one and the magic last, so a reader
 never sees a half-built header):
 
-    header   64 bytes: magic b"LPPRING1", u32 version, u32 cameras, u32 slots, u32 reserved, ...
+    header   64 bytes: magic b"LPPRING1", u32 version, u32 cameras, u32 slots, u32 reserved,
+             then per reader kind (PREVIEW, RECORDER) its demand: f64 wanted until, f64 frames per second
     cameras  64 bytes each: name (32 bytes, UTF-8, NUL padded), u32 height, u32 width,
              u64 data offset, u64 count (writes so far: the newest frame is in slot (count-1) % slots)
     data     per camera, per slot: 64-byte slot header (u64 generation, u64 seq, f64 t) + H*W*3 bytes
@@ -21,7 +22,14 @@ store order); on weakly ordered CPUs a torn frame is still caught in practice by
 and the cost of a miss is one glitched picture, never anything on the control path.
 
 One writer per camera (the engine's capture thread for that camera); any number of readers. `write`
-never blocks and takes no lock. Frames of another size than declared are refused with ValueError (no
+never blocks and takes no lock.
+
+Readers say what they want (`want`: a rate, renewed while they read, lapsing `DEMAND_HOLD_S` after the
+last renewal) and the writer asks `wanted_hz` before it makes a frame: nobody reading (a headless run, the
+camera pane hidden) costs no frame at all, and the pane's 5 Hz costs 5 frames a second, not the camera's
+30. Measured on the 2-core AMD EPYC (AVX-512), headless, full-size SmolVLA: the scene camera drawn at 30 Hz
+for nobody took 14 % of a core in its renderer process and ~4 % in the engine, and the policy's chunk was
+1034-1037 ms (p50) against 896-899 ms without it (two runs each, interleaved). Frames of another size than declared are refused with ValueError (no
 silent resize: a mismatch means the camera or the settings changed, and the caller should say so).
 """
 
@@ -32,17 +40,22 @@ import secrets
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FrameRing", "RingFrame"]
+__all__ = ["DEMAND_HOLD_S", "PREVIEW", "RECORDER", "FrameRing", "RingFrame"]
 
 _MAGIC = b"LPPRING1"
-_VERSION = 1
+_VERSION = 2  # 2: the readers' demand in the header
 _HEADER = struct.Struct("<8sIII")  # magic, version, cameras, slots
+PREVIEW, RECORDER = 0, 1  # the reader kinds that ask for frames, each with its demand slot in the header
+_DEMAND_AT = 24  # per reader kind: f64 wanted until (time.monotonic()), f64 frames per second
+_READER_KINDS = 2
+DEMAND_HOLD_S = 1.0  # a reader's `want` lapses this long after its last renewal (a reader that died)
 _HEADER_SIZE = 64
 _CAMERA = struct.Struct("<32sIIQ")  # name, height, width, data offset (the count follows at +48)
 _CAMERA_SIZE = 64
@@ -124,6 +137,9 @@ class FrameRing:
             name = raw.rstrip(b"\0").decode("utf-8")
             self._cams[name] = _Camera(buf, at, int(height), int(width), int(data_at), self._slots)
         self.cameras: tuple[str, ...] = tuple(self._cams)
+        # [reader kind] -> (wanted until, frames per second); aligned f64s, so each store is whole.
+        self._demand: npt.NDArray[np.float64] = np.ndarray((_READER_KINDS, 2), dtype="<f8", buffer=buf,
+                                                           offset=_DEMAND_AT)
 
     @classmethod
     def create(
@@ -202,6 +218,23 @@ class FrameRing:
         c.count[0] = n + 1
         return n + 1
 
+    def want(self, reader: int, hz: float, now: float | None = None, hold_s: float = DEMAND_HOLD_S) -> None:
+        """Ask the writer for frames at up to `hz` per second for the next `hold_s` seconds, as reader
+        kind `reader` (PREVIEW or RECORDER); renew it while reading (each poll). One reader per kind."""
+        if reader not in (PREVIEW, RECORDER):
+            raise ValueError(f"Reader kind {reader!r} is not PREVIEW ({PREVIEW}) or RECORDER ({RECORDER}).")
+        if not hz > 0:
+            raise ValueError(f"A reader wants frames at a positive rate, not {hz!r} per second.")
+        until = (time.monotonic() if now is None else now) + hold_s
+        self._demand[reader, 1] = float(hz)  # the rate first: a writer that sees the new deadline sees it too
+        self._demand[reader, 0] = until
+
+    def wanted_hz(self, now: float | None = None) -> float:
+        """The highest rate a reader wants now (0.0: nobody is reading, make no frames)."""
+        t = time.monotonic() if now is None else now
+        rates = [float(hz) for until, hz in self._demand if until >= t]
+        return max(rates, default=0.0)
+
     def latest_seq(self, camera: str) -> int:
         """The seq of the newest frame of `camera` (0 before the first write); cheap, copies nothing."""
         return int(self._camera(camera).count[0])
@@ -228,6 +261,7 @@ class FrameRing:
     def close(self) -> None:
         """Drop this process's mapping (the segment lives on until the owner unlinks it)."""
         self._cams.clear()  # the numpy views must go before the buffer can be released
+        self._demand = np.zeros((_READER_KINDS, 2))  # off the segment too (nobody's demand after close)
         self._shm.close()
 
     def unlink(self) -> None:

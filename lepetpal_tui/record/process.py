@@ -52,9 +52,14 @@ class FrameHistory:
         }
         self._seen: dict[str, int] = dict.fromkeys(fps, 0)
         self.cameras = tuple(fps)
+        self._wanted_hz = float(max(fps.values(), default=30) or 30)
         self.stop = threading.Event()
 
     def poll_once(self) -> None:
+        from lepetpal_tui.frame_ring import RECORDER
+
+        # Every camera's frames at its own rate: the engine makes as many as its readers want (frame_ring.py).
+        self.ring.want(RECORDER, self._wanted_hz)
         for cam in self._frames:
             if self.ring.latest_seq(cam) <= self._seen[cam]:
                 continue

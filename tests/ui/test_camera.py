@@ -4,11 +4,12 @@ keys still act while it is shown."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 
-from lepetpal_tui.frame_ring import FrameRing
+from lepetpal_tui.frame_ring import DEMAND_HOLD_S, FrameRing
 from lepetpal_tui.settings import Settings, UISettings
 from lepetpal_tui.sim.scene import SceneRenderer
 from lepetpal_tui.wire import EngineState
@@ -46,9 +47,11 @@ async def _camera_keys_and_estop(make_app: Any, settle: Any) -> None:
             cam = app.main.camera
             await pilot.pause(0.5)
             assert not cam.display and cam.frames_drawn == 0  # hidden at 120 columns: nothing is read
+            assert ring.wanted_hz() == 0.0  # nor asked for: the engine draws no frames for it
             await pilot.press("c")
             assert cam.display
             assert await _pause_until(pilot, lambda: cam.frames_drawn >= 1)
+            assert ring.wanted_hz() == cam.fps == UISettings().camera_fps  # shown: frames at the pane's rate
             drawn = cam.frames_drawn
             await pilot.pause(0.5)
             assert cam.frames_drawn == drawn  # no new frame in the ring: nothing redrawn
@@ -62,6 +65,9 @@ async def _camera_keys_and_estop(make_app: Any, settle: Any) -> None:
             assert app.store.state == EngineState.ESTOP
             await pilot.press("c")
             assert not cam.display
+            await pilot.pause(0.3)
+            # Hidden again: its polls stop renewing the demand, which lapses (DEMAND_HOLD_S after the last).
+            assert ring.wanted_hz(now=time.monotonic() + DEMAND_HOLD_S - 0.25) == 0.0
     finally:
         ring.close()
         ring.unlink()

@@ -113,3 +113,29 @@ def test_reader_in_another_process_never_sees_a_torn_frame() -> None:
     finally:
         owner.close()
         owner.unlink()
+
+
+def test_readers_demand_lapses_and_the_fastest_reader_sets_the_rate() -> None:
+    from lepetpal_tui.frame_ring import DEMAND_HOLD_S, PREVIEW, RECORDER
+
+    owner = FrameRing.create({"front": (6, 8)})
+    reader = FrameRing.attach(owner.name)  # another mapping of the same segment, as the UI's
+    try:
+        assert owner.wanted_hz(now=100.0) == 0.0  # nobody has asked: the engine makes no frames
+        reader.want(PREVIEW, 5.0, now=100.0)
+        assert owner.wanted_hz(now=100.0) == 5.0
+        assert owner.wanted_hz(now=100.0 + DEMAND_HOLD_S + 0.01) == 0.0  # a reader that stopped asking
+        reader.want(PREVIEW, 5.0, now=101.0)
+        owner.want(RECORDER, 30.0, now=101.2)
+        assert owner.wanted_hz(now=101.5) == 30.0
+        assert owner.wanted_hz(now=101.0 + DEMAND_HOLD_S + 0.1) == 30.0  # the preview lapsed, the recorder not
+        with pytest.raises(ValueError, match="PREVIEW"):
+            reader.want(7, 5.0)
+        with pytest.raises(ValueError, match="positive rate"):
+            reader.want(PREVIEW, 0.0)
+        reader.close()
+        reader.want(PREVIEW, 5.0)  # after close: no effect on the segment, no crash
+        assert owner.wanted_hz(now=101.5) == 30.0
+    finally:
+        owner.close()
+        owner.unlink()

@@ -305,6 +305,10 @@ class CameraPane(Vertical):
             except (FileNotFoundError, ValueError):
                 self._ring = None
         ring = self._ring
+        if ring is not None:
+            from lepetpal_tui.frame_ring import PREVIEW
+
+            ring.want(PREVIEW, self.fps)  # the engine makes frames only while a reader asks (frame_ring.py)
         if ring is not None and self.camera in ring.cameras:
             newer = self._frame.seq if self._frame is not None else 0
             frame = ring.latest(self.camera, newer_than=newer)

@@ -1,8 +1,9 @@
 """Camera frames from the engine process to a reader through shared memory, on the simulated arm.
 
-The engine's frame publisher writes the scene camera into the ring; the name arrives with the telemetry;
-a reader (as the UI does) attaches and sees the arm move while the policy runs, the plan ahead filled
-while running and empty while holding, and the ring gone once the engine quit.
+The engine's frame publisher writes the scene camera into the ring, but only while a reader asks (and at
+the rate it asks); the name arrives with the telemetry; a reader (as the UI does) attaches and sees the
+arm move while the policy runs, the plan ahead filled while running and empty while holding, and the
+ring gone once the engine quit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from lepetpal_tui.engine.frame_publisher import STILL_SCENE_REFRESH_S
 from lepetpal_tui.engine.launcher import EngineClient
-from lepetpal_tui.frame_ring import FrameRing
+from lepetpal_tui.frame_ring import PREVIEW, FrameRing
 from lepetpal_tui.wire import EngineState, Start, TelemetryBatch
 
 from .conftest import sim_settings  # type: ignore[import-not-found]
@@ -33,6 +34,14 @@ def _until(client: EngineClient, pred: Any, timeout: float) -> TelemetryBatch:
     raise AssertionError(f"no matching telemetry within {timeout} s")
 
 
+def _reading(ring: FrameRing, seconds: float, hz: float) -> None:
+    """Ask for frames at `hz` for `seconds`, renewing the demand as the camera pane does on each poll."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ring.want(PREVIEW, hz)
+        time.sleep(0.1)
+
+
 def test_scene_frames_reach_a_reader_and_follow_the_arm(sim_arm: Any, tmp_path: Path) -> None:
     settings = sim_settings(tmp_path, model={"mode": "scripted"})
     client = EngineClient.spawn(settings, sim_port=sim_arm.port)
@@ -43,10 +52,12 @@ def test_scene_frames_reach_a_reader_and_follow_the_arm(sim_arm: Any, tmp_path: 
         assert [c.name for c in ready.cameras] == ["front"] and ready.cameras[0].kind == "synthetic"
         ring = FrameRing.attach(ready.frame_ring)
         assert ring.cameras == ("front",) and ring.shape("front") == (480, 640)
-        time.sleep(0.5)
+        time.sleep(1.0)
+        assert ring.latest_seq("front") == 0, "frames drawn while no reader asked for them"
+        _reading(ring, 0.5, 5.0)
         still = ring.latest("front")
         assert still is not None
-        time.sleep(2.5)
+        _reading(ring, 2.5, 5.0)
         # The arm holds: the same picture, written again only about once a second (not at the camera's
         # 5 Hz), so its age on screen stays the picture's true age.
         again = ring.latest("front")
@@ -56,9 +67,11 @@ def test_scene_frames_reach_a_reader_and_follow_the_arm(sim_arm: Any, tmp_path: 
         client.send(Start(task="wave"))
         running = _until(client, lambda b: b.state == EngineState.RUNNING and len(b.plan_ahead) > 0, 10.0)
         assert all(len(g) == 6 for g in running.plan_ahead)
-        time.sleep(1.5)
+        before = ring.latest_seq("front")
+        _reading(ring, 2.0, 2.0)  # the arm moves: new pictures, but only as many as the reader asks for
         moving = ring.latest("front")
         assert moving is not None and moving.seq > still.seq
+        assert 2 <= moving.seq - before <= 2.0 * 2.0 + 2
         assert np.any(moving.image != still.image), "the scene camera did not follow the arm"
         assert time.monotonic() - moving.t < 1.0  # a fresh frame, stamped on the shared monotonic clock
         name = ring.name

@@ -163,6 +163,8 @@ def test_two_episodes_reload_with_lerobot(recorded: tuple[Path, Path, str]) -> N
     marks = read_marks(dataset)
     assert [marks[i]["outcome"] for i in (0, 1)] == ["success", "timed out"]
     assert [marks[i]["frames"] for i in (0, 1)] == lengths
+    # A headless run has no camera pane: the recorder's own demand makes the engine draw every frame.
+    assert [marks[i]["frames_without_image"] for i in (0, 1)] == [0, 0]
     assert "success rate    1/2 (50 %)" in output
     commands = [json.loads(line) for line in log.read_text().splitlines() if '"type":"command"' in line]
     assert [c["outcome"] for c in commands if c["kind"] == "mark_episode"] == ["success", "timed out"]
