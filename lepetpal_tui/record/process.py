@@ -39,6 +39,7 @@ RECORDER_NICE = 15
 _BACKLOG_BYTES = 512 * 1024 * 1024  # paired frames waiting while an episode encodes
 _HISTORY_S = 3.0  # frames kept per camera (pairing happens ~0.1 s after the tick)
 _POLL_S = 0.005
+_FIRST_FRAME_S = 2.0  # how long the recorder waits for the engine's first frames before taking ticks
 
 
 class FrameHistory:
@@ -69,6 +70,20 @@ class FrameHistory:
             self._seen[cam] = frame.seq
             with self._lock:
                 self._frames[cam].append((frame.t, frame.image))
+
+    def wait_first(self, timeout_s: float) -> bool:
+        """Poll until every camera has a frame (the engine draws the first ones only once asked), at most
+        `timeout_s`; whether they all came. Ticks that queued meanwhile then get the earliest frame, not a
+        black one (measured before: the first 8 ticks of a headless recording had no image)."""
+        end = time.monotonic() + timeout_s
+        while True:
+            self.poll_once()
+            with self._lock:
+                if all(self._frames[cam] for cam in self._frames):
+                    return True
+            if time.monotonic() > end:
+                return False
+            time.sleep(_POLL_S)
 
     def run(self) -> None:
         while not self.stop.wait(_POLL_S):
@@ -310,6 +325,7 @@ def recorder_main(settings: Settings, root: str, session_log: str,
                         backlog.put(("event", "warning", f"Recording without camera frames: {exc}"))
                         continue
                     history = FrameHistory(ring, {n: c.fps for n, c in settings.cameras.items() if n in ring.cameras})
+                    history.wait_first(_FIRST_FRAME_S)  # before any tick takes a frame from it
                     threading.Thread(target=history.run, name="recorder-frames", daemon=True).start()
                 continue
             if msg[0] == "ticks":
