@@ -31,8 +31,10 @@ camera pane hidden) costs no frame at all, and the pane's 5 Hz costs 5 frames a 
 35-40 s runs, before/after interleaved): the scene camera drawn at 30 Hz for nobody took 14 % of a core in
 its renderer process (0.2 % now) and ~4 % in the engine; the policy's chunk p50 went 0.96 -> 0.91,
 0.98 -> 0.88, 1.16 -> 1.01, 1.00 -> 0.95 and 1.01 -> 1.03 s (playback speed p50 +0.05 to +0.12x in four
-pairs of five; the VM's own noise is of the same size). Frames of another size than declared are refused with ValueError (no
-silent resize: a mismatch means the camera or the settings changed, and the caller should say so).
+pairs of five; the VM's own noise is of the same size).
+
+Frames of another size than declared are refused with ValueError (no silent resize: a mismatch means
+the camera or the settings changed, and the caller should say so).
 """
 
 from __future__ import annotations

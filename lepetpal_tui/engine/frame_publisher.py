@@ -5,8 +5,9 @@ thread runs at a raised nice value (below the tick and inference), polls the eng
 configured rate, and writes only frames it has not written before (a real camera's capture time moved,
 or the scene camera's pose changed), and only as many as its readers want (`FrameRing.wanted_hz`: the
 camera pane's 5 Hz while it is shown, the recorder's camera rate while recording, none in a headless
-run). Drawing the scene camera for nobody cost the policy up to 13 % of its speed (frame_ring.py). The ring's name goes to the UI with the telemetry
-(`TelemetryBatch.frame_ring`); the UI attaches and reads at its own pace. A camera that failed gets its
+run). Drawing the scene camera for nobody cost the policy up to 13 % of its speed (frame_ring.py). The
+ring's name goes to the UI with the telemetry (`TelemetryBatch.frame_ring`); the UI attaches and reads
+at its own pace. A camera that failed gets its
 synthetic stand-in written instead, so the pane can show what the fallback looks like beside the reason.
 
 Frames of another size than [cameras.<name>] width x height (a video file, a camera that ignored the

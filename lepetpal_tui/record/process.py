@@ -77,7 +77,10 @@ class FrameHistory:
         black one (measured before: the first 8 ticks of a headless recording had no image)."""
         end = time.monotonic() + timeout_s
         while True:
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:  # a ring gone bad: the run loop's polls go on (and say nothing either)
+                return False
             with self._lock:
                 if all(self._frames[cam] for cam in self._frames):
                     return True

@@ -120,3 +120,32 @@ def test_kitty_and_sixel_panes_send_their_protocol(monkeypatch: Any, capfd: Any)
     finally:
         ring.close()
         ring.unlink()
+
+
+def test_a_slow_pane_keeps_asking_between_its_polls() -> None:
+    """[ui] camera_fps below 1: the pane polls every 2-5 s, so its ask for frames must last until the next
+    poll, or the engine stops making frames in between and the pane freezes."""
+    from textual.app import App
+
+    from lepetpal_tui.ui.widgets.camera import CameraPane
+
+    ring = FrameRing.create({"front": (120, 160)})
+
+    class One(App[None]):
+        def compose(self) -> Any:
+            yield CameraPane(("front",), {}, mode="halfblock", fps=0.5, id="camera")
+
+    async def run() -> None:
+        async with One().run_test(size=(60, 24)) as pilot:
+            pane = pilot.app.query_one(CameraPane)
+            pane.ring_name = ring.name  # attaches and polls once
+            await pilot.pause(0.1)
+            now = time.monotonic()
+            assert ring.wanted_hz(now) == 0.5
+            assert ring.wanted_hz(now + 1.0 / 0.5 - 0.1) == 0.5  # still asked just before the next poll
+
+    try:
+        asyncio.run(run())
+    finally:
+        ring.close()
+        ring.unlink()

@@ -306,9 +306,12 @@ class CameraPane(Vertical):
                 self._ring = None
         ring = self._ring
         if ring is not None:
-            from lepetpal_tui.frame_ring import PREVIEW
+            from lepetpal_tui.frame_ring import DEMAND_HOLD_S, PREVIEW
 
-            ring.want(PREVIEW, self.fps)  # the engine makes frames only while a reader asks (frame_ring.py)
+            # The engine makes frames only while a reader asks (frame_ring.py); the ask outlasts the gap
+            # to the next poll, however slow [ui] camera_fps is.
+            rate = max(0.2, self.fps)
+            ring.want(PREVIEW, rate, hold_s=max(DEMAND_HOLD_S, 2.0 / rate))
         if ring is not None and self.camera in ring.cameras:
             newer = self._frame.seq if self._frame is not None else 0
             frame = ring.latest(self.camera, newer_than=newer)
