@@ -144,12 +144,15 @@ def main() -> int:
                 return 1
             if not args.no_busy:
                 threading.Thread(target=busy_ui, args=(stop_busy,), daemon=True).start()
-            ring_name = next((b.frame_ring for b in reversed(batches) if b.frame_ring), "")
-            if args.pane_hz > 0 and not ring_name:
-                wait(client, batches, lambda b: b.frame_ring != "", 10.0)
+            if args.pane_hz > 0:
+                if not any(b.frame_ring for b in batches):
+                    wait(client, batches, lambda b: b.frame_ring != "", 10.0)
                 ring_name = next((b.frame_ring for b in reversed(batches) if b.frame_ring), "")
-            if args.pane_hz > 0 and ring_name:
-                threading.Thread(target=camera_pane, args=(ring_name, args.pane_hz, stop_busy), daemon=True).start()
+                if ring_name:
+                    threading.Thread(target=camera_pane, args=(ring_name, args.pane_hz, stop_busy),
+                                     daemon=True).start()
+                else:
+                    print("no frame ring reported: the camera pane is not read in this run")
             # 1) jitter and starvation while running with inference in the loop
             sim.set_tracing(False)  # tracing every packet costs the sim CPU; not needed for jitter
             client.send(Start(task="pick up the ball"))
