@@ -165,6 +165,13 @@ def test_auto_keeps_int8_when_close_and_caches_the_check(tiny_policy_dir: Path, 
     sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
                     lambda: _runner(tiny_policy_dir), progress=steps.append)
     assert any("fp32 reference chunk" in s for s in steps)
+    # A result stored under an older check format (one that may be wrong) is checked again.
+    monkeypatch.setattr(accuracy_cache, "CHECK_FORMAT", accuracy_cache.CHECK_FORMAT + 1)
+    steps.clear()
+    sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
+                    lambda: _runner(tiny_policy_dir), progress=steps.append)
+    assert any("fp32 reference chunk" in s for s in steps)
+    assert len(json.loads(accuracy_file.read_text())) == 3  # the older entries stay; they are never read
 
 
 @pytest.mark.parametrize("setting", ["auto", "int8"])
