@@ -121,7 +121,7 @@ def settle_first_call(packed: Any, in_features: int) -> None:
     torch's oneDNN dynamic linear (`PackedLinearWeightsOnednn::apply_dynamic_impl`) caches one primitive,
     set up by the first call and used by every later call with that call's rows and thread count. That
     cached path is not safe for two threads at once, which is what the row halves do (the vision
-    encoder's linears are oneDNN's; the expert's where oneDNN wins the probe): measured on the AMD EPYC,
+    encoder's linears are oneDNN's everywhere, the expert's too with AMX or AVX-VNNI): measured on the AMD EPYC,
     two threads calling fresh weights gave a wrong result (relative error 1.1) about once in 10^4 calls,
     and the tiny policy's first chunk differed from its later ones about once in 40. Calls that do not
     match the key take the uncached path, which builds its own state per call: there the same test gave
