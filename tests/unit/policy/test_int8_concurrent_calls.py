@@ -1,5 +1,6 @@
 """Two threads may call the same int8 weights at once: the row halves do, in the vision encoder and the
-action expert. Every result must be the one a single thread gets."""
+action expert. Every result must be the one a single thread gets, and a freshly converted policy's
+chunks for the same observation and noise must agree to the bit."""
 
 from __future__ import annotations
 
