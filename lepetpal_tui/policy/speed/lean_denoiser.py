@@ -109,8 +109,8 @@ class _ExpertLayer:
              rope: tuple[torch.Tensor, torch.Tensor], scale: float, gather: Gather | None = None) -> torch.Tensor:
         """h [B, L, hidden] -> the layer's output; LeRobot's residual order and fp32 attention scores.
 
-        `gather` (self-attention layers, rows in halves): this half's new keys and values -> every
-        half's, in row order."""
+        `gather` (self-attention layers, rows in halves): this half's new keys and values -> those of
+        the halves its rows may attend to (itself included), in row order; `mask` has their columns."""
         if self.scripted_step():
             return self._scripted(h, prefix_k, prefix_v, mask, rope, scale, gather)
         b, length = h.shape[:2]
@@ -168,24 +168,55 @@ def _int8_parts(linears: tuple[Any, Any, Any, Any], act: Any) -> tuple[tuple[Any
     return (linears[0].packed, linears[1].packed, linears[2].packed, linears[3].packed), linears[0].reduce_range
 
 
+def _columns(prefix_len: int, rows: list[tuple[int, int]]) -> torch.Tensor:
+    """Mask columns: the prefix's, then those of `rows` (suffix row ranges), in order."""
+    return torch.cat([torch.arange(prefix_len), *(prefix_len + torch.arange(a, b) for a, b in rows)])
+
+
 Gather = Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
 class _Exchange:
-    """Where the halves of one denoise step swap their self-attention layers' new keys and values (a
-    slot per layer and half, so a fast half never overwrites what a slow one has still to read)."""
+    """Where the halves of one denoise step hand each other their self-attention layers' new keys and
+    values: a slot per layer and half (a fast half never overwrites what a slow one has still to read).
 
-    def __init__(self, layers: int, halves: int) -> None:
-        self.slots: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [[None] * halves for _ in range(layers)]
+    A half waits only for the halves whose rows its own rows may attend to (`needs`, from the chunk's
+    mask). SmolVLA's action tokens attend causally, so the first half needs nobody's and never waits;
+    the second waits only when it has caught up with the first. A barrier per layer instead made each
+    half wait for the other at all eight self-attention layers of a step, paying every difference in
+    the two cores' speed (2-core AMD EPYC, AVX2 kernels: 3.5-7 ms a step per half). Full-size SmolVLA's
+    ten steps, interleaved: the same when the machine is quiet (343 / 335 ms), 484 -> 439 ms beside a
+    process busy a quarter of a core (the app's engine, simulator and UI are such); the same actions
+    to the bit. The first half also attends over the prefix and its own rows only, not over masked ones.
+    """
+
+    def __init__(self, layers: int, needs: list[list[int]]) -> None:
+        self.needs = needs
+        self.slots: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [[None] * len(needs) for _ in range(layers)]
+        self.ready = threading.Condition()
 
     def gather(self, layer: int, half: int, barrier: threading.Barrier) -> Gather:
+        """`barrier`: run_halves' own, broken when the other half failed (then this one stops too)."""
         def swap(k: torch.Tensor, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            slot = self.slots[layer]
-            slot[half] = (k, v)
-            barrier.wait()  # every half's are in
-            kvs = [kv for kv in slot if kv is not None]
-            return [kv[0] for kv in kvs], [kv[1] for kv in kvs]
+            slot, needs = self.slots[layer], self.needs[half]
+            with self.ready:
+                slot[half] = (k, v)
+                self.ready.notify_all()
+                while any(slot[j] is None for j in needs):
+                    if barrier.broken:
+                        raise threading.BrokenBarrierError
+                    self.ready.wait(0.05)
+            kvs = [slot[j] for j in needs]
+            return [kv[0] for kv in kvs if kv is not None], [kv[1] for kv in kvs if kv is not None]
         return swap
+
+
+def _needs(allowed: torch.Tensor, rows: list[tuple[int, int]], prefix_len: int) -> list[list[int]]:
+    """For each half: the halves (itself included, in row order) whose rows some of its rows may attend
+    to, from the boolean [B, L, P + L] mask."""
+    suffix = allowed[:, :, prefix_len:]
+    return [[j for j, (c, d) in enumerate(rows) if j == i or bool(suffix[:, a:b, c:d].any())]
+            for i, (a, b) in enumerate(rows)]
 
 
 class LeanDenoiser:
@@ -260,14 +291,17 @@ class LeanDenoiser:
         rel = positions - torch.min(positions, dim=1, keepdim=True).values
         self_rope, cross_rope = _angles(positions, head_dim), _angles(rel, head_dim)
         rows = halves_of(suffix_len) if self.halves else [(0, suffix_len)]
+        needs = _needs(full, rows, prefix_len)
         return {
-            "kv": kv, "scale": head_dim**-0.5,
+            "kv": kv, "scale": head_dim**-0.5, "needs": needs,
             "halves": [{  # each half's rows of the masks and RoPE angles
                 "rows": (a, b),
-                "self_mask": _mask(full[:, a:b], kv_heads, groups),
+                # the prefix's columns and those of the halves this one reads keys from, in that order
+                "self_mask": _mask(full[:, a:b, _columns(prefix_len, [rows[j] for j in needs[i]])],
+                                   kv_heads, groups),
                 "cross_mask": _mask(full[:, a:b, :prefix_len], kv_heads, groups),
                 "self_rope": tuple(t[:, a:b] for t in self_rope), "cross_rope": tuple(t[:, a:b] for t in cross_rope),
-            } for a, b in rows],
+            } for i, (a, b) in enumerate(rows)],
         }
 
     def _layer_stack(self, h: torch.Tensor, half: dict[str, Any], gather: Callable[[int], Gather | None]) -> torch.Tensor:
@@ -296,7 +330,7 @@ class LeanDenoiser:
             with self.small_ops():
                 h = self._layer_stack(suffix_embs, halves[0], lambda layer: None)
         else:
-            exchange = _Exchange(len(self._expert_layers()), len(halves))
+            exchange = _Exchange(len(self._expert_layers()), self._chunk["needs"])
 
             def half(i: int, barrier: threading.Barrier) -> torch.Tensor:
                 start, stop = halves[i]["rows"]

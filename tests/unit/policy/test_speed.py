@@ -384,7 +384,12 @@ def test_lean_denoiser_matches_lerobot_denoise_step(tiny_policy_dir: Path, halve
         want, _ = ref.raw_chunk(obs, noise=noise)
         got, _ = lean.raw_chunk(obs, noise=noise)
         np.testing.assert_allclose(got, want, atol=1e-3)
-    assert len(lean.policy.model.denoise_step._chunk["halves"]) == (2 if halves else 1)
+    chunk = lean.policy.model.denoise_step._chunk
+    assert len(chunk["halves"]) == (2 if halves else 1)
+    if halves:  # the action tokens attend causally: the first half reads only its own keys, never waits
+        assert chunk["needs"] == [[0], [0, 1]]
+        first, second = (h["self_mask"].shape[-1] for h in chunk["halves"])
+        assert second - first == chunk["halves"][1]["rows"][1] - chunk["halves"][1]["rows"][0]
 
 
 def test_small_ops_run_on_one_thread_and_int8_linears_on_all(monkeypatch: pytest.MonkeyPatch) -> None:
