@@ -1,6 +1,6 @@
 """CPU speed settings for SmolVLA: int8 linears (policy/speed/int8_linear.py), a lean denoise step
-(policy/speed/lean_denoiser.py), the vision encoder in row halves (policy/speed/vision_encoder.py), SDPA attention, and
-bf16 of the VLM + action expert.
+(policy/speed/lean_denoiser.py), the vision encoder and the prefix pass in row halves
+(policy/speed/vision_encoder.py, policy/speed/prefix_halves.py), SDPA attention, and bf16 of the VLM + action expert.
 
 int8 is the CPU default (see int8_linear for the measured throughputs); bf16 stays available. Only the
 layers inside `vlm_with_expert` change (plus the small timestep/action MLP): the state/action projections
@@ -25,6 +25,7 @@ from lepetpal_tui.policy.speed.int8_linear import (
     small_ops_on_one_thread,
 )
 from lepetpal_tui.policy.speed.lean_denoiser import use_lean_denoiser
+from lepetpal_tui.policy.speed.prefix_halves import use_row_halves_prefix
 from lepetpal_tui.policy.speed.vision_encoder import use_row_halves_vision
 
 
@@ -161,6 +162,8 @@ def to_int8(policy: nn.Module) -> int:
         # Expert rows in halves: 490 -> 335 ms for ten steps here; with spinning workers slower (279 -> 418).
         use_lean_denoiser(policy, small_ops_on_one_thread, halves=True)
         prefix_with_small_ops_on_one_thread(vlm_with_expert)
+        # The prefix pass's rows in halves too; other calls keep the small-ops wrapper just installed.
+        use_row_halves_prefix(vlm_with_expert, vlm_with_expert.forward)
     else:
         use_lean_denoiser(policy)
     n = quantize_linears(vlm_with_expert, engine=int8_engine)

@@ -1,4 +1,5 @@
-"""The action expert's int8 layer step as TorchScript functions: one call per layer part, run without the GIL.
+"""The action expert's int8 layer step (and the prefix pass's, policy/speed/prefix_halves.py) as TorchScript
+functions: one call per layer part, run without the GIL.
 
 Why: the denoiser runs its 50 action rows in two halves on two Python threads (row_halves.py). Each half
 makes ~25 torch calls per layer, 16 layers, 10 flow steps, and every call takes the GIL for its Python
@@ -8,7 +9,7 @@ ops in C++ with the GIL released: 1.01-1.04 of one alone, and one alone 10-13 % 
 a chunk (SmolVLA full size, policy process's setting) 486 -> 373 ms, the whole chunk 1029 -> 908 ms, the
 same actions to the bit (bench/policy_latency.py; Intel Xeon).
 
-The functions are the same ops in the same order as `lean_denoiser._ExpertLayer.step` (same rounding).
+The functions are the same ops in the same order as `decoder_layer.LayerPlan.step` (same rounding).
 TorchScript is deprecated in torch 2.x but still shipped; where scripting fails (or torch drops it) the
 eager step runs instead (`scripted()` returns None), and the kernel decisions say which one runs.
 """

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from lepetpal_tui.policy.speed.lean_denoiser import _Exchange, _needs
+from lepetpal_tui.policy.speed.decoder_layer import KVExchange, attention_needs
 
 ROWS = [(0, 3), (3, 6)]
 PREFIX = 2
@@ -27,7 +27,7 @@ def _mask(suffix: torch.Tensor) -> torch.Tensor:
     (torch.eye(6, dtype=torch.bool), [[0], [1]]),  # each row only itself
 ])
 def test_a_half_needs_the_halves_its_rows_may_attend_to(suffix: torch.Tensor, want: list[list[int]]) -> None:
-    assert _needs(_mask(suffix), ROWS, PREFIX) == want
+    assert attention_needs(_mask(suffix), ROWS, PREFIX) == want
 
 
 def _kv(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ def _kv(i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_first_half_of_causal_rows_goes_on_without_the_second() -> None:
-    exchange = _Exchange(layers=1, needs=[[0], [0, 1]])
+    exchange = KVExchange(layers=1, needs=[[0], [0, 1]])
     barrier = threading.Barrier(2)  # the second half never comes
     got: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
     first = threading.Thread(target=lambda: got.append(exchange.gather(0, 0, barrier)(*_kv(0))))
@@ -49,7 +49,7 @@ def test_the_first_half_of_causal_rows_goes_on_without_the_second() -> None:
 
 
 def test_the_second_half_waits_for_the_first_and_gets_both_in_row_order() -> None:
-    exchange = _Exchange(layers=2, needs=[[0], [0, 1]])
+    exchange = KVExchange(layers=2, needs=[[0], [0, 1]])
     barrier = threading.Barrier(2)
     got: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
     second = threading.Thread(target=lambda: got.append(exchange.gather(1, 1, barrier)(*_kv(1))))
@@ -64,7 +64,7 @@ def test_the_second_half_waits_for_the_first_and_gets_both_in_row_order() -> Non
 
 
 def test_a_waiting_half_stops_when_the_other_has_failed() -> None:
-    exchange = _Exchange(layers=1, needs=[[0, 1], [0, 1]])
+    exchange = KVExchange(layers=1, needs=[[0, 1], [0, 1]])
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
 

@@ -15,6 +15,7 @@ from lepetpal_tui.policy import smolvla as sv
 from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
 from lepetpal_tui.policy.speed import (
     accuracy_cache,
+    decoder_layer,
     int8_linear,
     int8_saturation,
     kernel_probe,
@@ -24,6 +25,7 @@ from lepetpal_tui.policy.speed import (
 from lepetpal_tui.policy.speed import apply as policy_speed
 from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
 from lepetpal_tui.policy.speed.int8_linear import Int8Linear, quantize_linears
+from lepetpal_tui.policy.speed.prefix_halves import RowHalvesPrefix
 from lepetpal_tui.settings import ModelSettings
 
 pytestmark = pytest.mark.skipif(not int8_linear.int8_supported(), reason="no quantized CPU engine")
@@ -476,21 +478,26 @@ def test_int8_expert_layers_run_as_torchscript_with_the_eager_steps_values(
     scripted, _ = runner.raw_chunk(obs, noise=noise)
     layers = [p for p in lean._expert_layers() if p is not None]
     steps = runner.policy.config.num_steps * len(lean._chunk["halves"])
+    # the prefix pass's text layers too, in halves, where it runs them (policy/speed/prefix_halves.py)
+    prefix = runner.policy.model.vlm_with_expert.forward
+    prefix_steps = 2 * len(prefix._layers()) if passive else 0
+    assert isinstance(prefix, RowHalvesPrefix) is passive
     assert calls.count("cross") == steps * sum(p.cross for p in layers) > 0
-    assert calls.count("in") == calls.count("out") == steps * sum(not p.cross for p in layers) > 0
+    assert calls.count("in") == calls.count("out") == steps * sum(not p.cross for p in layers) + prefix_steps > 0
     monkeypatch.setattr(scripted_expert, "scripted", lambda: None)  # as where TorchScript fails
     eager, _ = runner.raw_chunk(obs, noise=noise)
-    assert len(calls) == steps * len(layers) + steps * sum(not p.cross for p in layers)  # no more scripted calls
+    # no more scripted calls
+    assert len(calls) == steps * len(layers) + steps * sum(not p.cross for p in layers) + 2 * prefix_steps
     np.testing.assert_array_equal(scripted, eager)
 
 
 def test_expert_layers_stay_eager_unless_all_parts_are_int8_and_silu() -> None:
     lin = Int8Linear(nn.Linear(8, 8), activation_bits=8)
-    assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.SiLU()) == ((lin.packed,) * 4, lin.reduce_range)
-    assert lean_denoiser._int8_parts((lin, lin, lin, lin), nn.GELU()) is None
-    assert lean_denoiser._int8_parts((lin, nn.Linear(8, 8), lin, lin), nn.SiLU()) is None
+    assert decoder_layer.int8_parts((lin, lin, lin, lin), nn.SiLU()) == ((lin.packed,) * 4, lin.reduce_range)
+    assert decoder_layer.int8_parts((lin, lin, lin, lin), nn.GELU()) is None
+    assert decoder_layer.int8_parts((lin, nn.Linear(8, 8), lin, lin), nn.SiLU()) is None
     seven = Int8Linear(nn.Linear(8, 8), activation_bits=7)
-    assert lean_denoiser._int8_parts((lin, seven, lin, lin), nn.SiLU()) is None  # one width per layer
+    assert decoder_layer.int8_parts((lin, seven, lin, lin), nn.SiLU()) is None  # one width per layer
 
 
 def test_torchscript_that_fails_to_compile_or_to_run_leaves_the_eager_step(monkeypatch: pytest.MonkeyPatch) -> None:
