@@ -44,6 +44,16 @@ def goal_ratio() -> float:
 
     return 1 / 3 if cpu_caps().int8_vnni else 0.45
 
+def goal_verdict(ratio: float, paired: float, goal: float) -> str:
+    """Met only if the ratio of the medians and the median of the paired (same-round) ratios both are: on a
+    VM whose speed drifts during the run the two can fall on either side of the goal."""
+    if ratio <= goal and paired <= goal:
+        return "met"
+    if ratio > goal and paired > goal:
+        return "NOT met"
+    return "unclear: the two measures fall on either side of the goal, run again"
+
+
 TEXT = {
     "vocab_size": 49280, "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
     "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64, "rms_norm_eps": 1e-5,
@@ -276,19 +286,20 @@ def main() -> int:
     pair_ratios = [o / lr_ for o, lr_ in zip(our_s, lerobot_s, strict=True)]
     best_ratio = min(our_s) / min(lerobot_s)  # the fastest run of each is the least disturbed by other load
     goal = goal_ratio()
-    verdict = "met" if ratio <= goal else "NOT met"
+    verdict = goal_verdict(ratio, statistics.median(pair_ratios), goal)
     print(f"\n{machine_line()}")
     print(f"median chunk latency: LeRobot default {lr:.3f} s, ours {us:.3f} s, ratio {ratio:.2f} "
           f"(goal <= {goal:.2f} on this CPU kind: {verdict}); median of paired ratios {statistics.median(pair_ratios):.2f}; "
           f"best-of ratio {best_ratio:.2f}")
     app_ratio = statistics.median(app_s) / lr if app_s else 0.0
+    app_paired = statistics.median([a / lr_ for a, lr_ in zip(app_s, lerobot_s, strict=True)]) if app_s else 0.0
     if app_s:
         from lepetpal_tui.policy.process import POLICY_PROCESS_ENV
 
         env = " ".join(f"{k}={v}" for k, v in POLICY_PROCESS_ENV.items())
         print(f"ours as the app's policy process runs it ({env}): median {statistics.median(app_s):.3f} s, "
-              f"ratio {app_ratio:.2f} ({'met' if app_ratio <= goal else 'NOT met'}); chunks "
-              f"{[round(x, 3) for x in app_s]} s")
+              f"ratio {app_ratio:.2f} ({goal_verdict(app_ratio, app_paired, goal)}); median of paired ratios "
+              f"{app_paired:.2f}; chunks {[round(x, 3) for x in app_s]} s")
     print(f"max |action difference| vs LeRobot fp32 with the same noise, over {len(diffs)} observations: "
           f"{diff:.3f} degrees (per observation {[round(d, 3) for d in diffs]}; tolerance {ACTION_TOLERANCE} "
           f"degrees: {'within' if diff <= ACTION_TOLERANCE else 'OUTSIDE'})")
@@ -308,7 +319,8 @@ def main() -> int:
         "ratio": ratio,
         "ours_app_setting": None if not app_s else {
             "what": "ours in a child process with the policy process's environment (POLICY_PROCESS_ENV)",
-            "chunk_s": app_s, "median_s": statistics.median(app_s), "ratio": app_ratio},
+            "chunk_s": app_s, "median_s": statistics.median(app_s), "ratio": app_ratio,
+            "median_paired_ratio": app_paired},
         "median_paired_ratio": statistics.median(pair_ratios),
         "best_of_ratio": best_ratio,
         "load_average_1min": {"start": load_start[0], "end": load_end[0]},

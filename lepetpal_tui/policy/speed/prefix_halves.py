@@ -6,9 +6,9 @@ passively, so each multi-threaded op pays a wake-up, and the ~70 rows give each 
 hide it: the pass took 1.28x less on two threads than on one. In halves (policy/speed/row_halves.py),
 each thread runs every op of its own rows, the layers' steps as TorchScript functions where the
 layers are int8 (policy/speed/scripted_expert.py: no GIL), and the halves hand each other their new keys
-and values once per layer (`KVExchange`). Measured in whole chunks (full-size SmolVLA, 2-core AMD EPYC,
-16 interleaved pairs): the pass 73 -> 52 ms with AVX-512 kernels, 123 -> 97 ms with the kernels capped
-to AVX2. The int8 activations are quantized per half (a scale per call), so the values differ from the
+and values once per layer (`KVExchange`). Measured inside whole chunks in the policy process's setting
+(full-size SmolVLA, 2-core AMD EPYC, 12 interleaved chunks each): the pass 71 -> 51 ms with AVX-512
+kernels (93 -> 70 ms beside the running app), 107 -> 79 ms with the kernels capped to AVX2 (113 -> 87). The int8 activations are quantized per half (a scale per call), so the values differ from the
 whole pass by int8 rounding, as far from fp32 as before (worst layer's keys 2.4 % either way).
 """
 
