@@ -58,7 +58,9 @@ def checkpoint_fingerprint(dir: Path) -> str:
 # 2 (2026-12-06): until then two row halves could call fresh oneDNN int8 weights at once and get a wrong
 # result (see int8_linear.settle_first_call); the check's int8 chunk is such a first chunk, so it could
 # have rejected a good path, and the rejection was kept.
-CHECK_FORMAT = 2
+# 3 (2026-12-06): the prefix pass's int8 rows run in two halves (policy/speed/prefix_halves.py), each
+# quantizing its own activations: other rounding, so a result kept for the whole pass is checked again.
+CHECK_FORMAT = 3
 
 
 def cache_key(fingerprint: str, cpu_kind: str, path: str, flow_steps: int, versions: str) -> str:
