@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lepetpal_tui.policy.speed import kernel_probe
 from lepetpal_tui.policy.speed.decoder_layer import (
     KVExchange,
     LayerPlan,
@@ -38,6 +39,14 @@ def _layer_parts_ok(layer: Any) -> bool:
     return (all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm"))
             and all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim"))
             and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")))
+
+
+def _prefix_alone(inputs_embeds: list[torch.Tensor | None] | None, past_key_values: Any,
+                  use_cache: bool | None) -> torch.Tensor | None:
+    """The prefix's embeddings if this is the call that fills a new KV cache from the prefix alone."""
+    if not use_cache or past_key_values is not None or inputs_embeds is None or len(inputs_embeds) != 2:
+        return None
+    return inputs_embeds[0] if inputs_embeds[1] is None else None
 
 
 class RowHalvesPrefix:
@@ -64,13 +73,14 @@ class RowHalvesPrefix:
     def __call__(self, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                  past_key_values: Any = None, inputs_embeds: list[torch.Tensor | None] | None = None,
                  use_cache: bool | None = None) -> Any:
-        prefix = inputs_embeds[0] if inputs_embeds is not None and len(inputs_embeds) == 2 else None
-        if (not use_cache or past_key_values is not None or prefix is None or inputs_embeds is None
-                or inputs_embeds[1] is not None or attention_mask is None or position_ids is None
-                or len(halves_of(prefix.shape[1])) < 2):
-            return self.fallback(attention_mask=attention_mask, position_ids=position_ids,
-                                 past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
-        return self._prefix(prefix, attention_mask, position_ids)
+        prefix = _prefix_alone(inputs_embeds, past_key_values, use_cache)
+        if prefix is not None and attention_mask is not None and position_ids is not None:
+            if len(halves_of(prefix.shape[1])) > 1:
+                kernel_probe.record("prefix pass", "row halves on two threads")
+                return self._prefix(prefix, attention_mask, position_ids)
+            kernel_probe.record("prefix pass", "whole (one torch thread: nothing to split)")
+        return self.fallback(attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
 
     def _prefix(self, x: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> Any:
         from transformers.cache_utils import DynamicCache
@@ -115,6 +125,7 @@ def use_row_halves_prefix(vlm_with_expert: nn.Module, fallback: Callable[..., An
     vwe: Any = vlm_with_expert
     vlm_layers, _ = vwe.get_model_layers([vwe.get_vlm_model().text_model, vwe.lm_expert])
     if not all(_layer_parts_ok(layer) for layer in vlm_layers):
+        kernel_probe.record("prefix pass", "LeRobot's (its text layers lack parts the halves use)")
         return False
     setattr(vlm_with_expert, "forward", RowHalvesPrefix(vlm_with_expert, fallback))  # noqa: B010 (an instance override)
     return True

@@ -13,7 +13,7 @@ import torch
 
 from lepetpal_tui.policy import smolvla as sv
 from lepetpal_tui.policy.demo_checkpoint import BACKBONE_DIRNAME
-from lepetpal_tui.policy.speed import int8_linear
+from lepetpal_tui.policy.speed import int8_linear, kernel_probe
 from lepetpal_tui.policy.speed.prefix_halves import RowHalvesPrefix, use_row_halves_prefix
 from lepetpal_tui.settings import ModelSettings
 
@@ -110,6 +110,7 @@ def test_calls_other_than_the_prefix_pass_go_to_lerobot(tiny_policy_dir: Path) -
     torch.set_num_threads(1)  # one thread: nothing to split
     assert halves(**call) == "lerobot"
     assert len(seen) == 3
+    assert kernel_probe.decisions()["prefix pass"].startswith("whole (one torch thread")  # the Model pane's note
 
 
 @pytest.mark.usefixtures("two_threads")
@@ -128,6 +129,7 @@ def test_the_policy_process_runs_the_prefix_in_halves_within_tolerance(
     assert isinstance(prefix, RowHalvesPrefix)
     got, _ = runner.raw_chunk(obs, noise=noise)
     assert prefix._plans is not None and all(plan.scripted_step() for plan in prefix._plans)
+    assert kernel_probe.decisions()["prefix pass"] == "row halves on two threads"
     assert np.all(np.isfinite(got)) and np.max(np.abs(got - ref)) < sv.ACTION_TOLERANCE
 
 
@@ -137,3 +139,4 @@ def test_layers_without_the_expected_parts_keep_lerobots_pass(tiny_policy_dir: P
     del vwe.get_vlm_model().text_model.layers[0].mlp.act_fn
     assert not use_row_halves_prefix(vwe, vwe.forward)
     assert "forward" not in vars(vwe)
+    assert kernel_probe.decisions()["prefix pass"].startswith("LeRobot's")
