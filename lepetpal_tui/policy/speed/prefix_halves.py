@@ -8,8 +8,9 @@ each thread runs every op of its own rows, the layers' steps as TorchScript func
 layers are int8 (policy/speed/scripted_expert.py: no GIL), and the halves hand each other their new keys
 and values once per layer (`KVExchange`). Measured inside whole chunks in the policy process's setting
 (full-size SmolVLA, 2-core AMD EPYC, 12 interleaved chunks each): the pass 71 -> 51 ms with AVX-512
-kernels (93 -> 70 ms beside the running app), 107 -> 79 ms with the kernels capped to AVX2 (113 -> 87). The int8 activations are quantized per half (a scale per call), so the values differ from the
-whole pass by int8 rounding, as far from fp32 as before (worst layer's keys 2.4 % either way).
+kernels (93 -> 70 ms beside the running app), 107 -> 79 ms with the kernels capped to AVX2 (113 -> 87).
+The int8 activations are quantized per half (a scale per call), so the values differ from the whole pass
+by int8 rounding, as far from fp32 as before (worst layer's keys 2.4 % either way).
 """
 
 from __future__ import annotations
