@@ -17,6 +17,9 @@ from lepetpal_tui.wire import EventKind, Level
 MARGIN_TICKS = 2
 # Slowed playback plans for chunks this much slower than the recent ones: a chunk now and then takes that
 # much longer than the last three (3.5 s against a 2.8 s median in a 60 s full-size run on the AVX2 EPYC).
+# Replayed through this pacer (bench/pacing_replay.py: five recorded 60 s runs, and spikes): 1.10 plays
+# 4-5 % faster but starves on a load beside inference and on 1.4x spikes; 1.25 costs 7-8 % of speed; a
+# headroom learned from the recent latencies was no better than this constant overall.
 LATENCY_HEADROOM = 1.15
 MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
 
