@@ -7,7 +7,8 @@ covers a chunk slower than the last three. This bench replays real 60 s runs' la
 with where they came from, or read from session logs) and synthetic ones with spikes through
 `engine.pacing.Pacer` and `engine.chunks.ChunkQueue` tick by tick (inference back to back, as the engine
 runs it; no arm, no model), for several fixed headrooms and an adaptive one (the largest recent
-"latency / prediction" ratio). CPU-independent: the series carry their machine in them.
+"latency / prediction" ratio). A chunk later than predicted is expected OVERDUE_FRACTION of its time so
+far from now (the plan stretches while it is late). CPU-independent: the series carry their machine in them.
 
 Usage: .venv/bin/python bench/pacing_replay.py [--log logs/session-....jsonl ...]
 Writes bench/results/pacing_replay.json.
@@ -144,7 +145,7 @@ def main() -> int:
     ap.add_argument("--log", type=Path, action="append", default=[], help="a session log to replay too")
     args = ap.parse_args()
     series = {name: lat * 3 for name, lat in RECORDED.items()}  # each run three times over: ~2-4 min
-    series.update({f"synthetic, every 25th chunk {s}x": synthetic(s) for s in (1.25, 1.4, 1.6)})
+    series.update({f"synthetic, every 25th chunk {s}x": synthetic(s) for s in (1.25, 1.4, 1.6, 2.0)})
     series.update({str(p): from_log(p) for p in args.log})
     results: dict[str, Any] = {}
     print(f"headroom shipped: {pacing.LATENCY_HEADROOM}; figures: starved ticks, speed p50 / min, plan left at merge")

@@ -18,10 +18,17 @@ MARGIN_TICKS = 2
 # Slowed playback plans for chunks this much slower than the recent ones: a chunk now and then takes that
 # much longer than the last three (3.5 s against a 2.8 s median in a 60 s full-size run on the AVX2 EPYC).
 # Replayed through this pacer (bench/pacing_replay.py: five recorded 60 s runs, and spikes): 1.10 plays
-# 4-5 % faster but starves on a load beside inference and on 1.4x spikes; 1.25 costs 7-8 % of speed; a
-# headroom learned from the recent latencies was no better than this constant overall.
+# 4-5 % faster, 0 starved ticks up to 1.6x spikes but a deeper slow-down while a chunk is late; 1.05
+# starves at 1.6x; 1.25 costs 7-8 % of speed. Kept one step from where it starves: the replay leaves out
+# the engine's own delays. A headroom learned from the recent latencies was no better overall.
 LATENCY_HEADROOM = 1.15
 MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
+# A chunk later than the recent ones is expected this fraction of its time so far from now, not at the
+# next tick: the plan then stretches while the chunk is late, instead of playing on at the steady speed
+# and running dry. Replayed (bench/pacing_replay.py): starved ticks with every 25th chunk 1.6x slower
+# 17 -> 0 (2x slower: 91 -> 33), 1 -> 0 on a recorded run with a load beside it, the same speed p50 on
+# every series; the cost is a deeper slow-down while a chunk is late (speed min 0.85 -> 0.54 on a steady run).
+OVERDUE_FRACTION = 0.25
 
 Report = Callable[[Level, str, str, EventKind], None]
 
@@ -63,13 +70,16 @@ class Pacer:
         if control.when_inference_is_slow == "hold" or awaiting_first_chunk or not self.latency_ticks:
             return 1.0
         latency = max(self.latency_ticks)
-        started = self.infer_obs_tick
-        remaining = latency - (k - started) if started is not None else latency
-        ticks = max(1, remaining) + MARGIN_TICKS
+        started = self.infer_obs_tick  # read once: the inference thread sets and clears it
+        elapsed = k - started if started is not None else 0
+        remaining = latency - elapsed
+        ticks = max(1, remaining, OVERDUE_FRACTION * elapsed) + MARGIN_TICKS
         left = queue.plan_left(k)
         steady = sustainable_speed(self._chunk_len(), self.max_lag_ticks, latency * LATENCY_HEADROOM + MARGIN_TICKS)
         speed = max(control.min_speed, min(playback_speed(left, ticks, control.min_speed), steady))
-        too_slow = steady < control.min_speed or (speed <= control.min_speed and left < ticks * control.min_speed)
+        # Warned when the plan runs out even at the floor: structurally (steady), or with the chunk due now.
+        runs_out = left < (max(1, remaining) + MARGIN_TICKS) * control.min_speed
+        too_slow = steady < control.min_speed or (speed <= control.min_speed and runs_out)
         if too_slow and not self._floor_warned:
             self._floor_warned = True
             self._report(
