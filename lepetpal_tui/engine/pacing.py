@@ -19,8 +19,8 @@ MARGIN_TICKS = 2
 # much longer than the last three (3.5 s against a 2.8 s median in a 60 s full-size run on the AVX2 EPYC).
 # Replayed through this pacer (bench/pacing_replay.py: five recorded 60 s runs, and spikes): 1.10 plays
 # 4-5 % faster, 0 starved ticks up to 1.6x spikes but a deeper slow-down while a chunk is late; 1.05
-# starves at 1.6x; 1.25 costs 7-8 % of speed. Kept one step from where it starves: the replay leaves out
-# the engine's own delays. A headroom learned from the recent latencies was no better overall.
+# starves at 1.6x; 1.25 costs 7-8 % of speed. With a busy loop beside inference (2 s in every 10) 1.10
+# starved 3-17 ticks, 1.15 0-6, 1.25 none. A headroom learned from the recent latencies was no better.
 LATENCY_HEADROOM = 1.15
 MAX_LAG_S = 0.15  # a new plan may run this much late rather than starve (see ChunkQueue.merge)
 # A chunk later than the recent ones is expected this fraction of its time so far from now, not at the
