@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/control_loop.py
 	$(PY) bench/policy_latency.py
 	$(PY) bench/full_size_run.py
+	$(PY) bench/pacing_replay.py
 	$(PY) bench/ui_figures.py
 
 clean:
