@@ -11,8 +11,12 @@ Measured facts behind the choices (real SmolVLA linears, 2-core AMD EPYC VMs):
   per-call activation rounding averages out.
 - bf16 matmuls are only fast with bf16 dot products in hardware (AVX512-BF16, AMX, ARMv8.6 BF16);
   elsewhere they are emulated: 17 GFLOP/s against 130 for fp32 on the AVX2-only EPYC.
-Everything here is a pure function of /proc/cpuinfo (or the platform), the kernel libraries' own ISA
-caps and torch's own CPU report, so the choice is instant and the same on every start.
+Everything here is a pure function of the CPU's feature report, the kernel libraries' own ISA caps and
+torch's own CPU report, so the choice is instant and the same on every start. The features are read as
+the kernels read them: torch's `torch.cpu.get_capabilities()` (cpuinfo's CPUID on x86, the kernel's
+hwcaps on ARM) where torch is there, /proc/cpuinfo otherwise (the UI process). The two differ under an
+emulator: QEMU's user mode reports an AVX2-only CPU to its programs while /proc/cpuinfo is the host's
+AVX-512 one, and fbgemm, oneDNN and ATen all run AVX2 kernels there.
 
 The caps: oneDNN (ONEDNN_MAX_CPU_ISA), fbgemm (FBGEMM_ENABLE_INSTRUCTIONS) and ATen
 (ATEN_CPU_CAPABILITY) each read a variable that keeps their kernels below an ISA, to debug or to run a
@@ -45,6 +49,7 @@ class CpuCaps:
     flags: frozenset[str]
     torch_capability: str  # torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...
     capped_by: str = ""  # the kernel libraries' ISA caps that took flags out ("ONEDNN_MAX_CPU_ISA=AVX2"), or ""
+    not_reported: frozenset[str] = frozenset()  # in /proc/cpuinfo but not reported by the CPU to its programs
 
     @property
     def is_x86(self) -> bool:
@@ -100,7 +105,9 @@ class CpuCaps:
         """One line for logs and benchmarks: model, kind, the flags that matter, torch's own view."""
         flags = " ".join(f for f in _RELEVANT if f in self.flags) or "none of interest"
         capped = f"; kernels capped by {self.capped_by}" if self.capped_by else ""
-        return f"{self.model} [{self.kind}; flags: {flags}; torch: {self.torch_capability}{capped}]"
+        absent = (f"; /proc/cpuinfo also lists {' '.join(sorted(self.not_reported))}, which the CPU does not "
+                  "report to programs (an emulator?)") if self.not_reported else ""
+        return f"{self.model} [{self.kind}; flags: {flags}; torch: {self.torch_capability}{capped}{absent}]"
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
@@ -151,6 +158,35 @@ def kernel_caps(environ: Mapping[str, str]) -> tuple[float | None, str]:
         named.append(f"{var}={value}")
         lowest = rank if lowest is None else min(lowest, rank)
     return lowest, " ".join(named)
+
+
+# torch.cpu.get_capabilities() names -> the /proc/cpuinfo spellings used here.
+_TORCH_FEATURES = {
+    "avx2": "avx2", "fma3": "fma", "avx512_f": "avx512f", "avx512_vnni": "avx512_vnni",
+    "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16", "avx_vnni": "avx_vnni",
+    "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
+    "neon": "asimd", "dot": "asimddp", "bf16": "bf16", "i8mm": "i8mm", "sve": "sve",
+}
+
+
+def reported_by_cpu(caps: CpuCaps, features: Mapping[str, object] | None) -> CpuCaps:
+    """`caps` with the flags that matter here set as the CPU reports them to programs (`features`:
+    `torch.cpu.get_capabilities()`), which is what the kernel libraries go by; unchanged without a report."""
+    if not features:
+        return caps
+    known = {ours for theirs, ours in _TORCH_FEATURES.items() if theirs in features}
+    reported = {ours for theirs, ours in _TORCH_FEATURES.items() if features.get(theirs) is True}
+    return replace(caps, flags=frozenset((caps.flags - known) | reported),
+                   not_reported=frozenset((caps.flags & known) - reported))
+
+
+def _torch_features() -> Mapping[str, object] | None:
+    try:
+        import torch
+
+        return dict(torch.cpu.get_capabilities())
+    except Exception:  # no torch (the UI process), or one older than get_capabilities (2.10)
+        return None
 
 
 def _torch_capability() -> str:
@@ -204,7 +240,8 @@ def cpu_caps() -> CpuCaps:
         model, flags = _darwin_features()
     if not model:
         model = (_arm_model(text) if "CPU part" in text else platform.processor()) or arch
-    return capped(CpuCaps(model=model, arch=arch, flags=flags, torch_capability=_torch_capability()), os.environ)
+    caps = CpuCaps(model=model, arch=arch, flags=flags, torch_capability=_torch_capability())
+    return capped(reported_by_cpu(caps, _torch_features()), os.environ)
 
 
 def capped(caps: CpuCaps, environ: Mapping[str, str]) -> CpuCaps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, capped, cpu_caps, parse_cpuinfo
+from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, capped, cpu_caps, parse_cpuinfo, reported_by_cpu
 
 EPYC_AVX2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx fma avx2 bmi2\n"
 EPYC_AVX512 = ("model name\t: AMD EPYC 9R14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n")
@@ -75,3 +75,32 @@ def test_kernel_library_caps_take_flags_out(environ: dict[str, str], kind: str, 
 def test_caps_leave_arm_flags_alone() -> None:
     c = capped(caps(PI5, "aarch64"), {"ATEN_CPU_CAPABILITY": "default"})
     assert c.kind == "arm64-dotprod" and c.capped_by == "ATEN_CPU_CAPABILITY=DEFAULT"
+
+
+# torch.cpu.get_capabilities() as QEMU's user mode (TCG) answers it on that AVX-512 host: AVX2, no AVX-512.
+QEMU_TCG = {"avx2": True, "fma3": True, "avx512_f": False, "avx512_vnni": False, "avx512_bf16": False,
+            "avx_vnni": False, "amx_tile": False, "amx_int8": False, "amx_bf16": False, "sse4_2": True}
+
+
+def test_the_cpus_own_report_wins_over_proc_cpuinfo() -> None:
+    """Under an emulator /proc/cpuinfo is the host's while the kernels see the emulated CPU: the path and the
+    kind follow what the kernels see, and the description says what was dropped."""
+    c = reported_by_cpu(caps(EPYC_AVX512), QEMU_TCG)
+    assert (c.kind, c.int8_vnni, c.bf16_native) == ("x86-avx2", False, False)
+    assert c.not_reported == {"avx512f", "avx512_vnni", "avx512_bf16"}
+    assert "does not report" in c.describe() and "avx512_vnni" in c.describe()
+
+
+def test_a_feature_missing_from_proc_cpuinfo_is_taken_from_the_report() -> None:
+    c = reported_by_cpu(caps("model name\t: ARM CPU\n", "aarch64"), {"neon": True, "dot": True, "bf16": True})
+    assert (c.kind, c.bf16_native, c.not_reported) == ("arm64-dotprod-bf16", True, frozenset())
+
+
+@pytest.mark.parametrize("features", [None, {}])
+def test_without_a_report_proc_cpuinfo_stands(features: dict[str, object] | None) -> None:
+    assert reported_by_cpu(caps(SAPPHIRE), features) == caps(SAPPHIRE)
+
+
+def test_caps_apply_after_the_report() -> None:
+    c = capped(reported_by_cpu(caps(SAPPHIRE), {"avx2": True, "amx_tile": True}), {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert c.kind == "x86-avx2" and not c.int8_amx
