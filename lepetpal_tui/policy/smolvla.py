@@ -278,7 +278,7 @@ def fast_path(setting: str, device: str, parameters: int, caps: CpuCaps) -> tupl
     if setting == "int8":
         if int8_supported():
             return "int8", "int8 (as set)"
-        return None, "fp32 (int8 needs a CPU with a quantized engine)"
+        return None, "fp32 (int8 needs a quantized engine whose kernel is sound on this CPU)"
     if setting == "bf16":
         if caps.bf16_native:
             return "bf16", "bf16 (as set)"

@@ -69,7 +69,7 @@ def inplace_vision_gelu(module: nn.Module) -> int:
 
 
 def int8_engine(name: str) -> str | None:
-    """The quantized engine that packs the int8 linear `name` (None: torch's default, fbgemm on x86).
+    """The quantized engine that packs the int8 linear `name` (None: the default, int8_saturation.default_engine).
 
     oneDNN packs the vision encoder's linears (1024 tokens): measured 5-25% faster than fbgemm there on
     the 2-core EPYC (qkv 5.5 -> 4.6 ms, fc1 7.9 -> 6.1 ms), but slower for the expert's 50 tokens. oneDNN
@@ -79,8 +79,9 @@ def int8_engine(name: str) -> str | None:
       at 2090 against 570 (fp32: 110-190); the denoise steps of a chunk 320 -> 272 ms, the prefix 76 -> 65 ms.
     - VNNI that only oneDNN uses (`onednn_vnni_only`: AVX-VNNI on Alder Lake and later laptops, N100):
       fbgemm runs its AVX2 kernel there (int16 pair sums: 7-bit activations, ~2x fp32 at best).
+    Never an engine whose kernel is unsound here (onednn on aarch64: int8_saturation.sound).
     """
-    if "onednn" not in torch.backends.quantized.supported_engines:
+    if "onednn" not in torch.backends.quantized.supported_engines or not int8_saturation.sound("onednn"):
         return None
     if "vision_model" in name.split(".") or amx_int8_usable() or onednn_vnni_only():
         return "onednn"

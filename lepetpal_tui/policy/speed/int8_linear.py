@@ -70,8 +70,9 @@ def linear_threads_raised() -> bool:
 
 
 def int8_supported() -> bool:
-    """Dynamic int8 linears need a quantized CPU engine (fbgemm/x86 on x86-64, qnnpack on ARM)."""
-    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "qnnpack"))
+    """Dynamic int8 linears need a quantized CPU engine whose kernel is sound here (x86 on x86-64, qnnpack on
+    aarch64: policy/speed/int8_saturation.py checks it once)."""
+    return int8_saturation.sound(int8_saturation.default_engine())
 
 
 def quantized_rows(weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -148,11 +149,13 @@ def pack_all(jobs: Sequence[PackJob]) -> list[Any]:
         by_engine.setdefault(engine, []).append(i)
     workers = max(1, torch.get_num_threads())
     previous = torch.backends.quantized.engine
-    for engine in by_engine:  # probed now, not while the engine setting is switched for a group below
-        int8_saturation.saturates(engine)
+    # Resolved and probed now, not while the engine setting is switched for a group below.
+    names = {engine: int8_saturation.engine_name(engine) for engine in by_engine}
+    for name in names.values():
+        int8_saturation.saturates(name)
     try:
         for engine, indices in by_engine.items():
-            torch.backends.quantized.engine = engine or previous
+            torch.backends.quantized.engine = names[engine]
             if workers == 1 or len(indices) == 1:
                 results = [_pack(jobs[i][0]) for i in indices]
             else:

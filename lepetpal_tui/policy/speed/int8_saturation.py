@@ -12,6 +12,15 @@ ONEDNN_MAX_CPU_ISA=AVX512_CORE (AVX-512 without VNNI) oneDNN's kernel saturates 
 same CPU, does not. So each engine is asked once, with a product where every pair of products saturates
 an int16: the answer is exact (63) or far off (32.4 where it saturates). 1.5-1.8 ms on the EPYC, once per
 engine and process; where the probe cannot run, 7 bits (never saturates, always correct).
+
+A second check asks whether an engine's kernel gives the right product at all once its weights have been
+called on another number of rows (`sound`). On aarch64, torch's default engine is onednn, whose dynamic
+linear goes to the Arm Compute Library, and there (torch 2.9.1 under QEMU's Cortex-A76, Neoverse-N1 and
+Cortex-A72) every call with another row count than the first call's was 0.4-1.1 off fp32: the first call
+sets up a GEMM for its rows and later calls reuse it. Our first call is on one row
+(int8_linear.settle_first_call), so every later call would have been wrong. qnnpack, the engine torch
+used on ARM before, was exact there. An engine that fails is never used: the default falls to the
+first sound engine.
 """
 
 from __future__ import annotations
@@ -27,9 +36,64 @@ _TOLERANCE = 0.02  # relative; a saturating kernel is ~50 % off, a rounding one 
 _lock = threading.Lock()
 
 
+# The engines that may pack int8 linears, in the order one stands in for an unsound default.
+_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+_SOUND_TOLERANCE = 0.1  # relative to fp32: the product's own rounding is ~0.01-0.03, a wrong kernel 0.4-1.1
+_linear_dynamic = torch.ops.quantized.linear_dynamic  # module-level, so a test can stand in a faulty kernel
+
+
 def engine_name(engine: str | None) -> str:
-    """The engine that packs weights when `engine` is None: torch's current default (x86 on x86-64)."""
-    return engine or str(torch.backends.quantized.engine)
+    """The engine that packs weights when `engine` is None: torch's current default where its kernel is
+    sound here (x86 on x86-64), else the first engine that is (qnnpack on aarch64)."""
+    return engine or default_engine()
+
+
+def default_engine() -> str:
+    """torch's current quantized engine if its int8 kernel is sound here, else the first sound one (torch's
+    own when none is: `int8_linear.int8_supported` then says no)."""
+    return _default_for(str(torch.backends.quantized.engine))
+
+
+@functools.cache
+def _default_for(current: str) -> str:
+    supported = torch.backends.quantized.supported_engines
+    for engine in (current, *(e for e in _ENGINES if e != current and e in supported)):
+        if sound(engine):
+            return engine
+    return current
+
+
+@functools.cache
+def sound(engine: str) -> bool:
+    """Whether `engine`'s int8 linear gives the quantized product (within its rounding) on a call with
+    other rows than its first call's, as every policy call is (see the module's note)."""
+    try:
+        generator = torch.Generator().manual_seed(12)
+        weight = torch.randn(16, _WIDTH, generator=generator)
+        packed = _prepack(engine, weight)
+        reduce_range = saturates(engine)
+        with torch.inference_mode():
+            _linear_dynamic(torch.randn(1, _WIDTH, generator=generator), packed, reduce_range=reduce_range)
+            x = torch.randn(3, _WIDTH, generator=generator)
+            got = _linear_dynamic(x, packed, reduce_range=reduce_range)
+        want = x @ weight.T
+        return bool(float((got - want).norm() / want.norm()) < _SOUND_TOLERANCE)
+    except Exception:  # an engine that cannot run the check is not used
+        return False
+
+
+def _prepack(engine: str, weight: torch.Tensor) -> object:
+    """`weight` quantized symmetric per output channel (as int8_linear does) and packed by `engine`."""
+    scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8).to(torch.float64)
+    q = torch.quantize_per_channel(weight, scale, torch.zeros(weight.shape[0], dtype=torch.int64), axis=0,
+                                   dtype=torch.qint8)
+    with _lock:  # the engine is one process-wide setting that linear_prepack reads
+        previous = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = engine
+            return torch.ops.quantized.linear_prepack(q, None)
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 def saturates(engine: str | None = None) -> bool:
@@ -45,20 +109,11 @@ def activation_bits(engine: str | None = None) -> int:
 @functools.cache
 def _probe(engine: str) -> bool:
     try:
-        with _lock:  # the engine is one process-wide setting that linear_prepack reads
-            previous = torch.backends.quantized.engine
-            try:
-                torch.backends.quantized.engine = engine
-                weight = torch.quantize_per_channel(
-                    torch.ones(8, _WIDTH), torch.full((8,), 1 / 127, dtype=torch.float64),
-                    torch.zeros(8, dtype=torch.int64), axis=0, dtype=torch.qint8)
-                packed = torch.ops.quantized.linear_prepack(weight, None)
-            finally:
-                torch.backends.quantized.engine = previous
+        packed = _prepack(engine, torch.ones(8, _WIDTH))  # every weight 127 after quantizing
         x = torch.ones(1, _WIDTH)
         x[0, 0] = 0.0
         with torch.inference_mode():
-            y = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False)
+            y = _linear_dynamic(x, packed, reduce_range=False)
         want = float(_WIDTH - 1)
         return bool(abs(float(y[0, 0]) - want) > _TOLERANCE * want)
     except Exception:  # an engine that cannot run the probe: assume the worst (7 bits are always exact)
