@@ -24,7 +24,7 @@ def machine_info() -> dict[str, Any]:
     caps = cpu_caps()
     return {
         "cpu": caps.model, "cpu_vendor": cpu_vendor(), "cpu_kind": caps.kind, "isa_flags": sorted(caps.flags & _FLAGS),
-        "kernels_capped_by": caps.capped_by or None,
+        "kernels_capped_by": caps.capped_by or None, "not_reported_by_cpu": sorted(caps.not_reported) or None,
         "torch_cpu_capability": caps.torch_capability, "int8_activation_bits": int8_activation_bits(),
         "bf16_native": caps.bf16_native, "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
@@ -73,9 +73,12 @@ def cpu_vendor() -> str:
 def results_dir() -> Path:
     """bench/results/<vendor>-<cpu kind>, e.g. amd-x86-avx2, intel-x86-avx512-vnni-bf16; a run whose kernels
     were capped below the CPU (ONEDNN_MAX_CPU_ISA, ...) adds "-capped": a bigger CPU running a smaller
-    one's kernels is not that smaller CPU (clock, caches and memory differ), so its figures stay apart."""
+    one's kernels is not that smaller CPU (clock, caches and memory differ), so its figures stay apart. A run
+    where /proc/cpuinfo lists features the CPU does not report to programs (QEMU's user mode emulating a
+    smaller CPU on this one) adds "-emulated": its accuracy figures hold, its times say nothing."""
     caps = cpu_caps()
-    return RESULTS_ROOT / f"{cpu_vendor()}-{caps.kind}{'-capped' if caps.capped_by else ''}"
+    suffix = ("-capped" if caps.capped_by else "") + ("-emulated" if caps.not_reported else "")
+    return RESULTS_ROOT / f"{cpu_vendor()}-{caps.kind}{suffix}"
 
 
 def results_path(name: str) -> Path:
