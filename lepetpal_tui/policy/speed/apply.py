@@ -119,8 +119,10 @@ def int8_activation_bits() -> str:
 
 def int8_engines() -> str:
     """Which engines `int8_engine` gives the vision encoder and the other layers, as one short text (the
-    accuracy check's cache tells paths apart by it)."""
-    return f"vision {int8_engine('vision_model.x') or 'default'}, rest {int8_engine('x') or 'default'}"
+    accuracy check's cache tells paths apart by it). The default is named as resolved ("x86", or "qnnpack"
+    where torch's own default is unsound), so a check made with another engine is never taken for it."""
+    vision, rest = (int8_saturation.engine_name(int8_engine(n)) for n in ("vision_model.x", "x"))
+    return f"vision {vision}, rest {rest}"
 
 
 @functools.cache
