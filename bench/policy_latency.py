@@ -46,7 +46,12 @@ def goal_ratio() -> float:
 
 def goal_verdict(ratio: float, paired: float, goal: float) -> str:
     """Met only if the ratio of the medians and the median of the paired (same-round) ratios both are: on a
-    VM whose speed drifts during the run the two can fall on either side of the goal."""
+    VM whose speed drifts during the run the two can fall on either side of the goal. Not judged under an
+    emulator (scripts/emulated-cpus), whose instructions run at speeds no CPU has."""
+    from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+
+    if cpu_caps().not_reported:
+        return "not judged: an emulated CPU, whose times say nothing"
     if ratio <= goal and paired <= goal:
         return "met"
     if ratio > goal and paired > goal:
