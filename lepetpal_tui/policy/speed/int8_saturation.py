@@ -15,9 +15,9 @@ engine and process; where the probe cannot run, 7 bits (never saturates, always 
 
 A second check asks whether an engine's kernel gives the right product at all once its weights have been
 called on another number of rows (`sound`). On aarch64, torch's default engine is onednn, whose dynamic
-linear goes to the Arm Compute Library, and there (torch 2.9.1 under QEMU's Cortex-A76, Neoverse-N1 and
-Cortex-A72) every call with another row count than the first call's was 0.4-1.1 off fp32: the first call
-sets up a GEMM for its rows and later calls reuse it. Our first call is on one row
+linear goes to the Arm Compute Library, and there (torch 2.9.1 under QEMU as a Cortex-A76, Neoverse-N1,
+A64FX and Cortex-A72, the same figures on each) every call with another row count than the first call's
+was 0.41-1.10 off fp32: the first call sets up a GEMM for its rows and later calls reuse it. Our first call is on one row
 (int8_linear.settle_first_call), so every later call would have been wrong. qnnpack, the engine torch
 used on ARM before, was exact there. An engine that fails is never used: the default falls to the
 first sound engine.

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.skipif(not int8_linear.int8_supported(), reason="no qua
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = [e for e in ("x86", "fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+# Every engine that may pack int8 linears and that this torch has (qnnpack too).
+SUPPORTED = [e for e in int8_saturation._ENGINES if e in torch.backends.quantized.supported_engines]
 # The libraries' own caps: their AVX2 kernels, which sum u8 x s8 pairs in int16, on any x86-64 CPU.
 AVX2_KERNELS = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
@@ -56,10 +58,9 @@ def test_the_probe_agrees_with_the_kernel(engine: str) -> None:
 
 
 def test_int8_linear_takes_its_bits_from_its_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    engines = sorted(e for e in ("x86", "fbgemm", "qnnpack", "onednn") if e in torch.backends.quantized.supported_engines)
-    if len(engines) < 2:
+    if len(SUPPORTED) < 2:
         pytest.skip("one quantized engine only")
-    seven, eight = engines[:2]
+    seven, eight = sorted(SUPPORTED)[:2]  # describe() lists engines by name
     monkeypatch.setattr(int8_saturation, "_probe", lambda engine: engine == seven)
     lin = nn.Linear(16, 8)
     assert (Int8Linear(lin, seven).activation_bits, Int8Linear(lin, eight).activation_bits) == (7, 8)
@@ -83,8 +84,7 @@ def fresh_checks() -> Iterator[None]:
     int8_saturation._default_for.cache_clear()
 
 
-@pytest.mark.parametrize("engine", [e for e in ("x86", "fbgemm", "qnnpack", "onednn")
-                                    if e in torch.backends.quantized.supported_engines])
+@pytest.mark.parametrize("engine", SUPPORTED)
 def test_soundness_agrees_with_the_kernel(engine: str) -> None:
     """After a first call on one row (as every packed linear gets, int8_linear.settle_first_call), a call on
     other rows gives the quantized product where the check says the engine is sound, and is far off where
@@ -129,7 +129,7 @@ def test_an_unsound_default_engine_is_replaced(monkeypatch: pytest.MonkeyPatch, 
     from lepetpal_tui.policy.speed import apply as policy_speed
 
     default = str(torch.backends.quantized.engine)
-    others = [e for e in ("x86", "fbgemm", "qnnpack") if e != default and e in torch.backends.quantized.supported_engines]
+    others = [e for e in SUPPORTED if e not in (default, "onednn")]
     if not others:
         pytest.skip("one quantized engine only")
     monkeypatch.setattr(int8_saturation, "sound", lambda engine: engine not in (default, "onednn"))
