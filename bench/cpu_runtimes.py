@@ -81,16 +81,12 @@ PAUSE_S = 0.05  # between variants: OpenMP / ORT workers stop spinning first
 
 def cpu_info() -> dict[str, Any]:
     """The CPU as bench/machine.py describes it (model, kind, ISA flags), in the keys this bench uses."""
-    from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+    from lepetpal_tui.policy.speed.cpu_caps import RELEVANT_FLAGS, cpu_caps
 
     caps = cpu_caps()
-    return {"model": caps.model, "machine": caps.arch, "flags": sorted(caps.flags & WANTED_FLAGS),
+    wanted = frozenset(RELEVANT_FLAGS) | {"avx", "f16c", "avx512bw"}  # and three that tell older x86 CPUs apart
+    return {"model": caps.model, "machine": caps.arch, "flags": sorted(caps.flags & wanted),
             "kind": caps.kind, "vnni": caps.int8_vnni, "cpus": os.cpu_count()}
-
-
-WANTED_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
-                          "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "bf16",
-                          "sve"})
 
 
 def ort_int8_kernel(cpu: dict[str, Any], weights: str) -> str:

@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from lepetpal_tui.policy.speed.cpu_caps import cpu_caps
+from lepetpal_tui.policy.speed.cpu_caps import RELEVANT_FLAGS, cpu_caps
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -92,5 +92,4 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return out
 
 
-_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
-                    "amx_bf16", "asimd", "asimddp", "bf16", "i8mm", "sve"})
+_FLAGS = frozenset(RELEVANT_FLAGS)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The flags that change a decision; both x86 (/proc/cpuinfo "flags") and ARM ("Features") spellings.
-_RELEVANT = (
+RELEVANT_FLAGS = (
     "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
     "asimd", "asimddp", "bf16", "i8mm", "sve",
 )
@@ -103,7 +103,7 @@ class CpuCaps:
 
     def describe(self) -> str:
         """One line for logs and benchmarks: model, kind, the flags that matter, torch's own view."""
-        flags = " ".join(f for f in _RELEVANT if f in self.flags) or "none of interest"
+        flags = " ".join(f for f in RELEVANT_FLAGS if f in self.flags) or "none of interest"
         capped = f"; kernels capped by {self.capped_by}" if self.capped_by else ""
         absent = (f"; /proc/cpuinfo also lists {' '.join(sorted(self.not_reported))}, which the CPU does not "
                   "report to programs (an emulator?)") if self.not_reported else ""

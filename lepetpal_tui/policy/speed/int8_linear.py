@@ -186,9 +186,10 @@ class Int8Linear(nn.Module):
         # kernel whose accumulation decides how many activation bits are exact.
         engine = int8_saturation.engine_name(engine)
         self.engine = engine
-        self.activation_bits = int8_saturation.activation_bits(engine) if activation_bits is None else activation_bits
-        if self.activation_bits not in (7, 8):
-            raise ValueError(f"int8 activations use 7 or 8 bits, not {self.activation_bits}")
+        bits = int8_saturation.activation_bits(engine) if activation_bits is None else activation_bits
+        if bits not in (7, 8):
+            raise ValueError(f"int8 activations use 7 or 8 bits, not {bits}")
+        self.activation_bits = int8_saturation.bits_run(engine, bits)  # what the kernel computes (qnnpack: 8)
         # reduce_range: 7-bit activations (0..127), so a u8 x s8 pair sum fits in int16 (no saturation).
         self._reduce_range = self.activation_bits == 7
         linears = [linear] if isinstance(linear, nn.Linear) else list(linear)

@@ -72,14 +72,19 @@ def test_int8_linear_computes_the_quantized_product_on_this_cpu(bias: bool, shap
     assert q.weight.dtype == torch.float32 and q.weight.numel() == 0
 
 
-def test_seven_bit_activations_are_exact_on_every_cpu() -> None:
-    """7-bit activations never saturate, whatever kernel runs (the fallback for CPUs without VNNI)."""
+@pytest.mark.parametrize("engine", [e for e in int8_saturation._ENGINES if e in torch.backends.quantized.supported_engines])
+def test_seven_bit_activations_are_exact_on_every_cpu(engine: str) -> None:
+    """7-bit activations never saturate, whatever kernel runs (the fallback for CPUs without VNNI); qnnpack
+    ignores reduce_range and takes 8 bits, and says so."""
+    if not int8_saturation.sound(engine):
+        pytest.skip(f"{engine}'s kernel is unsound here and never used")
     torch.manual_seed(1)
     lin = nn.Linear(256, 384)
-    q = Int8Linear(lin, activation_bits=7)
+    q = Int8Linear(lin, engine=engine, activation_bits=7)
+    assert q.activation_bits == (8 if engine == "qnnpack" else 7)
     x = torch.randn(2, 40, 256) * 3.0
     with torch.inference_mode():
-        got, emulated = q(x), emulated_int8(x, lin, 7)
+        got, emulated = q(x), emulated_int8(x, lin, q.activation_bits)
     assert float((got - emulated).norm() / emulated.norm()) < 2e-3
 
 
@@ -339,6 +344,7 @@ def test_int8_engine_puts_small_rows_on_onednn_only_where_amx_is_granted(
 
     model, parsed = parse_cpuinfo(f"model name\t: Xeon\nflags\t\t: {flags}\n")
     monkeypatch.setattr(policy_speed, "cpu_caps", lambda: CpuCaps(model, "x86_64", parsed, "AVX512"))
+    monkeypatch.setattr(int8_saturation, "sound", lambda engine: True)  # as on that Xeon, whatever runs the suite
     monkeypatch.setattr(torch.cpu, "_init_amx", lambda: granted, raising=False)
     monkeypatch.setattr(policy_speed, "onednn_vnni_only", lambda: False)
     policy_speed.amx_int8_usable.cache_clear()
@@ -361,6 +367,9 @@ def test_int8_engine_puts_every_layer_on_onednn_where_only_its_kernels_have_vnni
     if "onednn" not in torch.backends.quantized.supported_engines:
         pytest.skip("this torch has no oneDNN quantized engine")
     monkeypatch.setattr(policy_speed, "amx_int8_usable", lambda: False)
+    # An x86 CPU's engines, whatever runs the suite (on aarch64 onednn is unsound and the default qnnpack).
+    monkeypatch.setattr(int8_saturation, "sound", lambda engine: True)
+    monkeypatch.setattr(int8_saturation, "default_engine", lambda: "x86")
     monkeypatch.setattr(int8_saturation, "_probe",
                         lambda engine: onednn_saturates if engine == "onednn" else default_saturates)
     policy_speed.onednn_vnni_only.cache_clear()
