@@ -59,6 +59,8 @@ def machine_line() -> str:
 def cpu_vendor() -> str:
     """"amd", "intel", or the machine name elsewhere ("aarch64"): two vendors' CPUs of one kind (the same
     ISA path) still differ in speed, so their figures are kept apart."""
+    if not cpu_caps().is_x86:  # an aarch64 process under qemu-user reads the x86 host's /proc/cpuinfo
+        return platform.machine().lower() or "cpu"
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:

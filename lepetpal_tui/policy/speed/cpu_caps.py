@@ -14,9 +14,10 @@ Measured facts behind the choices (real SmolVLA linears, 2-core AMD EPYC VMs):
 Everything here is a pure function of the CPU's feature report, the kernel libraries' own ISA caps and
 torch's own CPU report, so the choice is instant and the same on every start. The features are read as
 the kernels read them: torch's `torch.cpu.get_capabilities()` (cpuinfo's CPUID on x86, the kernel's
-hwcaps on ARM) where torch is there, /proc/cpuinfo otherwise (the UI process). The two differ under an
-emulator: QEMU's user mode reports an AVX2-only CPU to its programs while /proc/cpuinfo is the host's
-AVX-512 one, and fbgemm, oneDNN and ATen all run AVX2 kernels there.
+hwcaps on ARM) where torch is there, Linux's hwcaps on ARM where torch is older than 2.10 (PyPI's CPU
+builds for aarch64), /proc/cpuinfo otherwise (the UI process). The two differ under an emulator: QEMU's
+user mode reports an AVX2-only CPU to its programs while /proc/cpuinfo is the host's AVX-512 one, and
+fbgemm, oneDNN and ATen all run AVX2 kernels there; an emulated aarch64 reads the x86 host's.
 
 The caps: oneDNN (ONEDNN_MAX_CPU_ISA), fbgemm (FBGEMM_ENABLE_INSTRUCTIONS) and ATen
 (ATEN_CPU_CAPABILITY) each read a variable that keeps their kernels below an ISA, to debug or to run a
@@ -169,12 +170,19 @@ _TORCH_FEATURES = {
 }
 
 
+_ARM_FLAGS = frozenset({"asimd", "asimddp", "bf16", "i8mm", "sve"})
+_X86_FLAGS = frozenset(RELEVANT_FLAGS) - _ARM_FLAGS
+
+
 def reported_by_cpu(caps: CpuCaps, features: Mapping[str, object] | None) -> CpuCaps:
     """`caps` with the flags that matter here set as the CPU reports them to programs (`features`:
-    `torch.cpu.get_capabilities()`), which is what the kernel libraries go by; unchanged without a report."""
+    `torch.cpu.get_capabilities()`, or Linux's hwcaps on ARM), which is what the kernel libraries go by;
+    unchanged without a report. Another architecture's flags (an aarch64 process under qemu-user on an x86
+    host reads the host's /proc/cpuinfo) are never this CPU's."""
     if not features:
         return caps
-    known = {ours for theirs, ours in _TORCH_FEATURES.items() if theirs in features}
+    foreign = _X86_FLAGS if caps.is_arm else _ARM_FLAGS if caps.is_x86 else frozenset()
+    known = {ours for theirs, ours in _TORCH_FEATURES.items() if theirs in features} | foreign
     reported = {ours for theirs, ours in _TORCH_FEATURES.items() if features.get(theirs) is True}
     return replace(caps, flags=frozenset((caps.flags - known) | reported),
                    not_reported=frozenset((caps.flags & known) - reported))
@@ -186,6 +194,31 @@ def _torch_features() -> Mapping[str, object] | None:
 
         return dict(torch.cpu.get_capabilities())
     except Exception:  # no torch (the UI process), or one older than get_capabilities (2.10)
+        return None
+
+
+# Linux's aarch64 hwcaps (arch/arm64/include/uapi/asm/hwcap.h), in torch's spelling: (auxv entry, bit).
+# AT_HWCAP is 16, AT_HWCAP2 26. torch's own report reads the same words on ARM (torch >= 2.10).
+_ARM_HWCAPS = {"neon": (16, 1), "dot": (16, 20), "sve": (16, 22), "i8mm": (26, 13), "bf16": (26, 14)}
+
+
+def arm_hwcap_features(hwcap: int, hwcap2: int) -> dict[str, bool]:
+    """The features that matter here from the two hwcap words, as `torch.cpu.get_capabilities()` names them."""
+    words = {16: hwcap, 26: hwcap2}
+    return {name: bool(words[entry] >> bit & 1) for name, (entry, bit) in _ARM_HWCAPS.items()}
+
+
+def _arm_hwcaps() -> dict[str, bool] | None:
+    """What Linux reports to this aarch64 process (getauxval), for a torch without its own report."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("aarch64", "arm64"):
+        return None
+    try:
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+        return arm_hwcap_features(int(getauxval(16)), int(getauxval(26)))
+    except (OSError, AttributeError):  # no C library to ask: /proc/cpuinfo stands
         return None
 
 
@@ -241,7 +274,10 @@ def cpu_caps() -> CpuCaps:
     if not model:
         model = (_arm_model(text) if "CPU part" in text else platform.processor()) or arch
     caps = CpuCaps(model=model, arch=arch, flags=flags, torch_capability=_torch_capability())
-    return capped(reported_by_cpu(caps, _torch_features()), os.environ)
+    caps = reported_by_cpu(caps, _torch_features() or _arm_hwcaps())
+    if caps.is_arm and caps.not_reported & _X86_FLAGS:  # the model name is the x86 host's too
+        caps = replace(caps, model=f"{arch} CPU (/proc/cpuinfo shows an x86 host's)")
+    return capped(caps, os.environ)
 
 
 def capped(caps: CpuCaps, environ: Mapping[str, str]) -> CpuCaps:

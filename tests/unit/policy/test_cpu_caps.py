@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 
-from lepetpal_tui.policy.speed.cpu_caps import CpuCaps, capped, cpu_caps, parse_cpuinfo, reported_by_cpu
+from lepetpal_tui.policy.speed.cpu_caps import (
+    CpuCaps,
+    _arm_hwcaps,
+    arm_hwcap_features,
+    capped,
+    cpu_caps,
+    parse_cpuinfo,
+    reported_by_cpu,
+)
 
 EPYC_AVX2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx fma avx2 bmi2\n"
 EPYC_AVX512 = ("model name\t: AMD EPYC 9R14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n")
@@ -104,3 +115,38 @@ def test_without_a_report_proc_cpuinfo_stands(features: dict[str, object] | None
 def test_caps_apply_after_the_report() -> None:
     c = capped(reported_by_cpu(caps(SAPPHIRE), {"avx2": True, "amx_tile": True}), {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert c.kind == "x86-avx2" and not c.int8_amx
+
+
+# Linux's aarch64 hwcap words for a Cortex-A76 (fp asimd ... asimddp; no SVE, no I8MM, no BF16) and for
+# QEMU's `-cpu max` (SVE, I8MM and BF16 too), as getauxval(AT_HWCAP) / getauxval(AT_HWCAP2) return them.
+A76_HWCAPS = (0b1_0001_1111_1111_1111_1111, 0)
+MAX_HWCAPS = (A76_HWCAPS[0] | 1 << 22, 1 << 13 | 1 << 14)
+
+
+@pytest.mark.parametrize(("words", "kind", "bf16"), [
+    (A76_HWCAPS, "arm64-dotprod", False),
+    (MAX_HWCAPS, "arm64-dotprod-bf16", True),
+    ((0b11, 0), "arm64", False),  # a Cortex-A72 (Raspberry Pi 4): no dot products
+])
+def test_arm_hwcaps_decide_the_path(words: tuple[int, int], kind: str, bf16: bool) -> None:
+    c = reported_by_cpu(caps("", "aarch64"), arm_hwcap_features(*words))
+    assert (c.kind, c.bf16_native, "sve" in c.flags) == (kind, bf16, words == MAX_HWCAPS)
+
+
+def test_an_arm_process_on_an_x86_hosts_proc_cpuinfo_keeps_only_arm_flags() -> None:
+    """qemu-aarch64 on an x86 host: /proc/cpuinfo is the host's; the hwcaps are the emulated CPU's."""
+    c = reported_by_cpu(caps(EPYC_AVX512, "aarch64"), arm_hwcap_features(*A76_HWCAPS))
+    assert c.kind == "arm64-dotprod" and not c.flags & {"avx2", "avx512f", "avx512_vnni"}
+    assert c.not_reported == {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}
+    assert "an emulator?" in c.describe()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("aarch64", "arm64") or platform.system() != "Linux",
+                    reason="Linux on aarch64")
+def test_this_arm_cpus_hwcaps_are_read() -> None:
+    features = _arm_hwcaps()
+    assert features is not None and features["neon"]  # every aarch64 Linux CPU has Advanced SIMD
+    _, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    if "asimd" in flags:  # /proc/cpuinfo is this CPU's own (not an x86 host's under an emulator): they agree
+        assert {ours for theirs, ours in (("dot", "asimddp"), ("bf16", "bf16"), ("sve", "sve"))
+                if features[theirs]} == flags & {"asimddp", "bf16", "sve"}
