@@ -15,6 +15,8 @@ fp32 of the same run):
           denoise step with its KV cache into ONNX/OpenVINO was not attempted.
   chunk   a whole chunk (`predict_action_chunk` through LeRobot's processors): torch fp32, ours, and the
           fp32 VLM + expert under torch.compile (inductor).
+  kernels one linear at a time (`part_kernels`): the chunk's largest linears, torch's int8 engines against
+          ONNX Runtime's int8 matmul, on one thread and on torch's threads.
 
 "ours" on a CPU without VNNI uses 7-bit activations (reduce_range=True: fbgemm/oneDNN's AVX2 int8 kernels
 add int8 products in int16 pairs, which saturate with full 8-bit activations); full range is timed too,
@@ -43,9 +45,20 @@ OpenVINO int8 static 0.23, ORT int8 0.40 (MLAS AMX), torch.compile fp32 0.89. Tr
 vision 181-185 ms against ours 188-196, whole chunk 522-553 ms against 524-546: the isolated gain does
 not survive beside the rest of the chunk; not taken (it would add a dependency and 7 s to every start).
 
+On the 2-core AMD EPYC (Zen 4, x86-avx512-vnni-bf16; 2026-12-07, 5 interleaved reps): vision torch fp32 1.00,
+ours int8 0.35, ORT int8 s8 0.40-0.41, OpenVINO bf16 0.43, OpenVINO int8 static 0.30 (39 s of quantize +
+compile, calibrated activations: not taken, as on the Intel Xeon); layer proxies ours 0.26 / 0.30, ORT int8
+0.21 / 0.27; whole chunk ours 0.30, torch.compile fp32 0.93 after 84 s of compiling. `kernels` (one linear at
+a time, real weights, the app's rows) says where the proxies' gap comes from: on one thread (each row half)
+ORT's DynamicQuantizeMatMul takes 0.90-0.99 of the app's engine's time per call (both near VNNI's peak);
+on two threads without spinning 0.82-1.01 at the vision encoder's 1024 rows and 0.93-1.63 at the
+prefix's and expert's 50-113 (its workers' wake-ups). So the proxies'
+ORT lead is its graph (the norms and activations between the linears; the app runs the prefix and the
+expert in row halves, where those are on one thread each), not a faster int8 kernel.
+
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
-Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk] [--reps 5] [--without onnxruntime]
+Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk,kernels] [--reps 5] [--without onnxruntime]
 Writes bench/results/<vendor>-<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.policy.speed.cpu_caps, e.g. x86-avx2).
 """
 
@@ -563,11 +576,125 @@ def part_chunk(ref: Any, ours: Any, obs: Any, args: argparse.Namespace) -> list[
     return variants
 
 
+def linear_shapes(policy: Any) -> list[tuple[str, int, list[nn.Linear]]]:
+    """The chunk's largest int8 linears as the app runs them: (label, rows, the linears fused into one)."""
+    vwe = policy.model.vlm_with_expert
+    vision_model = vwe.get_vlm_model().vision_model
+    vision = vision_model.encoder.layers[0]
+    text = vwe.get_vlm_model().text_model.layers[0]
+    expert = vwe.lm_expert.layers[0]
+    patches = int(vision_model.embeddings.num_patches)
+    prefix = 64 + int(policy.config.tokenizer_max_length) + 1  # image tokens + text + state
+    actions = int(policy.config.chunk_size)
+    out = []
+    for stack, rows, attn, mlp in (("vision", patches, vision.self_attn, vision.mlp),
+                                   ("prefix", prefix, text.self_attn, text.mlp),
+                                   ("expert", actions, expert.self_attn, expert.mlp)):
+        if stack == "vision":
+            mlp_in, mlp_out = [mlp.fc1], [mlp.fc2]
+        else:
+            mlp_in, mlp_out = [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]
+        for name, linears in (("q|k|v", [attn.q_proj, attn.k_proj, attn.v_proj]),
+                              ("fc1" if stack == "vision" else "gate|up", mlp_in),
+                              ("fc2" if stack == "vision" else "down", mlp_out)):
+            out.append((f"{stack} {name}", rows, linears))
+    return out
+
+
+def ort_int8_linear(linears: list[nn.Linear], threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One ONNX Runtime DynamicQuantizeMatMul over the linears' weights (int8 per output channel, as ours):
+    what `quantize_dynamic` makes of a MatMul, without a graph around it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    w = torch.cat([lin.weight.detach().float() for lin in linears])
+    bias = torch.cat([lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features)
+                      for lin in linears])
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8)
+    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    n, k = w.shape
+    inits = [helper.make_tensor("B", TensorProto.INT8, [k, n], q.t().contiguous().numpy().tobytes(), raw=True),
+             helper.make_tensor("scale", TensorProto.FLOAT, [n], scale.tolist()),
+             helper.make_tensor("zero", TensorProto.INT8, [n], [0] * n),
+             helper.make_tensor("bias", TensorProto.FLOAT, [n], bias.tolist())]
+    node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "scale", "zero", "bias"], ["Y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into the next variant
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda a: sess.run(None, {"A": a})[0]
+
+
+def part_kernels(ref: Any, args: argparse.Namespace, cpu: dict[str, Any], versions: dict[str, str]
+                 ) -> dict[str, list[Variant]]:
+    """One linear at a time: is a runtime's int8 GEMM faster than torch's, or only its graph around it?
+
+    The chunk's largest linears (real weights), each at the rows one row half runs on one thread, and
+    whole on torch's threads: torch fp32, torch's dynamic int8 linear on each quantized engine torch has
+    (the app's activation bits for that engine), ONNX Runtime's DynamicQuantizeMatMul.
+    """
+    from lepetpal_tui.policy.speed import int8_saturation
+    from lepetpal_tui.policy.speed.apply import int8_engine
+    from lepetpal_tui.policy.speed.int8_linear import Int8Linear
+
+    # The engines the app chooses between on this CPU: its default (x86, or qnnpack on ARM) and oneDNN
+    # where oneDNN's kernels are sound here.
+    engines = list(dict.fromkeys([int8_saturation.engine_name(None)] + [
+        e for e in ("onednn",) if e in torch.backends.quantized.supported_engines and int8_saturation.sound(e)]))
+    threads = torch.get_num_threads()
+    out: dict[str, list[Variant]] = {}
+    gen = torch.Generator().manual_seed(args.seed)
+    for label, rows, linears in linear_shapes(ref.policy):
+        k = linears[0].in_features
+        n = sum(lin.out_features for lin in linears)
+        mods = {e: Int8Linear(linears, engine=e) for e in engines}
+        for t, r in ((1, (rows + 1) // 2), (threads, rows)):
+            if t == 1 and threads == 1:
+                continue
+            x = torch.randn(r, k, generator=gen)
+            # Tens of ms a run on any CPU: a worker thread's wake-up after the pause between variants
+            # (up to ~10 ms on a VM) stays a small part of it.
+            calls = max(10, int(4e9 / (2 * r * k * n)))
+            w = torch.cat([lin.weight.detach() for lin in linears])
+            b = torch.cat([lin.bias.detach() for lin in linears]) if linears[0].bias is not None else None
+
+            def repeat(fn: Callable[[], Any], t: int = t, calls: int = calls) -> Callable[[], Any]:
+                def run() -> Any:
+                    torch.set_num_threads(t)
+                    try:
+                        with torch.inference_mode():
+                            for _ in range(calls):
+                                y = fn()
+                        return y
+                    finally:
+                        torch.set_num_threads(threads)
+                return run
+
+            variants = [Variant("torch fp32", repeat(lambda x=x, w=w, b=b: torch.nn.functional.linear(x, w, b)),
+                                note=f"{calls} calls a run")]
+            app = int8_saturation.engine_name(int8_engine("vision_model.x" if label.startswith("vision") else "x"))
+            for e, mod in mods.items():
+                variants.append(Variant(f"torch int8 {e}", repeat(
+                    lambda x=x, mod=mod: torch.ops.quantized.linear_dynamic(x, mod.packed, reduce_range=mod.reduce_range)),
+                    note=f"{mod.activation_bits}-bit activations" + ("; the app's" if e == app else "")))
+            if have(versions, "onnxruntime", "onnx"):
+                ort_linear = ort_int8_linear(linears, t)
+                a = x.numpy()
+                variants.append(Variant("ORT int8 s8", repeat(lambda a=a, f=ort_linear: f(a)),
+                                        note=f"DynamicQuantizeMatMul, {ort_int8_kernel(cpu, 's8')}"))
+            out[f"linear {label} {r}x{k}x{n}, {t} thread{'s' if t > 1 else ''}"] = variants
+    return out
+
+
 # --------------------------------------------------------------------------------------------- main
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="vision,layers", help="comma-separated: vision, layers, chunk")
+    ap.add_argument("--parts", default="vision,layers", help="comma-separated: vision, layers, chunk, kernels")
     ap.add_argument("--reps", type=int, default=5, help="timed runs per variant (after one warm-up)")
     ap.add_argument("--chunk-reps", type=int, default=3)
     ap.add_argument("--without", default="", help="runtimes to treat as not installed (onnxruntime,openvino,nncf)")
@@ -599,7 +726,8 @@ def main() -> int:
     t = time.perf_counter()
     ours.to_int8()
     ours.convert_s = time.perf_counter() - t
-    ours.policy.config.num_steps = ModelSettings().flow_steps
+    # As the app: [model] flow_steps, where 0 (the default) means the checkpoint's own.
+    ours.policy.config.num_steps = ModelSettings().flow_steps or int(ours.policy.config.num_steps)
     ours7 = None
     if not args.no_7bit_weights and parts & {"vision", "layers"}:
         from lepetpal_tui.policy.smolvla import SmolVLARunner
@@ -618,12 +746,14 @@ def main() -> int:
             rows = summarise(variants, rel_diff, "rel")
             print_table("vision encoder + connector (embed_image, 1 image 512x512 -> 64 x 960)", rows, "rel")
             result["parts"]["vision"] = rows
+            save(result, load_start)
         if "layers" in parts:
             for label, variants in part_layers(ref, ours, ours7, args, cpu, versions, tmp).items():
                 interleave(variants, args.reps, label)
                 rows = summarise(variants, rel_diff, "rel")
                 print_table(f"{label} (proxy: attention left out)", rows, "rel")
                 result["parts"][label] = rows
+                save(result, load_start)
         if "chunk" in parts:
             variants = part_chunk(ref, ours, obs, args)
             interleave(variants, args.chunk_reps, "chunk")
@@ -633,11 +763,24 @@ def main() -> int:
             rows = summarise(variants, degrees, "deg")
             print_table("whole chunk (predict_action_chunk through LeRobot's processors)", rows, "deg")
             result["parts"]["chunk"] = rows
+            save(result, load_start)
+        if "kernels" in parts:
+            for label, variants in part_kernels(ref, args, cpu, versions).items():
+                interleave(variants, args.reps, label)
+                rows = summarise(variants, rel_diff, "rel")
+                print_table(f"{label} (ms per run)", rows, "rel")
+                result["parts"][label] = rows
+            save(result, load_start)
+    return 0
+
+
+def save(result: dict[str, Any], load_start: tuple[float, float, float]) -> None:
+    """Write the parts measured so far (after each part: a later part that fails keeps the earlier ones)."""
     load_end = os.getloadavg()
     print(f"\nload average (1 min): start {load_start[0]:.2f}, end {load_end[0]:.2f} on {os.cpu_count()} CPUs "
           f"(shared machine: compare ratios, not absolute times)")
-    result["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
-    result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    result = {**result, "load_average_1min": {"start": load_start[0], "end": load_end[0]},
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = results_path("cpu_runtimes")
     if out.exists():  # keep parts measured by an earlier run with other --parts
         try:
@@ -653,8 +796,6 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
