@@ -55,6 +55,10 @@ on two threads without spinning 0.82-1.01 at the vision encoder's 1024 rows and 
 prefix's and expert's 50-113 (its workers' wake-ups). So the proxies'
 ORT lead is its graph (the norms and activations between the linears; the app runs the prefix and the
 expert in row halves, where those are on one thread each), not a faster int8 kernel.
+The same part with the kernels capped to AVX2 (`--without onnxruntime,openvino,nncf`: MLAS ignores the
+caps) confirms the app's engine per layer stack with 7-bit activations: the vision encoder's linears on
+oneDNN 0.46-0.50 of fp32 against x86's 0.51-0.56, the prefix's and expert's on x86 (fbgemm) 0.35-0.47
+against oneDNN's 0.41-0.61 (one thread; two threads the same order).
 
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
