@@ -296,6 +296,12 @@ def _path_label(name: str) -> str:
     return f"int8 ({policy_speed.int8_activation_bits()} activations)" if name == "int8" else name
 
 
+def _diff_text(diff: float, tolerance: float) -> str:
+    """The accuracy check's result in words: the largest action difference to fp32's, in the
+    checkpoint's action units (degrees for an SO-101 checkpoint in degrees), and the limit."""
+    return f"max diff to fp32's actions {diff:.2f} (limit {tolerance:g})"
+
+
 def _timed_kernels() -> str:
     """The kernels chosen by timing them at the first chunk (policy/speed/kernel_probe.py), for the note."""
     return "".join(f"; {name} {choice}" for name, choice in kernel_probe.decisions().items())
@@ -354,8 +360,8 @@ def choose_dtype(
     cached = accuracy_cache.lookup(key)
     if cached is not None and not cached.accepted:
         seconds = warm()
-        return runner, (f"fp32 ({label} rejected on {caps.kind}: max diff {cached.max_diff:.2f} > "
-                        f"{cached.tolerance:g}, checked {cached.checked_at}; {', '.join(steps)})"), seconds
+        return runner, (f"fp32 ({label} rejected on {caps.kind}: {_diff_text(cached.max_diff, cached.tolerance)}, "
+                        f"checked {cached.checked_at}; {', '.join(steps)})"), seconds
     if cached is not None:
         try:
             timed(f"converting to {label}", lambda: convert(runner))
@@ -363,8 +369,8 @@ def choose_dtype(
         except Exception as exc:  # e.g. a quantized engine that lacks per-channel int8
             runner = reload()
             return runner, f"fp32 ({label} failed: {type(exc).__name__}: {exc})", warm()
-        return runner, (f"{label} VLM ({why}; accuracy checked {cached.checked_at}: max diff "
-                        f"{cached.max_diff:.2f}{_timed_kernels()}; {', '.join(steps)})"), seconds
+        return runner, (f"{label} VLM ({why}; accuracy checked {cached.checked_at}: "
+                        f"{_diff_text(cached.max_diff, cached.tolerance)}{_timed_kernels()}; {', '.join(steps)})"), seconds
     noise = runner.make_noise()
     ref, t32 = timed("fp32 reference chunk (accuracy check, once per checkpoint and CPU)",
                      lambda: runner.raw_chunk(obs, noise=noise))
@@ -379,9 +385,9 @@ def choose_dtype(
     where = accuracy_cache.store(key, result)
     kept = f"; result kept in {where}" if where else ""
     if result.accepted:
-        return runner, (f"{label} VLM ({why}; {speedup:.1f}x faster than fp32, max diff {diff:.2f}{kept}"
+        return runner, (f"{label} VLM ({why}; {speedup:.1f}x faster than fp32, {_diff_text(diff, ACTION_TOLERANCE)}{kept}"
                         f"{_timed_kernels()}; {', '.join(steps)})"), seconds
     runner = reload()
     seconds = warm()
-    return runner, (f"fp32 ({label} rejected on {caps.kind}: max diff {diff:.2f} > {ACTION_TOLERANCE:g}{kept}; "
+    return runner, (f"fp32 ({label} rejected on {caps.kind}: {_diff_text(diff, ACTION_TOLERANCE)}{kept}; "
                     f"{', '.join(steps)})"), seconds

@@ -153,7 +153,7 @@ def test_auto_keeps_int8_when_close_and_caches_the_check(tiny_policy_dir: Path, 
     runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), "auto", sv.warmup_observation(("front",)),
                                       lambda: _runner(tiny_policy_dir), progress=steps.append)
     bits = policy_speed.int8_activation_bits()
-    assert runner.dtype == "int8" and f"int8 ({bits} activations) VLM" in note and "max diff" in note
+    assert runner.dtype == "int8" and f"int8 ({bits} activations) VLM" in note and "max diff to fp32's actions" in note
     # Kernels capped below this CPU (the suite's AVX2 run) are named in the Model pane's note.
     assert ("kernels capped by" in note) is bool(cpu_caps().capped_by)
     assert any("fp32 reference chunk" in s for s in steps) and str(accuracy_file) in note
@@ -197,10 +197,11 @@ def test_a_path_off_fp32_falls_back_to_a_fresh_fp32_runner(tiny_policy_dir: Path
     assert runner.dtype == "fp32" and runner is reloads[-1] and len(reloads) == 1
     assert _int8_count(runner) == 0
     assert next(runner.policy.model.vlm_with_expert.parameters()).dtype == torch.float32
-    assert "int8" in note and "rejected" in note
+    assert "int8" in note and "rejected" in note and "(limit -1)" in note
     # Cached as rejected: the next start goes straight to fp32 without converting.
     runner, note, _ = sv.choose_dtype(_runner(tiny_policy_dir), setting, sv.warmup_observation(("front",)), reload)
     assert runner.dtype == "fp32" and "rejected" in note and "checked" in note and len(reloads) == 1
+    assert "max diff to fp32's actions" in note and "(limit -1)" in note
 
 
 def test_fast_path_follows_the_cpu() -> None:
