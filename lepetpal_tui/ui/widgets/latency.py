@@ -136,8 +136,10 @@ class LatencyPane(Vertical):
         speed = 1.0 if tick is None else tick.speed
         # Below 1 the plan plays slower because inference cannot keep up (see [control] min_speed).
         shown = f"[b yellow]{speed:.2f}x[/]" if speed < 0.995 else f"{speed:.2f}x"
+        # clamps: joint goals the safety filter changed (one tick can clamp several joints), as the
+        # headless progress line and `lepetpal log summary` count them.
         self._set_text(
             "latency-counters",
-            f"starved {starved}   clamped {store.clamp_count}   e-stops {store.estop_count}"
+            f"starved {starved}   clamps {store.clamp_count}   e-stops {store.estop_count}"
             f"   ticks {store.tick_count}   speed {shown}"
         )
