@@ -801,5 +801,6 @@ def save(result: dict[str, Any], load_start: tuple[float, float, float]) -> None
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
+
 if __name__ == "__main__":
     sys.exit(main())
