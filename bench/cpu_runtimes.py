@@ -45,9 +45,10 @@ OpenVINO int8 static 0.23, ORT int8 0.40 (MLAS AMX), torch.compile fp32 0.89. Tr
 vision 181-185 ms against ours 188-196, whole chunk 522-553 ms against 524-546: the isolated gain does
 not survive beside the rest of the chunk; not taken (it would add a dependency and 7 s to every start).
 
-On the 2-core AMD EPYC (Zen 4, x86-avx512-vnni-bf16; 2026-12-07, 5 interleaved reps): vision torch fp32 1.00,
-ours int8 0.35, ORT int8 s8 0.40-0.41, OpenVINO bf16 0.43, OpenVINO int8 static 0.30 (39 s of quantize +
-compile, calibrated activations: not taken, as on the Intel Xeon); layer proxies ours 0.26 / 0.30, ORT int8
+On the 2-core AMD EPYC (Zen 4, x86-avx512-vnni-bf16; 2026-12-07, two runs of 5 interleaved reps, the JSON
+holds the second): vision torch fp32 1.00, ours int8 0.34-0.35, ORT int8 s8 0.40-0.41, OpenVINO bf16
+0.41-0.43, OpenVINO int8 static 0.29-0.30 (37-39 s of quantize + compile, calibrated activations: not taken,
+as on the Intel Xeon), torch.compile 0.99; layer proxies ours 0.26 / 0.30, ORT int8
 0.21 / 0.27; whole chunk ours 0.30, torch.compile fp32 0.93 after 84 s of compiling. `kernels` (one linear at
 a time, real weights, the app's rows) says where the proxies' gap comes from: on one thread (each row half)
 ORT's DynamicQuantizeMatMul takes 0.90-0.99 of the app's engine's time per call (both near VNNI's peak);
