@@ -63,6 +63,8 @@ against oneDNN's 0.41-0.61 (one thread; two threads the same order).
 
 Install the runtimes into the venv only (not project dependencies):
     .venv/bin/pip install onnxruntime onnx openvino nncf
+and uninstall them (and what they pulled in: nncf downgrades networkx) when done: `make` does not, and
+scripts/emulated-cpus builds its aarch64 sysroot from the venv's `pip freeze`.
 Usage: .venv/bin/python bench/cpu_runtimes.py [--parts vision,layers,chunk,kernels] [--reps 5] [--without onnxruntime]
 Writes bench/results/<vendor>-<cpu kind>/cpu_runtimes.json (kind from lepetpal_tui.policy.speed.cpu_caps, e.g. x86-avx2).
 """
