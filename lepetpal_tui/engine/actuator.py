@@ -22,6 +22,7 @@ from lepetpal_tui.joints import FloatArray
 from lepetpal_tui.wire import EngineState, EventKind, HoldCause, TickSample
 
 ACTUATOR_NICE = -10
+HEALTH_EVERY_S = 1.0  # servo health (temperature, load, voltage, fault flags) costs bus time: about once a second
 _NO_CLAMPS: tuple[bool, ...] = (False,) * 6
 
 
@@ -78,7 +79,7 @@ class Actuator:
         t0 = time.monotonic()
         k = 0
         last_start = t0
-        health_every = max(1, round(1.0 / period))  # about once a second: it costs bus time
+        health_due = t0 + HEALTH_EVERY_S
         while not stopping.is_set():
             deadline = t0 + k * period
             arm = self._c.arm
@@ -91,13 +92,17 @@ class Actuator:
             try:
                 self._late_s = late
                 self.tick(k, now, now - last_start)
+                # By the clock, not by slot number: ticks that overrun skip slots, and a steady overrun of
+                # a few periods could skip the one slot a count would check in, every time.
+                if now >= health_due:
+                    health_due = now + HEALTH_EVERY_S
+                    self._watchdog.check_health()
+                self._watchdog.check_heartbeat(time.monotonic())
             except Exception as exc:  # a bug must not leave the arm moving: hold and report
-                self._c.halt(EngineState.ERROR, f"internal error: {exc}", HoldCause.FAULT)
+                if self._c.state != EngineState.ESTOP:  # never over an e-stop's latch
+                    self._c.halt(EngineState.ERROR, f"internal error: {exc}", HoldCause.FAULT)
                 self._c.event("error", f"Control loop error: {exc!r}", "Please report this with the session log.",
                               EventKind.INTERNAL)
-            if k % health_every == health_every - 1:
-                self._watchdog.check_health()
-            self._watchdog.check_heartbeat(time.monotonic())
             last_start = now
             k += 1
 
@@ -140,7 +145,10 @@ class Actuator:
                 self._watchdog.write_failed(sent.error)
         if goal is not None:
             with c.lock:
-                if c.epoch == epoch:
+                # Going live during this tick reset prev_goal to the measured pose (the dry goals were
+                # never sent): a would-be goal decided as dry must not replace it, or the first live goal
+                # would be rate-limited against where the arm never went.
+                if c.epoch == epoch and c.dry_run == dry:
                     c.prev_goal = goal
         if starved:
             c.counters.starved += 1

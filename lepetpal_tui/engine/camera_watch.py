@@ -74,6 +74,18 @@ class CameraWatch:
         return (f"camera fault ({what}). The policy would see only a synthetic scene and act blind. "
                 f"Press start again within {CONFIRM_WINDOW_S:g} s to run on it anyway, or use dry-run."), set()
 
+    def live_refusal(self) -> str:
+        """Why dry-run may not go live now ("" when it may): a real arm's camera gives no frames and the
+        operator has not confirmed running without it, so the plan queued from the stand-in scene must not
+        reach the arm."""
+        faults = self.guard.read(time.monotonic(), faults_only=True).faults
+        blocked = {n: why for n, why in faults.items() if n not in self._c.confirmed_stand_ins}
+        if not blocked or self._settings.is_sim:
+            return ""
+        what = "; ".join(f"{name}: {why}" for name, why in blocked.items())
+        return (f"camera fault ({what}): the plan comes from a synthetic scene. Reconnect the camera, or stop "
+                "and start again live (it asks to confirm running on the synthetic scene).")
+
     def _may_stand_in(self, camera: str, state: EngineState) -> bool:
         if not self._settings.safety.camera_fallback_synthetic:
             return False

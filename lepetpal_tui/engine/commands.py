@@ -185,6 +185,8 @@ class CommandHandler:
                 why = "the policy failed to load (see the Model pane)."
             elif c.measured is None:
                 why = "the joints have not been read yet."
+            else:
+                why = self._watchdog.motion_refusal()
             confirmed: set[str] = set()
             if not why:
                 why, confirmed = self._cameras.start_refusal(confirm_stand_in)
@@ -217,6 +219,19 @@ class CommandHandler:
 
     def _set_dry_run(self, on: bool) -> None:
         c = self._c
+        if on and c.state == EngineState.MACRO:
+            # Dry-run means no goal writes: a macro under way stops (and holds) rather than go on moving.
+            c.halt(c.idle(), "dry-run on: macro stopped", HoldCause.STOPPED)
+            with c.lock:
+                c.dry_run = True
+            c.event("info", "Dry-run on: the macro stopped, holding the measured pose; no goals are written.",
+                    kind=EventKind.STATE)
+            return
+        if not on and c.state == EngineState.DRY_RUN:
+            why = self._watchdog.motion_refusal() or self._cameras.live_refusal()
+            if why:
+                self._refuse(f"Dry-run stays on: {why}")
+                return
         with c.lock:
             c.dry_run = on
             going = ""
@@ -245,6 +260,8 @@ class CommandHandler:
                 why = f'Macro "{name}" refused: the engine is {c.state.value}.'
             if not why and c.dry_run:
                 why = f'Macro "{name}" refused in dry-run: it would move the arm. Leave dry-run first.'
+            if not why and (health := self._watchdog.motion_refusal()):
+                why = f'Macro "{name}" refused: {health}'
             if why:
                 self._refuse(why)
                 return

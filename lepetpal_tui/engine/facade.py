@@ -195,6 +195,15 @@ class Engine:
             self.log.command(cmd, now)
         self.commands.apply(cmd)
 
+    def command_failed(self, cmd: Command, exc: BaseException) -> None:
+        """A command raised (a bug): hold unless e-stopped, and say which command, so nothing moves on a
+        state half changed."""
+        c = self.control
+        if c.state not in (EngineState.ESTOP, EngineState.DISCONNECTED):
+            c.halt(EngineState.ERROR, f"internal error applying {type(cmd).__name__}: {exc}", HoldCause.FAULT)
+        c.event("error", f"Command {type(cmd).__name__} failed: {exc!r}. Holding.",
+                "Please report this with the session log; re-arm to go on.", EventKind.INTERNAL)
+
     def wait_for(self, states: tuple[EngineState, ...], timeout: float) -> bool:
         """Block until the state is one of `states`; False on timeout."""
         deadline = time.monotonic() + timeout

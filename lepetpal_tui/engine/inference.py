@@ -42,45 +42,57 @@ class Inference:
         return min(n, self._c.settings.model.actions_per_chunk)
 
     def run(self, stopping: threading.Event) -> None:
-        policy = self.policy
-        assert policy is not None
-        c = self._c
         merged = False
         while not stopping.is_set():
             if not merged:
                 # Right after a merge, look again at once: waiting for the next tick would add up to a
                 # period to every chunk's latency, which is what starves a policy as slow as half a chunk.
-                c.infer_wake.wait(0.05)
-                c.infer_wake.clear()
-            merged = False
-            with c.lock:
-                state, epoch, task = c.state, c.epoch, c.task
-                measured, obs_tick = c.measured, c.measured_tick
-                first = c.awaiting_first_chunk
-            if state not in ACTIVE or measured is None:
-                continue
-            chunk_len = self.chunk_len()
-            if not first and not self._pacer.chunk_due(c.queue.depth(c.queue.next_tick)):
-                continue
-            images = self._cameras.frames(state, epoch)
-            if images is None:
-                continue
-            if c.reset_policy:
-                c.reset_policy = False
-                policy.reset()
-            obs = Observation(joints=measured.copy(), images=images, task=task, timestamp=time.monotonic())
-            self._pacer.infer_obs_tick = obs_tick
+                self._c.infer_wake.wait(0.05)
+                self._c.infer_wake.clear()
             try:
-                chunk = policy.infer(obs)
-            except Exception as exc:
+                merged = self._next_chunk()
+            except Exception as exc:  # a bug must not leave a run that no chunk will ever feed: hold, report
+                merged = False
                 self._pacer.infer_obs_tick = None
-                if c.epoch == epoch:
-                    c.halt(EngineState.ERROR, f"inference failed: {exc}", HoldCause.FAULT)
-                    c.event("error", f"Inference failed: {exc}. Holding.", "See the log; re-arm to retry.",
-                            EventKind.INFERENCE_FAULT)
-                continue
-            merged = self._merge(chunk, epoch, obs_tick, task, chunk_len)
+                if self._c.state in ACTIVE:  # never over an e-stop's latch
+                    self._c.halt(EngineState.ERROR, f"internal error in inference: {exc}", HoldCause.FAULT)
+                self._c.event("error", f"Inference loop error: {exc!r}. Holding.",
+                              "Please report this with the session log; re-arm to retry.", EventKind.INTERNAL)
+
+    def _next_chunk(self) -> bool:
+        """Infer and merge the next chunk when one is due; whether one was merged."""
+        policy = self.policy
+        assert policy is not None
+        c = self._c
+        with c.lock:
+            state, epoch, task = c.state, c.epoch, c.task
+            measured, obs_tick = c.measured, c.measured_tick
+            first = c.awaiting_first_chunk
+        if state not in ACTIVE or measured is None:
+            return False
+        chunk_len = self.chunk_len()
+        if not first and not self._pacer.chunk_due(c.queue.depth(c.queue.next_tick)):
+            return False
+        images = self._cameras.frames(state, epoch)
+        if images is None:
+            return False
+        if c.reset_policy:
+            c.reset_policy = False
+            policy.reset()
+        obs = Observation(joints=measured.copy(), images=images, task=task, timestamp=time.monotonic())
+        self._pacer.infer_obs_tick = obs_tick
+        try:
+            chunk = policy.infer(obs)
+        except Exception as exc:
             self._pacer.infer_obs_tick = None
+            if c.epoch == epoch:
+                c.halt(EngineState.ERROR, f"inference failed: {exc}", HoldCause.FAULT)
+                c.event("error", f"Inference failed: {exc}. Holding.", "See the log; re-arm to retry.",
+                        EventKind.INFERENCE_FAULT)
+            return False
+        merged = self._merge(chunk, epoch, obs_tick, task, chunk_len)
+        self._pacer.infer_obs_tick = None
+        return merged
 
     def _merge(self, chunk: ActionChunk, epoch: int, obs_tick: int, task: str, chunk_len: int) -> bool:
         c = self._c

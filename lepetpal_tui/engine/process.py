@@ -228,7 +228,10 @@ def child_main(conn: Connection, settings: Settings, sim_port: str | None, log_p
             if isinstance(cmd, COMMAND_TYPES):
                 if isinstance(cmd, UiLost):
                     lost.set()
-                engine.submit(cmd)
+                try:
+                    engine.submit(cmd)
+                except Exception as exc:  # this thread must live on: the next command may be the e-stop
+                    engine.command_failed(cmd, exc)
         if not engine.finished:
             lost.set()
             engine.ui_lost("its pipe closed without a quit: the UI process exited, crashed or was killed")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from lepetpal_tui.feetech.protocol import ErrorBit
 from lepetpal_tui.settings import JOINT_NAMES, ArmSettings, SafetySettings
 from lepetpal_tui.wire import ServoHealth
 
@@ -69,10 +70,24 @@ class SafetyFilter:
         return bool(np.all(pose >= self.lo - 1e-9) and np.all(pose <= self.hi + 1e-9))
 
 
+# The status byte's faults a servo protects itself from (an overload cuts its torque, and the STS3215 keeps
+# the flag until it is power-cycled): a joint that reports one may no longer follow its goal. ANGLE is left
+# out: the servo sets it for a goal beyond its own position limits (the calibrated range, which may be
+# narrower than [arm.limits]) and clamps that goal itself.
+_SERVO_FAULTS = {
+    ErrorBit.VOLTAGE: "reports an input-voltage error",
+    ErrorBit.OVERHEAT: "reports overheating",
+    ErrorBit.OVERCURRENT: "reports an over-current",
+    ErrorBit.OVERLOAD: "reports an overload (its torque is cut until it is power-cycled)",
+}
+
+
 def health_problem(health: tuple[ServoHealth, ...], safety: SafetySettings) -> str:
-    """A one-line reason to hold when any servo is outside the configured thresholds, else ""."""
+    """A one-line reason to hold when any servo is outside the configured thresholds or reports a fault in
+    its status byte, else ""."""
     problems: list[str] = []
     for h in health:
+        problems.extend(f"{h.joint} {what}" for bit, what in _SERVO_FAULTS.items() if h.error_bits & bit)
         if h.temperature_c > safety.max_temperature_c:
             problems.append(f"{h.joint} at {h.temperature_c:.0f} °C (max {safety.max_temperature_c:g})")
         if h.load_pct > safety.max_load_pct:
@@ -85,6 +100,6 @@ def health_problem(health: tuple[ServoHealth, ...], safety: SafetySettings) -> s
 
 
 HEALTH_FIX = (
-    "Let the servos cool, remove whatever blocks the arm, or check the power supply, then re-arm. "
-    "Thresholds are in [safety] of lepetpal.toml."
+    "Let the servos cool, remove whatever blocks the arm, or check the power supply, then re-arm; a servo "
+    "that reports a fault keeps it until the arm is power-cycled. Thresholds are in [safety] of lepetpal.toml."
 )

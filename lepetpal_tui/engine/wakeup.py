@@ -70,7 +70,14 @@ class RealtimeWakeup:
                 time.sleep(seconds)
             return
         if not self._realtime:
-            os.sched_setscheduler(0, self._fifo, self._rt)
+            try:
+                os.sched_setscheduler(0, self._fifo, self._rt)
+            except OSError as exc:  # the right was taken away while running: tick on at normal priority
+                self.available = False
+                self.why_not = f"real-time priority refused while running ({exc.strerror or exc})"
+                if seconds > 0:
+                    time.sleep(seconds)
+                return
             self._realtime = True
         try:
             if seconds > 0:

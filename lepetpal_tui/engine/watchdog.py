@@ -22,6 +22,9 @@ class Watchdog:
         self.write_failures = 0
         self.health_failures = 0
         self.heartbeat_at: float | None = None  # the UI's last sign of life; None until its first heartbeat
+        # What the last health reading found wrong ("" when fine): a start or macro is refused while it
+        # stands, since the health check only halts motion that is already under way.
+        self.health_problem = ""
 
     def reset(self) -> None:
         """Re-armed: the operator has seen the faults."""
@@ -58,9 +61,16 @@ class Watchdog:
         self.health_failures = 0
         self._c.coalescer.set_health(result.value)
         problem = health_problem(result.value, self._safety)
+        self.health_problem = problem
         if problem and self._c.state in MOVING:
             self._c.halt(EngineState.ERROR, f"servo health: {problem}", HoldCause.FAULT)
             self._c.event("error", f"Holding: servo health: {problem}.", HEALTH_FIX, EventKind.HEALTH_FAULT)
+
+    def motion_refusal(self) -> str:
+        """Why the arm must not start moving now, from the last health reading; "" when it may."""
+        if not self.health_problem:
+            return ""
+        return f"servo health: {self.health_problem}. {HEALTH_FIX}"
 
     def _health_failed(self, exc: BaseException) -> None:
         self.health_failures += 1

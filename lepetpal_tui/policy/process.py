@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import assert_never
+from typing import Protocol, assert_never
 
 from lepetpal_tui.settings import Settings
 from lepetpal_tui.wire import (
@@ -87,6 +87,21 @@ def _policy_main(conn: Connection, settings: Settings) -> None:
             conn.send(PolicyFailed(str(exc)))
         return
     conn.send(PolicyLoaded(policy.chunk_length, getattr(policy, "name", "policy")))
+    serve(conn, policy)
+
+
+class ServedPolicy(Protocol):
+    def infer(self, obs: Observation) -> ActionChunk: ...
+    def reset(self) -> None: ...
+
+
+def serve(conn: Connection, policy: ServedPolicy) -> None:
+    """Answer the engine's requests until it closes the pipe or asks to close."""
+    # Only an InferRequest is answered, with exactly one message: the engine reads the next message as the
+    # reply to its inference, so anything unasked-for would pair every later chunk with the observation
+    # before. A failed reset is therefore told in the replies to the inferences after it, until a reset
+    # succeeds (a policy whose state could not be cleared must not drive the arm).
+    reset_failure = ""
     while True:
         try:
             msg: ToPolicy = conn.recv()
@@ -95,17 +110,27 @@ def _policy_main(conn: Connection, settings: Settings) -> None:
         try:
             match msg:
                 case InferRequest(obs=obs):
-                    conn.send(ChunkReply(policy.infer(obs)))
+                    reply: ChunkReply | PolicyFailed
+                    if reset_failure:
+                        reply = PolicyFailed(reset_failure)
+                    else:
+                        try:
+                            reply = ChunkReply(policy.infer(obs))
+                        except Exception as exc:
+                            reply = PolicyFailed(f"{type(exc).__name__}: {exc}")
+                    conn.send(reply)
                 case ResetRequest():
-                    policy.reset()
+                    try:
+                        policy.reset()
+                        reset_failure = ""
+                    except Exception as exc:
+                        reset_failure = f"the policy's reset for a new run failed: {type(exc).__name__}: {exc}"
                 case CloseRequest():
                     return
                 case _:
                     assert_never(msg)
         except (EOFError, OSError):
             return
-        except Exception as exc:
-            conn.send(PolicyFailed(f"{type(exc).__name__}: {exc}"))
 
 
 class PolicyProcess:

@@ -194,12 +194,14 @@ def test_dry_run_goes_on_with_the_synthetic_scene_when_allowed(sim_arm: Any, tmp
         assert engine.chunk_count > chunks, "dry-run stopped inferring on the synthetic scene"
         assert events.has("the policy sees a synthetic scene"), events.text()
         assert goal_writes(sim_arm.trace()) == []
-        # Going live on the stand-in is a live arm acting blind: it holds.
-        t_live = time.monotonic()
+        # Going live on the stand-in would be a live arm acting on a plan made from a synthetic scene:
+        # refused, dry-run stays on, and not one goal reaches the arm.
         engine.submit(SetDryRun(on=False))
-        _wait_held(engine, t_live, 1.0)
-        assert "camera fault" in engine.snapshot().hold_reason
-        _no_goal_after_hold(sim_arm)
+        assert engine.state == EngineState.DRY_RUN and engine.snapshot().dry_run
+        assert events.has("Dry-run stays on: camera fault (front"), events.text()
+        time.sleep(1.0)
+        assert engine.state == EngineState.DRY_RUN
+        assert goal_writes(sim_arm.trace()) == []
     finally:
         engine.close()
 
@@ -311,6 +313,41 @@ def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
     finally:
         sim_arm.clear_faults()
         engine.close()
+
+
+def test_a_servo_that_flags_an_overload_holds(sim_arm: Any, tmp_path: Path) -> None:
+    """The STS3215's overload protection cuts its torque and sets the flag; its load then reads 0 and its
+    temperature stays normal, so only the flag in the status byte tells."""
+    settings = sim_settings(tmp_path, model={"mode": "scripted"})
+    events = Events()
+    engine = _engine(settings, sim_arm, events)
+    try:
+        _start_and_drive(engine, sim_arm)
+        t_fault = time.monotonic()
+        sim_arm.set_fault("overload", motor_id=2)
+        _wait_held(engine, t_fault, 1.0 + 2.0)  # health is read about once a second
+        assert engine.state == EngineState.ERROR
+        assert "shoulder_lift reports an overload" in engine.snapshot().hold_reason
+        _no_goal_after_hold(sim_arm)
+        # The flag stays until a power cycle: re-armed, the start is refused and says why.
+        engine.submit(Rearm())
+        engine.submit(Start(task="wave"))
+        assert engine.state == EngineState.READY
+        assert events.has("Start refused: servo health: shoulder_lift reports an overload"), events.text()
+        sim_arm.clear_faults()
+        _recovers_only_on_start_after_health(engine, sim_arm)
+    finally:
+        sim_arm.clear_faults()
+        engine.close()
+
+
+def _recovers_only_on_start_after_health(engine: Engine, sim: Any) -> None:
+    """The next health reading (about a second) clears the refusal; then a start drives the arm again."""
+    deadline = time.monotonic() + 3.0
+    while engine.watchdog.health_problem and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.watchdog.health_problem, engine.watchdog.health_problem
+    _recovers_only_on_start(engine, sim)
 
 
 # ------------------------------------------------------------------------------------------ re-arm order
