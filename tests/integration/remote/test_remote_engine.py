@@ -148,6 +148,9 @@ def test_slow_link_300_ms(sim_arm: Any, serve: Any, tmp_path: Path, tiny_policy_
         assert engine.wait_for((EngineState.READY,), 120.0)
         engine.submit(Start(task="pick up the cube"))
         time.sleep(10.0)
+        deadline = time.monotonic() + 30.0  # a slower machine: 3-7 s an observation through this link
+        while engine.chunk_count < 2 and engine.state == EngineState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.2)
         state, chunks = engine.state, engine.chunk_count
     finally:
         engine.close()

@@ -122,6 +122,9 @@ def test_video_file_through_opencv_loops(tmp_path: Path) -> None:
         cam.latest()
         assert time.perf_counter() - t0 < 0.05  # never blocks
         time.sleep(0.6)  # 10 frames at 30 fps: it has looped at least once
+        looped = cam.latest()  # a video that stopped at its end would show here as stale (or a failure)
+        assert looped is not None and time.monotonic() - looped.t < 0.5, "the video did not loop"
+        assert looped.t > got.t
         assert cam.failed_reason == "" and events == []
         assert cam.kind == "video"
     finally:

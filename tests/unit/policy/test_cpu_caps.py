@@ -57,7 +57,11 @@ def test_avx512_without_vnni_is_its_own_kind() -> None:
 
 def test_this_machine_is_described() -> None:
     c = cpu_caps()
-    assert c.model and c.kind and c.torch_capability
+    machine = platform.machine().lower()
+    family = "x86-" if machine in ("x86_64", "amd64") else "arm64" if machine in ("aarch64", "arm64") else machine
+    assert c.kind.startswith(family), (c.kind, machine)
+    assert c.torch_capability and c.model
+    assert c.kind in c.describe()
 
 
 @pytest.mark.parametrize(

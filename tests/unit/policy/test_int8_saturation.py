@@ -24,7 +24,9 @@ ENGINES = [e for e in ("x86", "fbgemm", "onednn") if e in torch.backends.quantiz
 # Every engine that may pack int8 linears and that this torch has (qnnpack too).
 SUPPORTED = [e for e in int8_saturation._ENGINES if e in torch.backends.quantized.supported_engines]
 # The libraries' own caps: their AVX2 kernels, which sum u8 x s8 pairs in int16, on any x86-64 CPU.
-AVX2_KERNELS = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# MKL too: its fp32 GEMMs (LeRobot fp32 reference, fp32 fallbacks) would otherwise run AVX-512 in the rerun.
+AVX2_KERNELS = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def full_range_error(engine: str) -> float:
