@@ -39,7 +39,14 @@ import numpy.typing as npt
 
 from lepetpal_tui.policy.errors import PolicyError
 from lepetpal_tui.settings import JOINT_NAMES, Settings
-from lepetpal_tui.wire import ActionChunk, InferenceTiming, ModelStatus, Observation, RemoteServerInfo
+from lepetpal_tui.wire import (
+    ActionChunk,
+    InferenceTiming,
+    ModelStatus,
+    Observation,
+    PreflightCheck,
+    RemoteServerInfo,
+)
 
 StatusFn = Callable[[ModelStatus], None]
 
@@ -392,11 +399,40 @@ class PolicyServerClient:
             return
 
 
+def local_preflight(settings: Settings) -> list[PreflightCheck]:
+    """The checks that need only the checkpoint's config.json (cameras, state and action sizes), where the
+    checkpoint the server loads is readable here too (the same path, or the demo); [] where it is not.
+
+    Why: LeRobot's policy server drops a camera the checkpoint expects but the observation lacks without a
+    word, and the policy then acts on the cameras it has; the local path refuses that in its preflight."""
+    from lepetpal_tui.policy.demo_checkpoint import ensure_demo_policy
+    from lepetpal_tui.policy.preflight import check_cameras, check_sizes, read_checkpoint
+
+    path = settings.model.path
+    try:
+        folder = Path(path).expanduser() if path else ensure_demo_policy()
+    except Exception:
+        return []
+    if not (folder / "config.json").is_file():
+        return []  # a hub id, or a path on the server's machine: the server's own load is the check
+    info = read_checkpoint(folder)
+    if not info.config:
+        return []
+    return [check_cameras(info, settings.cameras, settings.model.camera_map), *check_sizes(info)]
+
+
 def connect_policy_server(settings: Settings, on_status: StatusFn, cancel: threading.Event) -> PolicyServerClient:
     """The engine's policy factory when [model] server is set: hand-shake now, so the Model pane shows
     "ready" only once the server has the checkpoint. Waits for a server that is not up yet (the arm holds
     meanwhile, and the Model pane says why); raises PolicyServerError for what waiting cannot fix."""
     client = PolicyServerClient(settings, on_status)
+    bad = [c for c in local_preflight(settings) if not c.ok]
+    if bad:
+        more = f" ({len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+        err = PolicyServerError(f"Preflight {bad[0].name}: {bad[0].detail}{more}", bad[0].fix)
+        client._status("failed", "the checkpoint does not fit this arm's settings", error=err.message, fix=err.fix)
+        client.close()
+        raise err
     while True:
         try:
             client.connect(cancel)

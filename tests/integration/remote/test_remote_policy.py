@@ -127,6 +127,34 @@ def test_address_and_closed_port(tmp_path: Path, tiny_policy_dir: Path) -> None:
         PolicyServerClient(settings).connect()
 
 
+def test_a_camera_the_checkpoint_lacks_is_refused_before_the_server_is_asked(tmp_path: Path,
+                                                                            tiny_policy_dir: Path) -> None:
+    """The server would drop the checkpoint's camera without a word; the local preflight says so first."""
+    from lepetpal_tui.settings import CameraSettings
+    from lepetpal_tui.wire import ModelStatus
+
+    from .conftest import free_port  # type: ignore[import-not-found]
+
+    base = remote_settings(tmp_path, f"127.0.0.1:{free_port()}", tiny_policy_dir)
+    wanted = list(base.cameras)
+    settings = dataclasses.replace(base, cameras={"wrist": CameraSettings(source="synthetic")})
+    statuses: list[ModelStatus] = []
+    t0 = time.monotonic()
+    with pytest.raises(PolicyServerError, match="Preflight cameras") as caught:
+        connect_policy_server(settings, statuses.append, threading.Event())
+    assert time.monotonic() - t0 < 5.0  # no waiting for a server that is not there
+    assert f"Missing: {wanted[0]}" in caught.value.message
+    assert "[model.camera_map]" in caught.value.fix
+    assert statuses and statuses[-1].phase == "failed" and statuses[-1].error == caught.value.message
+    # Mapped onto the checkpoint's name, the same settings pass the preflight and go on to the server.
+    mapped = dataclasses.replace(settings, model=dataclasses.replace(settings.model,
+                                                                    camera_map={"wrist": wanted[0]}))
+    cancel = threading.Event()
+    cancel.set()  # nothing listens: stop at the first wait
+    with pytest.raises(PolicyServerError, match="Stopped waiting"):
+        connect_policy_server(mapped, lambda status: None, cancel)
+
+
 def test_model_pane_shows_the_server() -> None:
     from lepetpal_tui.ui.widgets.model import describe
     from lepetpal_tui.wire import ModelStatus, RemoteServerInfo
