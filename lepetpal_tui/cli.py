@@ -80,7 +80,8 @@ def settings_flags_parser() -> argparse.ArgumentParser:
     g.add_argument("--rec", dest="recording", action="store_true", default=s,
                    help="record runs as LeRobot dataset episodes from the start (RECORD)")
     g.add_argument("--no-rec", dest="recording", action="store_false", default=s)
-    g.add_argument("--rec-root", metavar="DIR", default=s, help="folder of the recorded dataset (RECORD_ROOT)")
+    g.add_argument("--rec-root", dest="record_root", metavar="DIR", default=s,
+                   help="folder of the recorded dataset (RECORD_ROOT)")
     return p
 
 

@@ -30,14 +30,22 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not target.is_dir():
         print(f"lepetpal: {target} is a file; give a folder path for the checkpoint.", file=sys.stderr)
         return 2
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        print(f"lepetpal: {target} is not empty and is not a checkpoint; choose an empty or new folder.",
-              file=sys.stderr)
-        return 2
-    from lepetpal_tui.policy.demo_checkpoint import build_test_policy
+    from lepetpal_tui.policy.demo_checkpoint import BUILD_MARKER, build_test_policy
 
+    # Only a folder this command built before may be written over: anything else there (a fine-tuned
+    # checkpoint above all) would be replaced by random weights.
+    if target.is_dir() and any(target.iterdir()) and not (target / BUILD_MARKER).is_file():
+        what = "holds a checkpoint that make-test-policy did not build" if (target / "config.json").is_file() \
+            else "is not empty"
+        print(f"lepetpal: {target} {what}; it is left as it is. Choose an empty or new folder.", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    out = build_test_policy(target, camera_names=tuple(cameras), seed=args.seed)
+    try:
+        out = build_test_policy(target, camera_names=tuple(cameras), seed=args.seed)
+    except OSError as exc:
+        print(f"lepetpal: cannot write the checkpoint to {target} ({exc.strerror or exc}). Choose a folder you "
+              "can write to, with about 5 MB free.", file=sys.stderr)
+        return 2
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"tiny SmolVLA checkpoint written to {out} ({size / 1e6:.1f} MB, cameras: {', '.join(cameras)}, "
           f"{time.perf_counter() - t0:.1f} s)")

@@ -252,7 +252,9 @@ class LogError(Exception):
 def read_log(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a session log; a torn line (process killed mid-write) is skipped."""
     try:
-        fh = path.open(encoding="utf-8")
+        # A line torn in the middle of a character (process killed mid-write) must not end the reading:
+        # undecodable bytes become U+FFFD, and that line then fails to parse and is skipped.
+        fh = path.open(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise LogError(f"Cannot open {path}: {exc.strerror}. Check the path (session logs are in logs/).") from None
     with fh:

@@ -103,6 +103,17 @@ def test_make_test_policy_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(cfg["input_features"]) == {"observation.images.top", "observation.images.wrist", "observation.state"}
     assert main(["make-test-policy", str(tmp_path / "bad"), "--camera", "a b"]) == 2
     assert "not valid" in capsys.readouterr().err
+    # Its own folder may be built again; a checkpoint it did not build is never written over.
+    assert main(["make-test-policy", str(tmp_path / "two"), "--seed", "1"]) == 0
+    theirs = tmp_path / "fine-tuned"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"type": "smolvla"}')
+    (theirs / "model.safetensors").write_bytes(b"their weights")
+    capsys.readouterr()
+    assert main(["make-test-policy", str(theirs)]) == 2
+    assert "did not build" in capsys.readouterr().err
+    assert (theirs / "model.safetensors").read_bytes() == b"their weights"
+    assert (theirs / "config.json").read_text() == '{"type": "smolvla"}'
 
 
 def _set_num_steps(ckpt: Path, steps: int) -> None:

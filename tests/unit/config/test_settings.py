@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,25 @@ def test_version_and_help() -> None:
     assert out.stdout.startswith("lepetpal ")
     helped = subprocess.run([sys.executable, "-m", "lepetpal_tui", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "config" in helped.stdout
+
+
+# A value each settings flag accepts, by setting key; flags without a value are store_true.
+_FLAG_VALUES = {
+    "arm.port": "/dev/ttyACM9", "model.mode": "scripted", "model.path": "someone/their_smolvla",
+    "control.rate_hz": "25", "model.device": "cpu", "model.server": "127.0.0.1:9", "recording.root": "elsewhere",
+}
+
+
+@pytest.mark.parametrize("override", __import__("lepetpal_tui.settings.load", fromlist=["OVERRIDES"]).OVERRIDES,
+                         ids=lambda o: o.flag)
+def test_every_settings_flag_reaches_its_setting(override: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flag the help lists must change its setting (--rec-root once parsed into a name nothing read)."""
+    from lepetpal_tui.cli import settings_flags_parser, settings_from_args
+
+    monkeypatch.chdir(tmp_path)  # no lepetpal.toml here: defaults, then the flag
+    value = _FLAG_VALUES.get(override.key)
+    argv = [override.flag] if value is None else [override.flag, value]
+    args = settings_flags_parser().parse_args(argv)
+    s = settings_from_args(args)
+    assert origin_of(s, override.key) == f"flag {override.flag}", (override, argv)

@@ -104,6 +104,17 @@ def test_log_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["log", "summary", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "not a lepetpal session log" in err and "Traceback" not in err
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["log", "summary", str(binary)]) == 2
+    assert "not a lepetpal session log" in capsys.readouterr().err
+    # A real log with its last line torn inside a multi-byte character: the rest is still summarised.
+    torn = tmp_path / "session-2.jsonl"
+    _write_log(torn, torn=False)
+    with torn.open("ab") as fh:
+        fh.write(b'{"type": "event", "message": "\xe2\x82')
+    assert main(["log", "summary", str(torn)]) == 0
+    assert "starved ticks   1" in capsys.readouterr().out
 
 
 def test_coalescer_batches_and_bounds_history() -> None:
