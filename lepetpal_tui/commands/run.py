@@ -65,6 +65,7 @@ class _Progress:
         self.speed = 1.0
         self.speed_min: float | None = None  # over running ticks
         self.recording: RecordingStatus | None = None  # the newest recorder status
+        self.fallback = ""  # why the policy did not load, when the scripted demo ran instead
 
     def feed(self, batch: Any) -> None:
         stamp = f"[{time.monotonic() - self.t0:6.1f} s]"
@@ -76,6 +77,10 @@ class _Progress:
             self.phase = m.phase
             detail = m.message or m.error
             _print(f"{stamp} model {m.phase}" + (f": {detail}" if detail else ""))
+            if m.phase == "fallback" and m.error and m.error != detail:
+                # The scripted demo runs instead: say why, or the run looks like a policy run that worked.
+                self.fallback = m.error + (f" Fix: {m.fix}" if m.fix else "")
+                _print(f"{stamp} model fallback, because: {self.fallback}")
             if m.usable:
                 self.ready = True
             if m.phase == "failed":
@@ -195,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
     _print("summary:")
     for line in summary.lines():
         _print("  " + line)
+    if progress.fallback:
+        print(f"lepetpal run: the policy did not load, so the scripted demo motion ran instead: "
+              f"{progress.fallback}", file=sys.stderr)
     if progress.failed:
         print(f"lepetpal run: {progress.failed}", file=sys.stderr)
     return code

@@ -65,7 +65,19 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-
+    try:
+        port = server_port(args)
+    except ValueError as exc:
+        print(f"lepetpal serve: {exc}.", file=sys.stderr)
+        return 2
+    if not 0 < args.fps <= 1000:
+        print(f"lepetpal serve: --fps {args.fps} is not a control rate; give the robot's, e.g. --fps 30.",
+              file=sys.stderr)
+        return 2
+    if not args.obs_queue_timeout > 0:
+        print(f"lepetpal serve: --obs-queue-timeout {args.obs_queue_timeout:g} must be a positive number of "
+              "seconds (default 2).", file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not args.allow_network:
         print(f"lepetpal serve: --host {args.host} is reachable from the network. {PICKLE_WARNING} "
               "Add --allow-network if this network is trusted, or keep the default and use an SSH tunnel.",
@@ -79,13 +91,15 @@ def run(args: argparse.Namespace) -> int:
 
     device = str(getattr(args, "device", "auto"))
     try:
-        port = server_port(args)
         cfg = PolicyServerConfig(host=args.host, port=port, fps=args.fps, inference_latency=0.0,
                                  obs_queue_timeout=args.obs_queue_timeout)
         server, _ = start_server(cfg, device=device, seed=args.seed)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         print(f"lepetpal serve: {exc}. Pick another --port, or stop what uses it.", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"lepetpal serve: {exc}.", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"Policy server (LeRobot) listening on {args.host}:{port}, device "

@@ -55,8 +55,16 @@ class EngineClient:
         With arm.port = "sim" the engine drives the simulated arm at `sim_port`, or, when none is given,
         starts its own (which then lives exactly as long as the engine)."""
         ctx = mp.get_context("spawn")  # torch/lerobot load in the child only; no forked threads
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
         log_path = session_log_path(settings)
+        try:  # here, not in the engine: there a log that cannot be written is a crash with no one to read it
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.touch()
+        except OSError as exc:
+            raise EngineStartError(
+                f"Cannot write the session log in {log_path.parent} ({exc.strerror or exc}). Set [logging] dir "
+                "in lepetpal.toml to a folder you can write to."
+            ) from None
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=child_main,
             args=(child_conn, settings, sim_port, str(log_path)),

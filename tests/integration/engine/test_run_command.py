@@ -29,3 +29,28 @@ def test_run_rejects_empty_task(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--headless", "--sim", "--task", "  "]) == 2
     err = capsys.readouterr().err
     assert "--task is empty" in err
+
+
+def test_run_says_when_the_log_folder_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lepetpal.toml").write_text('[logging]\ndir = "taken"\n')
+    (tmp_path / "taken").write_text("a file where the log folder should be\n")
+    code = main(["run", "--headless", "--sim", "--model-mode", "scripted", "--task", "wave", "--duration", "3"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Cannot write the session log in taken" in err and "[logging] dir" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "taken").read_text() == "a file where the log folder should be\n"
+
+
+def test_run_says_why_the_scripted_demo_ran_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lepetpal.toml").write_text("[model]\nfallback_to_scripted = true\n")
+    code = main(["run", "--headless", "--sim", "--task", "wave", "--duration", "2",
+                 "--model-path", str(tmp_path / "no-such-checkpoint")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "model fallback, because:" in captured.out and "no-such-checkpoint does not exist" in captured.out
+    assert "scripted demo motion ran instead" in captured.err

@@ -164,3 +164,17 @@ def test_model_pane_shows_the_server() -> None:
     assert "127.0.0.1:8080" in text and "device cuda" in text and "round trip 96 ms (network 6 + server 90)" in text
     assert "last contact " + time.strftime("%H:%M", time.localtime(info.last_contact)) in text
     assert "[b]server[/]" not in describe(ModelStatus("ready", source="ckpt"), "")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--fps", "0"], "--fps 0 is not a control rate"),
+    (["--obs-queue-timeout", "-1"], "--obs-queue-timeout -1 must be a positive"),
+    (["--port", "abc"], "--port abc is not a TCP port"),
+])
+def test_serve_rejects_bad_arguments_in_one_line(argv: list[str], words: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from lepetpal_tui.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and "stop what uses it" not in err
