@@ -224,6 +224,15 @@ def diagnose_connect_failure(port: str, exc: BaseException, safety: SafetySettin
 # ------------------------------------------------------------------------------------ open / close
 
 
+def check_port(port: str) -> None:
+    """ArmError when `port` is missing or no serial port at all: said before anything else (calibration,
+    holders), which would otherwise explain the wrong problem."""
+    if not os.path.exists(port):
+        raise ArmError(P.open_error_note(port, OSError(errno.ENOENT, "missing")))
+    if why := P.not_a_serial_port(port):
+        raise ArmError(why)
+
+
 def open_robot(
     port: str, arm: ArmSettings, safety: SafetySettings, *, is_sim: bool, cal_dir: Path | None = None,
     cal_id: str | None = None,
@@ -236,8 +245,7 @@ def open_robot(
 
     if port in ("sim", "auto"):
         raise ArmError(f'Internal error: arm port "{port}" must be resolved to a device path before connecting.')
-    if not os.path.exists(port):
-        raise ArmError(P.open_error_note(port, OSError(errno.ENOENT, "missing")))
+    check_port(port)
     try:
         lock_fd = P.acquire_port_lock(port)
     except OSError as exc:
@@ -386,6 +394,7 @@ class Arm:
         """Open, check and hold the arm. Raises ArmError; after a failure the port is free for a retry."""
         if self.is_connected:
             return
+        check_port(self.port)
         calibration = self._calibration()
         self.connect_glitches = []
         for tries in range(1, CONNECT_TRIES + 1):

@@ -86,6 +86,25 @@ def open_error_note(device: str, exc: OSError) -> str:
     return f"{device} could not be opened ({exc.strerror or exc}). Replug the arm and run `lepetpal ports`."
 
 
+def not_a_serial_port(device: str) -> str:
+    """Why `device` cannot be the arm's serial port when it exists but is no terminal device (/dev/null, a
+    regular file, a disk); "" when it is one, or cannot be opened (`open_error_note` says why then)."""
+    import termios
+
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        termios.tcgetattr(fd)
+    except termios.error:
+        return (f"{device} is not a serial port. Give the arm's USB serial adapter (such as /dev/ttyACM0, or "
+                "its /dev/serial/by-id/ name): `lepetpal ports` lists them and says which one is an SO-101.")
+    finally:
+        os.close(fd)
+    return ""
+
+
 def pty_index(device: str) -> int | None:
     """N for the pty slave /dev/pts/N (through any symlink), else None."""
     real = os.path.realpath(device)
@@ -336,6 +355,8 @@ def scan(bus: RawBus, *, timeout_s: float = 0.03, thorough: bool = False) -> Bus
 def probe_port(device: str, timeout_s: float = 0.03) -> PortInfo:
     """Probe one port and describe it; never raises for port problems (they go into `note`)."""
     info = PortInfo(device=device, is_sim=is_pty(device))
+    if why := not_a_serial_port(device):
+        return replace(info, note=why)
     try:
         with port_lock(device), RawBus(device) as bus:
             probe = scan(bus, timeout_s=timeout_s)

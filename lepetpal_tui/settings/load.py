@@ -146,7 +146,7 @@ def load_settings(
         if not errs.items:
             check_cross_field(settings, errs)
         if errs.items:
-            raise ConfigError(_join(errs.items))
+            raise ConfigError(_join(errs.items, _FIX_FILE))
         settings = dataclasses.replace(settings, source_path=str(path))
 
     errs = Errors("environment")
@@ -160,6 +160,12 @@ def load_settings(
             settings = replace_setting(settings, ov.key, value)
             origins[ov.key] = f"env {ov.env}"
     if use_hw_env not in (None, ""):
+        env_port = env.get("ARM_PORT")
+        # USE_HARDWARE=0 beside a device in ARM_PORT is a toggle (the port waits for USE_HARDWARE=1);
+        # the hardware asked for with the port "sim" is a contradiction.
+        if env_port == "sim" and _contradicts(use_hw_env, env_port):
+            errs.items.append(f"${USE_HARDWARE_ENV}={use_hw_env} asks for the real arm, but $ARM_PORT=sim names the "
+                              "simulated one: set ARM_PORT to the arm's serial port (or auto), or unset it.")
         try:
             settings = _use_hardware(
                 settings,
@@ -185,13 +191,46 @@ def load_settings(
             settings = replace_setting(settings, ov.key, value)
             origins[ov.key] = f"flag {ov.flag}"
     use_hw_flag = flags.get("use_hardware")
+    flag_port = flags.get("arm.port")
+    if use_hw_flag is not None and flag_port and _contradicts("1" if use_hw_flag else "0", str(flag_port)):
+        errs.items.append(f"{'--hardware' if use_hw_flag else '--sim'} and --port {flag_port} contradict each "
+                          "other: give only one of them.")
     if use_hw_flag is not None:
         settings = _use_hardware(
             settings, bool(use_hw_flag), origins, "flag --hardware" if use_hw_flag else "flag --sim"
         )
+    check_addresses(settings, origins, errs)
     if errs.items:
-        raise ConfigError(_join(errs.items))
+        raise ConfigError(_join(errs.items, _FIX_OVERRIDES))
     return dataclasses.replace(settings, origins=origins)
+
+
+def _contradicts(use_hardware: str, port: str) -> bool:
+    """Whether a "use the hardware" choice and a port given beside it disagree (sim with a device path, or
+    the hardware with "sim")."""
+    try:
+        on = parse_bool_text(use_hardware, USE_HARDWARE_ENV)
+    except ConfigError:
+        return False  # reported on its own
+    return (port == "sim") == on
+
+
+def check_addresses(settings: Settings, origins: Mapping[str, str], errs: Errors) -> None:
+    """The arm's port and the policy server's address, wherever they came from: wrong here, they would only
+    show once the arm is connected (or the policy loading), as a fault of something else."""
+    def where(key: str) -> str:
+        origin = origins.get(key, "default")
+        return origin.removeprefix("file ").removeprefix("flag ").replace("env ", "$")
+
+    if not settings.arm.port.strip():
+        errs.items.append(f'{where("arm.port")}: [arm.port] is empty; expected a serial port path, "auto" or "sim".')
+    server = settings.model.server.strip()
+    if server:
+        host, sep, port = server.rpartition(":")
+        host = host.strip("[]")
+        if "/" in server or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            errs.items.append(f'{where("model.server")}: [model.server] = "{server}" is not a "host:port" address; '
+                              'write it as "127.0.0.1:8080" (no http://), or "" to run the policy here.')
 
 
 def _use_hardware(settings: Settings, on: bool, origins: dict[str, str], origin: str) -> Settings:
@@ -204,11 +243,10 @@ def _use_hardware(settings: Settings, on: bool, origins: dict[str, str], origin:
     return settings
 
 
-def _join(items: list[str]) -> str:
+_FIX_FILE = "Fix the file (see the comments in the shipped lepetpal.toml) and retry."
+_FIX_OVERRIDES = "Fix (or unset) what each line names: an environment variable, a flag or the file; then retry."
+
+
+def _join(items: list[str], fix: str) -> str:
     head = "Settings problem" if len(items) == 1 else f"{len(items)} settings problems"
-    return (
-        head
-        + ":\n  "
-        + "\n  ".join(items)
-        + "\nFix the file (see the comments in the shipped lepetpal.toml) and retry."
-    )
+    return head + ":\n  " + "\n  ".join(items) + "\n" + fix

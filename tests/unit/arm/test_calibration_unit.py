@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lepetpal_tui.arm import ports as P
 from lepetpal_tui.arm.adapter import Arm, ArmError
 from lepetpal_tui.arm.calibration import (
     CalibrationError,
@@ -96,3 +97,18 @@ def test_missing_port_is_explained(tmp_path: Path) -> None:
     arm = Arm(ArmSettings(calibration_dir=str(tmp_path)), "/dev/ttyNOPE7", SafetySettings(), is_sim=True)
     with pytest.raises(ArmError, match=r"does not exist.*lepetpal ports"):
         arm.connect()
+
+
+@pytest.mark.parametrize("port", ["/dev/null", "regular-file"])
+def test_a_path_that_is_no_serial_port_is_said_so_before_the_calibration(tmp_path: Path, port: str) -> None:
+    """Not "in use by" every process that holds /dev/null, nor "no calibration file" (whose fix, calibrate,
+    would fail on the same port)."""
+    if port == "regular-file":
+        port = str(tmp_path / "lepetpal.toml")
+        Path(port).write_text("[arm]\n")
+    empty_calibration = tmp_path / "no-calibration-here"
+    arm = Arm(ArmSettings(calibration_dir=str(empty_calibration)), port, SafetySettings())
+    with pytest.raises(ArmError, match=r"is not a serial port.*lepetpal ports") as info:
+        arm.connect()
+    assert "calibration" not in str(info.value) and "in use" not in str(info.value)
+    assert "is not a serial port" in P.probe_port(port).note

@@ -81,3 +81,23 @@ def test_bad_environment_values(env: dict[str, str], expect: str, tmp_path: Path
     with pytest.raises(ConfigError) as info:
         load_settings(None, environ=env)
     assert expect in str(info.value)
+
+
+@pytest.mark.parametrize(("flags", "environ", "words"), [
+    ({"use_hardware": False, "arm.port": "/dev/ttyACM0"}, {}, "--sim and --port /dev/ttyACM0 contradict"),
+    ({"use_hardware": True, "arm.port": "sim"}, {}, "--hardware and --port sim contradict"),
+    ({}, {"USE_HARDWARE": "1", "ARM_PORT": "sim"}, "$ARM_PORT=sim names the simulated one"),
+    ({"model.server": "localhost"}, {}, '--policy-server: [model.server] = "localhost" is not a "host:port"'),
+    ({}, {"POLICY_SERVER": "127.0.0.1:99999"}, "$POLICY_SERVER: [model.server]"),
+    ({}, {"INFERENCE_RATE_HZ": "abc"}, "Fix (or unset) what each line names"),
+])
+def test_overrides_that_contradict_or_cannot_work_are_refused(flags: dict[str, object], environ: dict[str, str],
+                                                              words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, flags=flags, environ=environ)
+    assert words in str(info.value)
+
+
+def test_use_hardware_0_beside_a_device_port_is_a_toggle_not_a_conflict() -> None:
+    s = load_settings(None, environ={"USE_HARDWARE": "0", "ARM_PORT": "/dev/ttyACM0"})
+    assert s.arm.port == "sim"
