@@ -127,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
         from lepetpal_tui.record.evaluate import with_recording
 
         settings = with_recording(settings, args.record)
+    if settings.recording.enabled:
+        from lepetpal_tui.record.dataset import choose_root, unwritable
+
+        if why := unwritable(choose_root(settings.recording)):
+            print(f"lepetpal run: {why}", file=sys.stderr)
+            return 2
     if args.episodes is not None:
         from lepetpal_tui.record.evaluate import evaluate
 

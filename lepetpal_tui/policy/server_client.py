@@ -59,9 +59,21 @@ CALL_TIMEOUT_S = 15.0
 RETRY_EVERY_S = 1.0
 _VERSION_HINTS = ("No module named", "Can't get attribute", "unpickl", "pickle", "__setstate__",
                   "invalid load key", "_reconstruct")
-_TUNNEL_FIX = ("Start it on the GPU machine (`lepetpal serve`), open the tunnel "
-               "(`ssh -N -L 8080:127.0.0.1:8080 gpu-box`), then restart lepetpal; "
-               "or clear [model] server to run the policy here.")
+def tunnel_fix(port: int = 8080) -> str:
+    return (f"Start it on the GPU machine (`lepetpal serve --port {port}`), open the tunnel "
+            f"(`ssh -N -L {port}:127.0.0.1:{port} gpu-box`), then restart lepetpal; "
+            "or clear [model] server to run the policy here.")
+
+
+def _something_listens(host: str, port: int) -> bool:
+    """Whether a plain TCP connection to host:port opens (something listens, gRPC or not)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 class PolicyServerError(PolicyError):
@@ -104,8 +116,9 @@ def explain_rpc_error(exc: BaseException, address: str, what: str, checkpoint: s
             f'Install the same version on both machines: pip install "lerobot[async,smolvla]=={ours}".',
         )
     if code == grpc.StatusCode.UNAVAILABLE:
+        port = address.rpartition(":")[2]
         return PolicyServerError(f"The policy server at {address} is not reachable while {what} ({details}).",
-                                 _TUNNEL_FIX, unreachable=True)
+                                 tunnel_fix(int(port) if port.isdigit() else 8080), unreachable=True)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return PolicyServerError(
             f"The policy server at {address} did not answer within its time limit while {what}: the link "
@@ -241,8 +254,14 @@ class PolicyServerClient:
         try:
             grpc.channel_ready_future(link.channel).result(timeout=5.0)
         except grpc.FutureTimeoutError:
+            if _something_listens(self.host, self.port):
+                raise PolicyServerError(
+                    f"Something listens at {self.address}, but it is not a LeRobot policy server (another program "
+                    "on that port, or a tunnel to the wrong port).",
+                    f"Check the port `lepetpal serve` printed on the GPU machine and the tunnel's ports. "
+                    f"{tunnel_fix(self.port)}", unreachable=True) from None
             raise PolicyServerError(f"No policy server answers at {self.address} (nothing listens there, or the "
-                                    "SSH tunnel is down).", _TUNNEL_FIX, unreachable=True) from None
+                                    "SSH tunnel is down).", tunnel_fix(self.port), unreachable=True) from None
         spec = RemotePolicyConfig(
             policy_type="smolvla",
             pretrained_name_or_path=self.model.path,
@@ -267,7 +286,7 @@ class PolicyServerClient:
         with self._lock:
             if self._lost.is_set() and self._watcher is not None and self._watcher.is_alive():
                 raise PolicyServerError(f"The policy server at {self.address} is still not reachable.",
-                                        _TUNNEL_FIX, unreachable=True)
+                                        tunnel_fix(self.port), unreachable=True)
             try:
                 if self._needs_setup:
                     self.connect()

@@ -18,6 +18,26 @@ class RecordingError(Exception):
     """The dataset cannot be opened; the message says what to do."""
 
 
+def unwritable(root: Path) -> str:
+    """Why no dataset can be written at `root` ("" when one can): checked when recording is switched on,
+    not at the first frame, where the run would already be under way unrecorded."""
+    import tempfile
+
+    where = root if root.is_dir() else root.parent
+    for folder in (root, *root.parents):
+        if folder.exists() and not folder.is_dir():
+            return (f"cannot record into {root}: {folder} is a file, not a folder. Set [recording] root (or "
+                    "--record / --rec-root / RECORD_ROOT) to a folder path.")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        return (f"cannot record into {root}: {where} cannot be written ({exc.strerror or exc}). Set [recording] "
+                "root (or --record / --rec-root / RECORD_ROOT) to a folder you can write to.")
+    return ""
+
+
 def is_dataset(root: Path) -> bool:
     return (root / "meta" / "info.json").is_file()
 

@@ -79,13 +79,16 @@ class RecordFeed:
     def _start(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             return
-        from lepetpal_tui.record.dataset import choose_root
+        from lepetpal_tui.record.dataset import RecordingError, choose_root, unwritable
         from lepetpal_tui.record.process import recorder_main
 
+        chosen = choose_root(self.settings.recording)
+        if why := unwritable(chosen):
+            raise RecordingError(why)
         ctx = mp.get_context("spawn")
         self._inbox = ctx.Queue(QUEUE_SIZE)
         self._outbox = ctx.Queue()
-        root = str(choose_root(self.settings.recording))
+        root = str(chosen)
         self._recorder = {"root": root}
         self._proc = ctx.Process(
             target=recorder_main,

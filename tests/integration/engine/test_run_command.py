@@ -54,3 +54,15 @@ def test_run_says_why_the_scripted_demo_ran_instead(tmp_path: Path, monkeypatch:
     assert code == 0, captured.out + captured.err
     assert "model fallback, because:" in captured.out and "no-such-checkpoint does not exist" in captured.out
     assert "scripted demo motion ran instead" in captured.err
+
+
+def test_run_refuses_a_recording_folder_it_cannot_write_before_moving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file\n")
+    code = main(["run", "--headless", "--sim", "--model-mode", "scripted", "--task", "wave", "--duration", "2",
+                 "--record", "taken/ds"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "taken is a file, not a folder" in captured.err
+    assert not (tmp_path / "logs").exists()  # refused before any engine started

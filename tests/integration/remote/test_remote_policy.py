@@ -178,3 +178,15 @@ def test_serve_rejects_bad_arguments_in_one_line(argv: list[str], words: str,
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and "stop what uses it" not in err
+
+
+def test_a_port_where_something_else_listens_is_told_apart_from_nothing(tmp_path: Path,
+                                                                         tiny_policy_dir: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as other:  # a program that is no gRPC server
+        port = other.getsockname()[1]
+        settings = remote_settings(tmp_path, f"127.0.0.1:{port}", tiny_policy_dir)
+        with pytest.raises(PolicyServerError, match="not a LeRobot policy server") as info:
+            PolicyServerClient(settings).connect()
+    assert f"lepetpal serve --port {port}" in info.value.fix and f"-L {port}:127.0.0.1:{port}" in info.value.fix

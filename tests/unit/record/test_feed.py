@@ -159,3 +159,15 @@ def test_a_headless_evaluation_says_when_episodes_are_missing_from_the_dataset()
     assert "only 0 of 1" in recording_loss(None, 1)  # no status ever came: nothing is known to be saved
     failed = recording_loss(RecordingStatus(on=True, episodes=0, error="saving episode 0 failed: disk full"), 1)
     assert failed == "FAILED after 0 of 1 episodes: saving episode 0 failed: disk full"
+
+
+def test_switching_on_into_a_root_that_cannot_be_written_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file\n")
+    s = Settings()
+    s = dataclasses.replace(s, recording=dataclasses.replace(s.recording, root=str(tmp_path / "taken" / "ds")))
+    feed = RecordFeed(s)
+    level, text = feed.command(SetRecording(on=True))
+    assert level == "error"
+    assert "taken is a file, not a folder" in text and "[recording] root" in text
+    assert not feed.status().on and feed.pid is None  # no recorder process was started
+    assert (tmp_path / "taken").read_text() == "a file\n"
