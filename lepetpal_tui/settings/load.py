@@ -57,6 +57,8 @@ def find_config_file(explicit: str | None) -> Path | None:
     """--config, then $LEPETPAL_CONFIG, then ./lepetpal.toml; None means built-in defaults."""
     if explicit:
         p = Path(explicit).expanduser()
+        if p.is_dir():
+            raise ConfigError(f"--config {p} is a folder; give the settings file itself, e.g. {p / DEFAULT_CONFIG_NAME}.")
         if not p.is_file():
             raise ConfigError(
                 f"Settings file {p} does not exist. Check the --config path, or omit --config to use "
@@ -66,6 +68,9 @@ def find_config_file(explicit: str | None) -> Path | None:
     env = os.environ.get(CONFIG_ENV)
     if env:
         p = Path(env).expanduser()
+        if p.is_dir():
+            raise ConfigError(f"${CONFIG_ENV} points to the folder {p}; point it at the settings file itself, e.g. "
+                              f"{p / DEFAULT_CONFIG_NAME}.")
         if not p.is_file():
             raise ConfigError(f"${CONFIG_ENV} points to {p}, which does not exist. Fix or unset it.")
         return p

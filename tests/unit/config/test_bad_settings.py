@@ -101,3 +101,11 @@ def test_overrides_that_contradict_or_cannot_work_are_refused(flags: dict[str, o
 def test_use_hardware_0_beside_a_device_port_is_a_toggle_not_a_conflict() -> None:
     s = load_settings(None, environ={"USE_HARDWARE": "0", "ARM_PORT": "/dev/ttyACM0"})
     assert s.arm.port == "sim"
+
+
+def test_a_folder_given_as_the_settings_file_is_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="is a folder; give the settings file itself"):
+        load_settings(str(tmp_path), environ={})
+    monkeypatch.setenv("LEPETPAL_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match="points to the folder"):
+        load_settings(None, environ={})
