@@ -294,19 +294,33 @@ def test_goal_writes_that_keep_failing_hold(sim_arm: Any, tmp_path: Path) -> Non
         engine.close()
 
 
-def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
-    """Positions and goals still go through; only the temperature/load/voltage block goes unanswered."""
+def _held_on_servo_fault(sim_arm: Any, tmp_path: Path, fault: str, motor: int, reads: int,
+                         reason: str) -> tuple[Engine, Events]:
+    """Drive the arm, inject `fault` on `motor`, and see it held within `reads` health reads (about one a
+    second) plus slack, for `reason`. The caller closes the engine."""
     settings = sim_settings(tmp_path, model={"mode": "scripted"})
     events = Events()
     engine = _engine(settings, sim_arm, events)
     try:
         _start_and_drive(engine, sim_arm)
         t_fault = time.monotonic()
-        sim_arm.set_fault("no_health_reply", motor_id=4)
-        # Health is read about once a second: the bound is that many reads plus one, plus slack.
-        _wait_held(engine, t_fault, settings.safety.health_read_retries + 1 + 2.0)
+        sim_arm.set_fault(fault, motor_id=motor)
+        _wait_held(engine, t_fault, reads + 2.0)
         assert engine.state == EngineState.ERROR
-        assert "servo health unreadable" in engine.snapshot().hold_reason
+        assert reason in engine.snapshot().hold_reason
+    except BaseException:
+        sim_arm.clear_faults()
+        engine.close()
+        raise
+    return engine, events
+
+
+def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
+    """Positions and goals still go through; only the temperature/load/voltage block goes unanswered."""
+    retries = Settings().safety.health_read_retries
+    engine, events = _held_on_servo_fault(sim_arm, tmp_path, "no_health_reply", 4, retries + 1,
+                                          "servo health unreadable")
+    try:
         assert events.has("unreadable 3 times in a row"), events.text()
         sim_arm.clear_faults()
         _recovers_only_on_start(engine, sim_arm)
@@ -318,16 +332,8 @@ def test_health_reads_that_fail_hold(sim_arm: Any, tmp_path: Path) -> None:
 def test_a_servo_that_flags_an_overload_holds(sim_arm: Any, tmp_path: Path) -> None:
     """The STS3215's overload protection cuts its torque and sets the flag; its load then reads 0 and its
     temperature stays normal, so only the flag in the status byte tells."""
-    settings = sim_settings(tmp_path, model={"mode": "scripted"})
-    events = Events()
-    engine = _engine(settings, sim_arm, events)
+    engine, events = _held_on_servo_fault(sim_arm, tmp_path, "overload", 2, 1, "shoulder_lift reports an overload")
     try:
-        _start_and_drive(engine, sim_arm)
-        t_fault = time.monotonic()
-        sim_arm.set_fault("overload", motor_id=2)
-        _wait_held(engine, t_fault, 1.0 + 2.0)  # health is read about once a second
-        assert engine.state == EngineState.ERROR
-        assert "shoulder_lift reports an overload" in engine.snapshot().hold_reason
         _no_goal_after_hold(sim_arm)
         # The flag stays until a power cycle: re-armed, the start is refused and says why.
         engine.submit(Rearm())

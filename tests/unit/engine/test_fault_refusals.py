@@ -58,12 +58,18 @@ def test_the_angle_flag_alone_is_not_a_health_problem() -> None:
     assert health_problem(_health(error_bits=int(ErrorBit.ANGLE)), SafetySettings()) == ""
 
 
-def test_a_running_arm_holds_when_a_servo_flags_an_overload(fakes: ModuleType, make_engine: Any) -> None:
+def _running(fakes: ModuleType, make_engine: Any) -> tuple[Engine, Any]:
+    """An engine whose policy drives a fake arm."""
     arm = fakes.FakeArm()
     engine = make_engine(arm, fakes.ramp_policy(0.2))
     assert engine.wait_for((EngineState.READY,), 2.0)
     engine.submit(Start(task="wave"))
     assert engine.state == EngineState.RUNNING
+    return engine, arm
+
+
+def test_a_running_arm_holds_when_a_servo_flags_an_overload(fakes: ModuleType, make_engine: Any) -> None:
+    engine, arm = _running(fakes, make_engine)
     arm.health = _health(error_bits=int(ErrorBit.OVERLOAD))
     assert engine.wait_for((EngineState.ERROR,), 3.0), engine.snapshot()
     assert "reports an overload" in engine.snapshot().hold_reason
@@ -213,11 +219,7 @@ def _unconverted(policy: Any) -> Any:
 
 
 def test_a_command_that_raises_holds_and_says_so(fakes: ModuleType, make_engine: Any) -> None:
-    arm = fakes.FakeArm()
-    engine = make_engine(arm, fakes.ramp_policy(0.2))
-    assert engine.wait_for((EngineState.READY,), 2.0)
-    engine.submit(Start(task="wave"))
-    assert engine.state == EngineState.RUNNING
+    engine, _ = _running(fakes, make_engine)
     engine.command_failed(Start(task="wave"), RuntimeError("boom"))
     assert engine.state == EngineState.ERROR
     assert _wait_event(engine, "Command Start failed: RuntimeError('boom')")
