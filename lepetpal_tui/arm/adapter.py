@@ -62,6 +62,8 @@ _SETUP_MOTORS = "lerobot-setup-motors --robot.type=so101_follower --robot.port={
 class ArmError(Exception):
     """An arm problem; str(error) is one paragraph: what happened and what to do."""
 
+    says_what_to_do = True  # read by the engine, which then adds no generic advice of its own
+
 
 def _joint_list(ids: list[int]) -> str:
     if sorted(ids) == _IDS:

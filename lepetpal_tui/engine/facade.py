@@ -331,9 +331,9 @@ class Engine:
             self._cancel_load.set()  # no arm, no policy: the loading process is stopped
             c.queued_task = ""
             c.set_state(EngineState.ERROR, f"arm connection failed: {exc}", HoldCause.FAULT)
+            generic = "Check arm.port (`lepetpal ports`), the USB cable and the 12 V supply, or use --sim."
             c.event("error", f"Cannot connect to the arm: {exc}",
-                    "Check arm.port (`lepetpal ports`), the USB cable and the 12 V supply, or use --sim.",
-                    EventKind.ARM_CONNECT_FAILED)
+                    "" if getattr(exc, "says_what_to_do", False) else generic, EventKind.ARM_CONNECT_FAILED)
             self._stopping.set()
             if self.log is not None:
                 self.log.close(ticks=0, error=f"arm connection failed: {exc}")

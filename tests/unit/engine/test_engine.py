@@ -305,6 +305,30 @@ def test_connect_failure_reports_and_finishes(fakes: ModuleType, tmp_path: Path)
     assert summarize(tmp_path / "s.jsonl").ended_cleanly
 
 
+def test_a_connect_error_that_says_what_to_do_gets_no_generic_advice(fakes: ModuleType) -> None:
+    """The arm adapter's errors carry their own fix; the engine's general one beside it only repeats or
+    contradicts it (a calibration file problem followed by "check the USB cable")."""
+    from lepetpal_tui.settings import Settings
+
+    class Explained(Exception):
+        says_what_to_do = True
+
+    arm = fakes.FakeArm()
+
+    def refuse() -> None:
+        raise Explained("The calibration file in /x cannot be loaded. Run `lepetpal calibrate`.")
+
+    arm.connect = refuse
+    batches: list[Any] = []
+    engine = Engine(Settings(), arm_factory=lambda: arm, policy_factory=fakes.policy_factory(fakes.FakePolicy()),
+                    on_telemetry=batches.append)
+    engine.start()
+    assert engine.join(5.0)
+    engine.flush_telemetry()
+    failed = [e for b in batches for e in b.events if "Cannot connect" in e.message]
+    assert failed and "lepetpal calibrate" in failed[0].message and failed[0].fix == ""
+
+
 def _gated_connect(arm: Any) -> threading.Event:
     """Make `arm.connect` wait for the returned gate."""
     gate = threading.Event()
