@@ -177,8 +177,14 @@ def resolve_backbone(dir: Path, model: ModelSettings, report: _Reporter, cancel:
             f"the checkpoint's VLM backbone {name} is neither a folder here nor a hub repo id.",
             f"Put the backbone files in {bundled} (config.json, processor and tokenizer files).",
         )
-    return str(_download(name, "main", model.cache_dir, report, cancel, what="VLM backbone config",
-                         patterns=BACKBONE_FILE_PATTERNS))
+    try:
+        return str(_download(name, "main", model.cache_dir, report, cancel, what="VLM backbone config",
+                             patterns=BACKBONE_FILE_PATTERNS))
+    except PolicyError as exc:
+        # The checkpoint itself is here: the hub errors' usual fixes (about [model] path) do not apply.
+        raise PolicyError(exc.message, f"The checkpoint needs its VLM backbone's config, processor and tokenizer "
+                          f"files ({name} on the hub): run once with network access (they are cached), or copy "
+                          f"them into {bundled}, where they are used without the hub.") from None
 
 
 def _convert_if_legacy(

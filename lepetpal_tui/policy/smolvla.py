@@ -178,6 +178,22 @@ def _from_pretrained_without_random_init(policy_cls: Any, dir: Path, cfg: Any) -
     return policy
 
 
+def _refuse_other_policy_types(dir: Path) -> None:
+    """PolicyError for a config.json whose "type" is another policy, read before LeRobot decodes it: its
+    decoder would otherwise list every field the other policy's class lacks, not the real problem."""
+    import json
+
+    try:
+        kind = json.loads((dir / "config.json").read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: LeRobot's own decoding says so below
+    if isinstance(kind, str) and kind != "smolvla":
+        raise PolicyError(
+            f"{dir} holds a {kind} policy, not SmolVLA.",
+            "Use a SmolVLA checkpoint (config.json \"type\": \"smolvla\"), or set [model] mode = \"scripted\".",
+        )
+
+
 def load_local(
     dir: Path,
     *,
@@ -191,6 +207,7 @@ def load_local(
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
+    _refuse_other_policy_types(dir)
     try:
         cfg = PreTrainedConfig.from_pretrained(str(dir))
     except Exception as exc:

@@ -112,6 +112,10 @@ def coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any], errs: Errors)
                 return None
             return value
         if isinstance(value, str) and value:
+            if (typo := _source_typo(value)) is not None:
+                errs.add(key, value, f'"{typo}" (a word, not a file path: did you mean it?), a device index or a '
+                                     "video file path")
+                return None
             return value
         errs.add(key, value, 'a device index (0, 1, ...), a video file path, or "synthetic"')
         return None
@@ -177,6 +181,20 @@ def _is_leaf(tp: Any) -> bool:
     if typing.get_origin(tp) is dict:
         return not dataclasses.is_dataclass(typing.get_args(tp)[1])
     return True
+
+
+_CAMERA_WORDS = ("synthetic", "pattern")
+
+
+def _source_typo(source: str) -> str | None:
+    """The camera word `source` is a misspelling of ("synthetik" -> "synthetic"), when it is no path that
+    exists and looks like no path at all; else None (it is then a video file, checked when the camera opens)."""
+    import os
+
+    if source in _CAMERA_WORDS or "/" in source or "." in source or os.path.exists(source):
+        return None
+    close = difflib.get_close_matches(source.lower(), _CAMERA_WORDS, n=1, cutoff=0.7)
+    return close[0] if close else None
 
 
 def _build_value(

@@ -51,6 +51,30 @@ def test_camera_name_mismatch(ckpt: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rc == 0, out
 
 
+def test_another_policy_type_is_named_not_dumped(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config.json that says "act" over SmolVLA's fields: one sentence, not LeRobot's list of every
+    field ACTConfig lacks."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["type"] = "act"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    rc, out = _check(capsys, str(ckpt))
+    assert rc == 2, out
+    assert "holds a act policy, not SmolVLA" in out
+    assert "not valid for" not in out and "Traceback" not in out
+
+
+def test_a_backbone_neither_bundled_nor_cached_says_where_to_put_it(ckpt: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.rmtree(ckpt / "vlm_backbone")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["vlm_model_name"] = "someone/some-backbone"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    rc, out = _check(capsys, str(ckpt))  # the suite runs offline, with an empty cache of its own
+    assert rc == 2, out
+    assert "someone/some-backbone" in out and str(ckpt / "vlm_backbone") in out
+    assert "set [model] path" not in out  # the checkpoint is fine; its backbone files are what is missing
+
+
 def test_missing_statistics_file(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stats = next(ckpt.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
     stats.unlink()
