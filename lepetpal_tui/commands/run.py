@@ -211,4 +211,8 @@ def run(args: argparse.Namespace) -> int:
               f"{progress.fallback}", file=sys.stderr)
     if progress.failed:
         print(f"lepetpal run: {progress.failed}", file=sys.stderr)
+    if progress.recording is not None and progress.recording.error:
+        # Asked to record, and the dataset is missing what this run did: not a success for a script.
+        print(f"lepetpal run: recording failed: {progress.recording.error}", file=sys.stderr)
+        return code or EXIT_FAILED
     return code

@@ -42,6 +42,27 @@ _POLL_S = 0.005
 _FIRST_FRAME_S = 2.0  # how long the recorder waits for the engine's first frames before taking ticks
 
 
+LOW_DISK_BYTES = 200 * 1024 * 1024  # below this, a failed save is most likely the full disk
+
+
+def disk_note(root: Path) -> str:
+    """The likely cause of a failed save when the dataset's disk is (nearly) full: LeRobot's image writer
+    threads fail on ENOSPC without a word, and the save then reports a missing PNG instead."""
+    import shutil
+
+    where = next((p for p in (root, *root.parents) if p.exists()), None)
+    if where is None:
+        return ""
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return ""
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return (f". The disk holding {root} has only {free / 1e6:.0f} MB free, which is most likely why: free some "
+            "space, or set [recording] root to another disk (episodes saved before are intact)")
+
+
 class FrameHistory:
     """The last seconds of each camera's frames from the ring, searchable by capture time."""
 
@@ -224,7 +245,7 @@ class Recorder:
             self.ds.save_episode()
             self.ds.finalize()
         except Exception as exc:
-            self.error = f"saving episode {ep.index} failed: {exc}"
+            self.error = f"saving episode {ep.index} failed: {exc}{disk_note(self.root)}"
             self.event("error", f"Recording stopped: {self.error}")
             self.saving = False
             self.ds = None

@@ -77,3 +77,19 @@ def test_frames_left_by_a_killed_episode_do_not_reach_the_next_episodes_video(tm
         with av.open(str(path)) as container:
             counts.append(sum(1 for _ in container.decode(video=0)))
     assert sum(counts) == 8, f"video frames per file {counts}: the killed episode's frames were encoded"
+
+
+def test_a_failed_save_on_a_nearly_full_disk_names_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LeRobot's image writers fail on a full disk without a word; the save then blames a missing PNG."""
+    import shutil
+    from collections import namedtuple
+
+    from lepetpal_tui.record import process
+
+    usage = namedtuple("usage", "total used free")
+    root = tmp_path / "ds" / "not-yet"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 5 * 10**6, 5 * 10**6))
+    note = process.disk_note(root)
+    assert f"The disk holding {root} has only 5 MB free" in note and "[recording] root" in note
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**11, 9 * 10**11))
+    assert process.disk_note(root) == ""
