@@ -54,10 +54,10 @@ class Inference:
             except Exception as exc:  # a bug must not leave a run that no chunk will ever feed: hold, report
                 merged = False
                 self._pacer.infer_obs_tick = None
-                if self._c.state in ACTIVE:  # never over an e-stop's latch
+                if self._c.state in ACTIVE:  # never over an e-stop's latch; once, not every 50 ms
                     self._c.halt(EngineState.ERROR, f"internal error in inference: {exc}", HoldCause.FAULT)
-                self._c.event("error", f"Inference loop error: {exc!r}. Holding.",
-                              "Please report this with the session log; re-arm to retry.", EventKind.INTERNAL)
+                    self._c.event("error", f"Inference loop error: {exc!r}. Holding.",
+                                  "Please report this with the session log; re-arm to retry.", EventKind.INTERNAL)
 
     def _next_chunk(self) -> bool:
         """Infer and merge the next chunk when one is due; whether one was merged."""

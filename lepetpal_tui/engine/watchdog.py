@@ -70,7 +70,9 @@ class Watchdog:
         """Why the arm must not start moving now, from the last health reading; "" when it may."""
         if not self.health_problem:
             return ""
-        return f"servo health: {self.health_problem}. {HEALTH_FIX}"
+        return (f"servo health: {self.health_problem}. Let the servos cool, free the blocked joint or fix the power "
+                "supply (a servo that reports a fault keeps it until the arm is power-cycled); the next reading, "
+                "about a second later, that is fine lets the arm move. Thresholds are in [safety].")
 
     def _health_failed(self, exc: BaseException) -> None:
         self.health_failures += 1
