@@ -99,7 +99,9 @@ def health_problem(health: tuple[ServoHealth, ...], safety: SafetySettings) -> s
     return "; ".join(problems)
 
 
-HEALTH_FIX = (
-    "Let the servos cool, remove whatever blocks the arm, or check the power supply, then re-arm; a servo "
-    "that reports a fault keeps it until the arm is power-cycled. Thresholds are in [safety] of lepetpal.toml."
+HEALTH_REMEDY = (
+    "Let the servos cool, remove whatever blocks the arm, or check the power supply (a servo that reports a "
+    "fault keeps it until the arm is power-cycled)"
 )
+HEALTH_FIX = f"{HEALTH_REMEDY}, then re-arm. Thresholds are in [safety] of lepetpal.toml."
+

@@ -8,7 +8,7 @@ health) must hold too. Fail closed: an unread temperature is not a safe one.
 from __future__ import annotations
 
 from lepetpal_tui.engine.control import ACTIVE, MOVING, Control
-from lepetpal_tui.engine.safety import HEALTH_FIX, health_problem
+from lepetpal_tui.engine.safety import HEALTH_FIX, HEALTH_REMEDY, health_problem
 from lepetpal_tui.wire import EngineState, EventKind, HoldCause
 
 _BUS_FIX = "Check the arm's 12 V supply and the USB cable, then re-arm."
@@ -70,9 +70,8 @@ class Watchdog:
         """Why the arm must not start moving now, from the last health reading; "" when it may."""
         if not self.health_problem:
             return ""
-        return (f"servo health: {self.health_problem}. Let the servos cool, free the blocked joint or fix the power "
-                "supply (a servo that reports a fault keeps it until the arm is power-cycled); the next reading, "
-                "about a second later, that is fine lets the arm move. Thresholds are in [safety].")
+        return (f"servo health: {self.health_problem}. {HEALTH_REMEDY}; the arm may move once a reading (about one "
+                "a second) is fine again. Thresholds are in [safety] of lepetpal.toml.")
 
     def _health_failed(self, exc: BaseException) -> None:
         self.health_failures += 1

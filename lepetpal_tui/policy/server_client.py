@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lepetpal_tui.policy.errors import PolicyError
-from lepetpal_tui.settings import JOINT_NAMES, Settings
+from lepetpal_tui.settings import JOINT_NAMES, Settings, split_address
 from lepetpal_tui.wire import (
     ActionChunk,
     InferenceTiming,
@@ -87,14 +87,13 @@ class PolicyServerError(PolicyError):
 
 def parse_address(text: str) -> tuple[str, int]:
     """"host:port" -> (host, port); raises PolicyServerError with the expected form."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    address = split_address(text)
+    if address is None:
         raise PolicyServerError(
             f'[model] server = "{text}" is not a "host:port" address.',
             'Write it as "127.0.0.1:8080" (the local end of the SSH tunnel to the GPU machine).',
         )
-    return host, int(port)
+    return address
 
 
 def explain_rpc_error(exc: BaseException, address: str, what: str, checkpoint: str = "") -> PolicyServerError:

@@ -38,7 +38,7 @@ from lepetpal_tui.settings.schema import (
     replace_sections,
     replace_setting,
 )
-from lepetpal_tui.settings.validate import parse_bool_text
+from lepetpal_tui.settings.validate import parse_bool_text, split_address
 
 __all__ = [
     "CONFIG_ENV",
@@ -67,4 +67,5 @@ __all__ = [
     "parse_toml_file",
     "replace_sections",
     "replace_setting",
+    "split_address",
 ]

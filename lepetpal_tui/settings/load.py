@@ -21,7 +21,14 @@ from lepetpal_tui.settings.schema import (
     Settings,
     replace_setting,
 )
-from lepetpal_tui.settings.validate import Errors, build, check_cross_field, coerce, parse_bool_text
+from lepetpal_tui.settings.validate import (
+    Errors,
+    build,
+    check_cross_field,
+    coerce,
+    parse_bool_text,
+    split_address,
+)
 
 # ------------------------------------------------------------------------- environment and CLI overrides
 
@@ -230,12 +237,9 @@ def check_addresses(settings: Settings, origins: Mapping[str, str], errs: Errors
     if not settings.arm.port.strip():
         errs.items.append(f'{where("arm.port")}: [arm.port] is empty; expected a serial port path, "auto" or "sim".')
     server = settings.model.server.strip()
-    if server:
-        host, sep, port = server.rpartition(":")
-        host = host.strip("[]")
-        if "/" in server or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            errs.items.append(f'{where("model.server")}: [model.server] = "{server}" is not a "host:port" address; '
-                              'write it as "127.0.0.1:8080" (no http://), or "" to run the policy here.')
+    if server and split_address(server) is None:
+        errs.items.append(f'{where("model.server")}: [model.server] = "{server}" is not a "host:port" address; '
+                          'write it as "127.0.0.1:8080" (no http://), or "" to run the policy here.')
 
 
 def _use_hardware(settings: Settings, on: bool, origins: dict[str, str], origin: str) -> Settings:

@@ -18,6 +18,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def split_address(text: str) -> tuple[str, int] | None:
+    """"host:port" (an IPv6 host in brackets) -> (host, port); None when it is no such address (a URL, no
+    port, a port outside 1-65535). One parser for the settings check and the policy-server client."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if "/" in text or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def parse_bool_text(text: str, where: str) -> bool:
     low = text.strip().lower()
     if low in _TRUE:
